@@ -1,0 +1,110 @@
+"""Nova virt driver of the all-in-one cloud: instances that answer SSH.
+
+Loaded by nova-compute as ``compute_driver = cc_netns_driver.NetnsDriver``
+(the rig appends this directory to ``nova.virt.__path__``). Scheduling,
+resource tracking and power states are FakeDriver's; what a client can see
+from outside (network, SSH, console log, user-data) is real, and is done by
+``cc_netns_node``.
+"""
+import json
+import os
+import time
+
+from oslo_log import log as logging
+
+from nova import exception
+from nova.virt import fake
+
+import cc_netns_node as node
+
+LOG = logging.getLogger(__name__)
+
+
+def _vifs(network_info):
+    vifs = []
+    for vif in network_info or []:
+        for subnet in vif["network"]["subnets"]:
+            if subnet["version"] != 4 or not subnet["ips"]:
+                continue
+            gateway = subnet.get("gateway") or {}
+            vifs.append(node.Vif(
+                port_id=vif["id"], network_id=vif["network"]["id"],
+                mac=vif["address"], address=subnet["ips"][0]["address"],
+                prefixlen=int(subnet["cidr"].split("/")[1]),
+                gateway=gateway.get("address")))
+            break
+    return vifs
+
+
+class NetnsDriver(fake.FakeDriver):
+    """FakeDriver whose instances are network namespaces running sshd."""
+
+    def __init__(self, virtapi, read_only=False):
+        super().__init__(virtapi, read_only)
+        state = os.environ.get("CC_AIO_STATE", "/var/lib/cloudcompute-aio")
+        self.host = node.NodeHost(state)
+        self.boot_delay = float(os.environ.get(
+            "CC_AIO_BOOT_DELAY", node.DEFAULT_BOOT_DELAY))
+
+    def spawn(self, context, instance, image_meta, injected_files,
+              admin_password, allocations, network_info=None,
+              block_device_info=None, power_on=True, accel_info=None):
+        sysmeta = instance.system_metadata or {}
+        props = {k[len("image_"):]: v for k, v in sysmeta.items()
+                 if k.startswith("image_")}
+        try:
+            knobs = node.spec_knobs(dict(instance.metadata or {}), props)
+        except node.NodeError as exc:
+            raise exception.InstanceDeployFailure(reason=str(exc))
+        if knobs["fault"] == "spawn_error":
+            raise exception.InstanceDeployFailure(
+                reason="cc_fault=spawn_error: this spawn was told to fail")
+        if knobs["fault"] == "slow_boot":
+            LOG.info("cc_fault=slow_boot: spawn waits %ss", knobs["slow_boot"],
+                     instance=instance)
+            time.sleep(knobs["slow_boot"])
+        vifs = _vifs(network_info)
+        if not vifs:
+            raise exception.InstanceDeployFailure(
+                reason="cc-netns instances need an IPv4 port")
+        spec = node.NodeSpec(
+            uuid=instance.uuid,
+            hostname=instance.hostname or instance.uuid,
+            user=props.get("os_admin_user") or node.DEFAULT_USER,
+            key_data=instance.key_data,
+            user_data=instance.user_data,
+            vifs=vifs,
+            boot_delay=(knobs["boot_delay"] if knobs["boot_delay"] is not None
+                        else self.boot_delay),
+            fault=knobs["fault"],
+            python_bin=props.get("cc_python_bin", ""),
+        )
+        try:
+            self.host.create(spec)
+            with open(os.path.join(self.host.inst_dir(spec.uuid),
+                                   "vifs.json"), "w") as f:
+                json.dump([v.__dict__ for v in vifs], f)
+        except node.NodeError as exc:
+            raise exception.InstanceDeployFailure(reason=str(exc))
+        LOG.info("cc-netns instance up: %s user=%s delay=%ss fault=%s",
+                 ", ".join(v.address for v in vifs), spec.user,
+                 spec.boot_delay, spec.fault, instance=instance)
+        super().spawn(context, instance, image_meta, injected_files,
+                      admin_password, allocations, network_info,
+                      block_device_info, power_on, accel_info)
+
+    def destroy(self, context, instance, network_info, block_device_info=None,
+                destroy_disks=True, destroy_secrets=True):
+        vifs = _vifs(network_info)
+        path = os.path.join(self.host.inst_dir(instance.uuid), "vifs.json")
+        try:
+            with open(path) as f:
+                vifs += [node.Vif(**v) for v in json.load(f)]
+        except (OSError, ValueError):
+            pass
+        self.host.destroy(instance.uuid, vifs)
+        super().destroy(context, instance, network_info, block_device_info,
+                        destroy_disks, destroy_secrets)
+
+    def get_console_output(self, context, instance):
+        return self.host.console(instance.uuid).encode("utf-8")

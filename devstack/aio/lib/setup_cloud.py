@@ -1,0 +1,194 @@
+"""Identity, flavors, images, networks, quotas and clouds.yaml of the AIO cloud.
+
+Run by ``devstack/aio/cloud up`` with Debian's python3 and openstacksdk:
+
+    setup_cloud.py identity    service users, services, endpoints, demo project
+    setup_cloud.py resources   flavors, images, networks, router, quotas,
+                               wait for the compute host, write clouds.yaml
+
+Every step is find-or-create, so running it again changes nothing.
+"""
+import os
+import sys
+import time
+
+import openstack
+import yaml
+
+KS = "http://127.0.0.1:5000/v3"
+STATE = os.environ["CC_AIO_STATE"]
+ENDPOINTS = {
+    # service name: (type, url)
+    "glance": ("image", "http://127.0.0.1:9292"),
+    "placement": ("placement", "http://127.0.0.1:8778"),
+    "nova": ("compute", "http://127.0.0.1:8774/v2.1"),
+    "neutron": ("network", "http://127.0.0.1:9696"),
+}
+FLAVORS = [  # name, vcpus, ram MiB, disk GiB
+    ("m1.tiny", 1, 512, 1),
+    ("m1.small", 1, 2048, 20),
+    ("m1.medium", 2, 4096, 40),
+]
+IMAGE = "debian-12-cc"
+DEMO_QUOTAS = {
+    "compute": dict(instances=40, cores=160, ram=163840, key_pairs=100),
+    "network": dict(floatingip=40, port=200, security_group=40,
+                    security_group_rule=400, network=20, subnet=20, router=10),
+}
+PRIVATE_CIDR = "10.42.0.0/24"
+
+
+def log(msg):
+    print("[setup] %s" % msg, flush=True)
+
+
+def connect(user, password, project):
+    return openstack.connect(
+        auth_url=KS, username=user, password=password, project_name=project,
+        user_domain_id="default", project_domain_id="default",
+        region_name="RegionOne", identity_api_version="3")
+
+
+def admin():
+    return connect("admin", os.environ["CC_AIO_ADMINPASS"], "admin")
+
+
+def ensure_user(conn, name, password, project, roles):
+    user = conn.identity.find_user(name, domain_id="default")
+    if user is None:
+        user = conn.identity.create_user(name=name, password=password,
+                                         domain_id="default",
+                                         default_project_id=project.id)
+    else:
+        conn.identity.update_user(user, password=password)
+    for role_name in roles:
+        role = conn.identity.find_role(role_name)
+        conn.identity.assign_project_role_to_user(project, user, role)
+    return user
+
+
+def identity():
+    conn = admin()
+    for role in ("service", "member", "reader"):
+        if conn.identity.find_role(role) is None:
+            conn.identity.create_role(name=role)
+    projects = {}
+    for name in ("service", "demo"):
+        projects[name] = (conn.identity.find_project(name, domain_id="default")
+                          or conn.identity.create_project(
+                              name=name, domain_id="default"))
+    for name in ENDPOINTS:
+        ensure_user(conn, name, os.environ["CC_AIO_SVCPASS"],
+                    projects["service"], ["admin", "service"])
+    ensure_user(conn, "demo", os.environ["CC_AIO_DEMOPASS"], projects["demo"],
+                ["member", "reader"])
+    existing = {(e.service_id, e.interface) for e in conn.identity.endpoints()}
+    for name, (stype, url) in ENDPOINTS.items():
+        svc = conn.identity.find_service(name)
+        if svc is None:
+            svc = conn.identity.create_service(name=name, type=stype)
+        for iface in ("public", "internal", "admin"):
+            if (svc.id, iface) not in existing:
+                conn.identity.create_endpoint(service_id=svc.id, interface=iface,
+                                              url=url, region_id="RegionOne")
+    log("identity: users, services and endpoints in place")
+
+
+def wait_for(what, predicate, timeout):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if predicate():
+                return
+        except openstack.exceptions.SDKException as exc:
+            log("waiting for %s: %s" % (what, exc))
+        time.sleep(0.5)
+    sys.exit("[setup] ERROR: %s not ready after %ss" % (what, timeout))
+
+
+def resources():
+    t0 = time.monotonic()
+    conn = admin()
+    demo = conn.identity.find_project("demo", domain_id="default")
+
+    wait_for("nova-compute service and hypervisor",
+             lambda: any(s.state == "up" and s.status == "enabled"
+                         for s in conn.compute.services(binary="nova-compute"))
+             and any(True for _ in conn.compute.hypervisors()), 120)
+    log("compute host up after %.1fs" % (time.monotonic() - t0))
+
+    for name, vcpus, ram, disk in FLAVORS:
+        if conn.compute.find_flavor(name, ignore_missing=True) is None:
+            conn.compute.create_flavor(name=name, vcpus=vcpus, ram=ram,
+                                       disk=disk, is_public=True)
+
+    if conn.image.find_image(IMAGE) is None:
+        path = os.path.join(STATE, "data", "image.raw")
+        with open(path, "wb") as f:
+            f.truncate(1024 * 1024)
+        image = conn.image.create_image(
+            name=IMAGE, filename=path, disk_format="raw",
+            container_format="bare", visibility="public",
+            os_admin_user="debian", os_distro="debian", os_version="12",
+            allow_duplicates=True)
+        log("image %s registered (%s)" % (IMAGE, image.id))
+
+    public = conn.network.find_network("public")
+    if public is None:
+        public = conn.network.create_network(
+            name="public", is_router_external=True,
+            provider_network_type="flat", provider_physical_network="public")
+    if not list(conn.network.subnets(network_id=public.id)):
+        conn.network.create_subnet(
+            network_id=public.id, name="public-subnet", ip_version=4,
+            cidr=os.environ["CC_AIO_PUBLIC_RANGE"], is_dhcp_enabled=False)
+
+    private = conn.network.find_network("private", project_id=demo.id)
+    if private is None:
+        private = conn.network.create_network(name="private",
+                                              project_id=demo.id)
+    subnets = list(conn.network.subnets(network_id=private.id))
+    if not subnets:
+        subnets = [conn.network.create_subnet(
+            network_id=private.id, name="private-subnet", ip_version=4,
+            cidr=PRIVATE_CIDR, is_dhcp_enabled=False, project_id=demo.id)]
+    router = conn.network.find_router("router1", project_id=demo.id)
+    if router is None:
+        router = conn.network.create_router(
+            name="router1", project_id=demo.id,
+            external_gateway_info={"network_id": public.id})
+        conn.network.add_interface_to_router(router, subnet_id=subnets[0].id)
+
+    conn.set_compute_quotas(demo.id, **DEMO_QUOTAS["compute"])
+    conn.set_network_quotas(demo.id, **DEMO_QUOTAS["network"])
+
+    write_clouds_yaml()
+    log("resources in place after %.1fs" % (time.monotonic() - t0))
+
+
+def write_clouds_yaml():
+    def entry(user, password, project):
+        return {
+            "auth": {"auth_url": KS, "username": user, "password": password,
+                     "project_name": project, "user_domain_id": "default",
+                     "project_domain_id": "default"},
+            "region_name": "RegionOne",
+            "identity_api_version": 3,
+            # Library settings for this cloud: instances are reached on
+            # their fixed IPs over the host bridge (see devstack/README.md).
+            "cloudcompute": {"network": "private", "floating_ips": "never",
+                             "image": IMAGE, "flavor": "m1.tiny"},
+        }
+    clouds = {"clouds": {
+        "devstack": entry("demo", os.environ["CC_AIO_DEMOPASS"], "demo"),
+        "devstack-admin": entry("admin", os.environ["CC_AIO_ADMINPASS"],
+                                "admin"),
+    }}
+    path = os.path.join(STATE, "clouds.yaml")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(clouds, f, default_flow_style=False)
+
+
+if __name__ == "__main__":
+    {"identity": identity, "resources": resources}[sys.argv[1]]()
