@@ -1,0 +1,22 @@
+"""cloudcompute: batch compute on any OpenStack cloud.
+
+Provision a cluster, ship NumPy/pandas work to it over SSH, collect the
+results and delete every resource again::
+
+    from cloudcompute import Cluster, ClusterSpec
+
+    with Cluster(ClusterSpec(name="demo", nodes=3), cloud="devstack") as c:
+        print(c.map(lambda x: x * x, range(10)))
+"""
+import logging
+
+from cloudcompute.cluster import Cluster
+from cloudcompute.config import ClusterSpec, NodeGroup, Timeouts, connect
+from cloudcompute.exceptions import *  # noqa: F401,F403
+from cloudcompute.exceptions import CloudComputeError
+
+__all__ = ["Cluster", "ClusterSpec", "NodeGroup", "Timeouts", "connect",
+           "CloudComputeError"]
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,0 +1,250 @@
+"""The Cluster facade: ``up()`` -> run work -> ``down()``, as a context manager.
+
+``up()`` runs pre-flight, creates keypair, security group, (network) and
+servers, waits for ACTIVE and SSH, and rolls everything back on any
+failure, Ctrl-C or SIGTERM included. ``Cluster.attach(name)`` picks up a
+cluster recorded by another process.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import logging
+import signal
+import threading
+import time
+from typing import Any, Dict, Iterator, List, Optional
+
+from cloudcompute import config, tags
+from cloudcompute.config import ClusterSpec
+from cloudcompute.exceptions import (CloudComputeError, HostKeyMismatch, ProvisioningError,
+                                     StateError)
+from cloudcompute.provision import preflight, resources
+from cloudcompute.provision.servers import NodeInfo, ServerBuilder
+from cloudcompute.ssh import hostkeys
+from cloudcompute.ssh.client import NodeConnection
+from cloudcompute.ssh.readiness import wait_for_ssh
+from cloudcompute.state import ClusterState
+from cloudcompute.teardown import Teardown
+
+LOG = logging.getLogger(__name__)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived; raised so that cleanup runs as for Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """Turn SIGTERM into an exception (SIGINT already is one) in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, frame):
+        raise Terminated("SIGTERM")
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+class Cluster:
+    """A cluster of servers reachable over SSH, with its own cloud resources."""
+
+    def __init__(self, spec: ClusterSpec, cloud: Optional[str] = None, conn: Any = None,
+                 state_dir: Optional[str] = None):
+        self.conn = config.connect(cloud, conn)
+        self.spec = config.validate(spec.with_settings(config.cloud_settings(self.conn)))
+        self.state_dir = state_dir
+        self.state: Optional[ClusterState] = None
+        self.nodes: List[NodeInfo] = []
+        self.timings: Dict[str, Any] = {}
+        self._connections: Dict[str, NodeConnection] = {}
+        self._executor = None
+
+    # -- lifecycle -----------------------------------------------------
+    def __enter__(self) -> "Cluster":
+        if self.state is None:
+            self.up()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with _signals_raise():
+            self.down()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def up(self) -> "Cluster":
+        """Create the cluster and wait until every node answers SSH."""
+        with _signals_raise():
+            try:
+                self._up()
+            except BaseException as exc:
+                LOG.error("bringing up %s failed (%s); rolling back", self.name,
+                          exc.__class__.__name__)
+                self._rollback(exc)
+                raise
+        return self
+
+    def _up(self) -> None:
+        t0 = time.monotonic()
+        plan = preflight.resolve(self.conn, self.spec)
+        self.timings["preflight"] = time.monotonic() - t0
+        cid = tags.new_cluster_id(self.spec.name)
+        self.state = ClusterState.create(self.spec.name, {
+            "name": self.spec.name, "cluster_id": cid, "cloud": self.conn.config.name,
+            "owner": tags.owner(), "detached": False, "created_at": time.time(),
+            "expires_at": time.time() + self.spec.ttl_hours * 3600,
+            "ssh": {"user": plan.ssh_user}, "nodes": {},
+        }, self.state_dir)
+        st = self.state
+        t1 = time.monotonic()
+        keypair, key_file = resources.create_keypair(self.conn, st, self.spec.key_file)
+        sg = resources.create_security_group(self.conn, st)
+        network_id = plan.network_id or resources.create_network(
+            self.conn, st, self.spec.cidr, plan.external_network_id)
+        builder = ServerBuilder(self.conn, st, self.spec, plan, network_id, sg.name, keypair)
+        builder.create_all()
+        self.timings["create"] = time.monotonic() - t1
+        builder.wait_active()
+        self.timings["active"] = time.monotonic() - t1
+        nodes = builder.active_nodes()
+        for node in nodes:
+            if self.spec.floating_ips == "always" or (
+                    self.spec.floating_ips == "auto" and plan.external_network_id
+                    and node.address == node.fixed_ip and node.floating_ip is None
+                    and not _routable(node)):
+                builder.attach_floating_ip(node)
+        ssh_from = self.spec.ssh_cidr or resources.caller_cidr(nodes[0].address)
+        resources.allow_ssh(self.conn, sg.id, ssh_from)
+        self._wait_ssh(builder, nodes, key_file, plan.ssh_user)
+        self.timings["ssh"] = time.monotonic() - t1
+        self.timings["total"] = time.monotonic() - t0
+        self.nodes = sorted(nodes, key=lambda n: n.name)
+        with st.locked():
+            st.data["nodes"] = {n.name: n.to_dict() for n in self.nodes}
+            st.data["timings"] = self.timings
+            st.save()
+        LOG.info("cluster %s up: %d nodes in %.1fs (%s)", self.name, len(self.nodes),
+                 self.timings["total"], ", ".join("%s %.2fs" % kv for kv in
+                                                  self.timings.items()))
+
+    def _wait_ssh(self, builder: ServerBuilder, nodes: List[NodeInfo], key_file: str,
+                  user: str) -> None:
+        deadline = time.monotonic() + self.spec.timeouts.ssh
+
+        def one(node: NodeInfo) -> None:
+            if not node.keys_injected:
+                builder.console_host_keys(node, deadline)
+            conn = NodeConnection(node.name, node.address, user, key_file, node.host_keys)
+            try:
+                wait_for_ssh(conn, deadline)
+            except HostKeyMismatch:
+                # The cloud may have ignored user-data: trust the console log only.
+                conn.close()
+                builder.console_host_keys(node, min(deadline, time.monotonic() + 30))
+                if node.host_keys == conn.host_keys:
+                    raise
+                conn = NodeConnection(node.name, node.address, user, key_file,
+                                      node.host_keys)
+                wait_for_ssh(conn, deadline)
+            node.timings["ssh_ready"] = time.monotonic() - builder.t0
+            self._connections[node.name] = conn
+
+        with cf.ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
+            for f in [pool.submit(one, n) for n in nodes]:
+                f.result()
+
+    def _rollback(self, cause: BaseException) -> None:
+        if self.state is None:
+            return
+        try:
+            self.down()
+        except CloudComputeError as exc:
+            LOG.error("rollback of %s incomplete: %s (kept in %s)", self.name, exc,
+                      self.state.path)
+            if isinstance(cause, ProvisioningError):
+                cause.resources = self.state.resources
+            return
+        if isinstance(cause, ProvisioningError):
+            cause.rolled_back = True
+
+    def down(self) -> Dict[str, float]:
+        """Delete everything this cluster created; raise TeardownError if anything is left."""
+        self.close_connections()
+        if self.state is None:
+            return {}
+        timings = Teardown(self.conn, self.state, self.spec.timeouts.teardown).run()
+        self.timings["teardown"] = timings["total"]
+        self.state = None
+        self.nodes = []
+        return timings
+
+    def detach(self) -> None:
+        """Leave the cluster running after this process exits (gc then only uses expiry)."""
+        if self.state is not None:
+            with self.state.locked():
+                self.state.data["detached"] = True
+                self.state.save()
+        self.close_connections()
+
+    @classmethod
+    def attach(cls, name: str, cloud: Optional[str] = None, conn: Any = None,
+               state_dir: Optional[str] = None) -> "Cluster":
+        """A Cluster object for a cluster another process created."""
+        st = ClusterState.load(name, state_dir)
+        self = cls.__new__(cls)
+        self.conn = config.connect(cloud or st.data.get("cloud"), conn)
+        self.spec = ClusterSpec(name=name)
+        self.state_dir = state_dir
+        self.state = st
+        self.nodes = [NodeInfo(**n) for n in st.data.get("nodes", {}).values()]
+        self.timings = dict(st.data.get("timings", {}))
+        self._connections = {}
+        self._executor = None
+        if not self.nodes and st.count() and not st.data.get("detached"):
+            LOG.warning("cluster %s has no ready nodes recorded (still coming up or "
+                        "failed); down() will still delete its resources", name)
+        return self
+
+    # -- SSH -----------------------------------------------------------
+    def connection(self, node: str) -> NodeConnection:
+        """The verified SSH connection to ``node`` (opened on first use)."""
+        if node not in self._connections:
+            info = next((n for n in self.nodes if n.name == node), None)
+            if info is None or self.state is None:
+                raise StateError("no node %r in cluster %s" % (node, self.name))
+            ssh = self.state.data["ssh"]
+            self._connections[node] = NodeConnection(info.name, info.address, ssh["user"],
+                                                     ssh["key_file"], info.host_keys)
+        return self._connections[node]
+
+    def close_connections(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
+        for c in self._connections.values():
+            c.close()
+        self._connections = {}
+
+    def describe(self) -> Dict[str, Any]:
+        """A JSON-able summary: nodes, addresses, fingerprints, timings."""
+        return {
+            "name": self.name,
+            "cluster_id": self.state.cluster_id if self.state else None,
+            "nodes": [{"name": n.name, "group": n.group, "server_id": n.server_id,
+                       "address": n.address, "fixed_ip": n.fixed_ip,
+                       "floating_ip": n.floating_ip,
+                       "host_key_fingerprints": [hostkeys.fingerprint(k) for k in n.host_keys],
+                       "timings": n.timings} for n in self.nodes],
+            "timings": self.timings,
+        }
+
+
+def _routable(node: NodeInfo) -> bool:
+    from cloudcompute.provision.servers import directly_routable
+    return bool(node.fixed_ip) and directly_routable(node.fixed_ip)

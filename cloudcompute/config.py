@@ -1,0 +1,199 @@
+"""Cluster specs, their validation, and the connection to a cloud.
+
+A :class:`ClusterSpec` is checked completely before any API call; every
+problem is reported at once in a :class:`ConfigError`. Settings missing from
+the spec are taken from the ``cloudcompute:`` section of the cloud's entry in
+clouds.yaml, then from the defaults below. Explicit arguments always win.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import re
+from typing import Any, Dict, List, Mapping, Optional
+
+import openstack
+from keystoneauth1 import exceptions as ks_exc
+from openstack import exceptions as os_exc
+
+from cloudcompute.exceptions import CloudAuthError, ConfigError
+
+LOG = logging.getLogger(__name__)
+
+FLOATING_IP_MODES = ("auto", "always", "never")
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+SETTINGS_SECTION = "cloudcompute"
+
+
+@dataclasses.dataclass
+class NodeGroup:
+    """``count`` servers of one flavor and image."""
+    name: str = "node"
+    count: int = 1
+    flavor: Optional[str] = None
+    image: Optional[str] = None
+
+
+@dataclasses.dataclass
+class Timeouts:
+    """Seconds each phase may take before it fails."""
+    preflight: float = 120.0
+    active: float = 600.0
+    ssh: float = 300.0
+    teardown: float = 300.0
+
+
+@dataclasses.dataclass
+class ClusterSpec:
+    """What to build. ``nodes``/``flavor``/``image`` make one group ``node``."""
+    name: str
+    nodes: Optional[int] = None
+    flavor: Optional[str] = None
+    image: Optional[str] = None
+    groups: List[NodeGroup] = dataclasses.field(default_factory=list)
+    network: Optional[str] = None
+    external_network: Optional[str] = None
+    cidr: str = "10.42.128.0/24"
+    floating_ips: Optional[str] = None
+    ssh_user: Optional[str] = None
+    ssh_cidr: Optional[str] = None
+    key_file: Optional[str] = None
+    user_data: Optional[str] = None
+    metadata: Dict[str, str] = dataclasses.field(default_factory=dict)
+    timeouts: Timeouts = dataclasses.field(default_factory=Timeouts)
+    min_nodes: Optional[int] = None
+    max_replacements: int = 2
+    ttl_hours: float = 24.0
+    parallel: int = 8
+
+    @property
+    def total_nodes(self) -> int:
+        return sum(g.count for g in self.groups)
+
+    def with_settings(self, settings: Mapping[str, Any]) -> "ClusterSpec":
+        """Fill unset fields from a clouds.yaml ``cloudcompute:`` section."""
+        spec = dataclasses.replace(self, groups=[dataclasses.replace(g) for g in self.groups])
+        unknown = set(settings) - {"network", "external_network", "floating_ips",
+                                   "ssh_user", "ssh_cidr", "image", "flavor", "cidr"}
+        if unknown:
+            LOG.warning("ignoring unknown %s settings in clouds.yaml: %s",
+                        SETTINGS_SECTION, ", ".join(sorted(unknown)))
+        for key in ("network", "external_network", "floating_ips", "ssh_user",
+                    "ssh_cidr"):
+            if getattr(spec, key) is None and settings.get(key) is not None:
+                setattr(spec, key, settings[key])
+        if spec.flavor is None:
+            spec.flavor = settings.get("flavor")
+        if spec.image is None:
+            spec.image = settings.get("image")
+        for g in spec.groups:
+            g.flavor = g.flavor or spec.flavor
+            g.image = g.image or spec.image
+        if spec.floating_ips is None:
+            spec.floating_ips = "auto"
+        return spec
+
+
+def validate(spec: ClusterSpec) -> ClusterSpec:
+    """Return a normalised copy of ``spec`` or raise ConfigError listing all problems."""
+    problems: List[str] = []
+    spec = dataclasses.replace(spec, groups=[dataclasses.replace(g) for g in spec.groups])
+    if not isinstance(spec.name, str) or not NAME_RE.match(spec.name):
+        problems.append("name %r: use 1-40 lowercase letters, digits and '-', "
+                        "starting with a letter" % (spec.name,))
+    if spec.groups and spec.nodes is not None:
+        problems.append("give either nodes or groups, not both")
+    if not spec.groups:
+        if spec.nodes is None:
+            spec.nodes = 1
+        spec.groups = [NodeGroup("node", spec.nodes, spec.flavor, spec.image)]
+    names = set()
+    for g in spec.groups:
+        if not isinstance(g.count, int) or isinstance(g.count, bool) or g.count < 1:
+            problems.append("group %s: count must be an integer >= 1, got %r"
+                            % (g.name, g.count))
+        if not NAME_RE.match(str(g.name)):
+            problems.append("group name %r: lowercase letters, digits and '-'" % (g.name,))
+        if g.name in names:
+            problems.append("group name %r used twice" % g.name)
+        names.add(g.name)
+        g.flavor = g.flavor or spec.flavor
+        g.image = g.image or spec.image
+        if not g.flavor:
+            problems.append("group %s: flavor is required (name or id)" % g.name)
+        if not g.image:
+            problems.append("group %s: image is required (name or id)" % g.name)
+    if spec.floating_ips is not None and spec.floating_ips not in FLOATING_IP_MODES:
+        problems.append("floating_ips %r: allowed values are %s"
+                        % (spec.floating_ips, ", ".join(FLOATING_IP_MODES)))
+    for field in ("cidr", "ssh_cidr"):
+        value = getattr(spec, field)
+        if value is not None:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                problems.append("%s %r is not a network like 10.0.0.0/24" % (field, value))
+    total = sum(g.count for g in spec.groups if isinstance(g.count, int))
+    if spec.min_nodes is not None and not (1 <= spec.min_nodes <= max(total, 1)):
+        problems.append("min_nodes %r must be between 1 and the node count %d"
+                        % (spec.min_nodes, total))
+    for field in dataclasses.fields(Timeouts):
+        value = getattr(spec.timeouts, field.name)
+        if not isinstance(value, (int, float)) or value <= 0:
+            problems.append("timeouts.%s must be a positive number of seconds" % field.name)
+    if spec.parallel < 1:
+        problems.append("parallel must be >= 1")
+    if spec.max_replacements < 0:
+        problems.append("max_replacements must be >= 0")
+    if spec.ttl_hours <= 0:
+        problems.append("ttl_hours must be > 0")
+    for k, v in spec.metadata.items():
+        if not isinstance(k, str) or not isinstance(v, str) or len(k) > 255 or len(v) > 255:
+            problems.append("metadata %r: keys and values must be strings of at most "
+                            "255 characters" % (k,))
+    if problems:
+        raise ConfigError(problems)
+    return spec
+
+
+def connect(cloud: Optional[str] = None,
+            conn: Optional[openstack.connection.Connection] = None,
+            **kwargs: Any) -> openstack.connection.Connection:
+    """An authenticated Connection: ``conn`` as given, or built from clouds.yaml.
+
+    ``cloud`` defaults to ``OS_CLOUD``; ``OS_*`` variables and application
+    credentials work as in openstacksdk. Authentication happens here, so a
+    wrong password or auth URL is a :class:`CloudAuthError` at once.
+    """
+    if conn is None:
+        try:
+            conn = openstack.connect(cloud=cloud, **kwargs)
+        except os_exc.ConfigException as exc:
+            raise ConfigError("cloud %r: %s" % (cloud, exc)) from exc
+    try:
+        conn.authorize()
+    except ks_exc.Unauthorized as exc:
+        raise CloudAuthError("cloud %s refused the credentials: %s"
+                             % (_cloud_name(conn, cloud), exc), cloud) from exc
+    except (ks_exc.ConnectFailure, ks_exc.DiscoveryFailure, ks_exc.EndpointNotFound,
+            ks_exc.ConnectTimeout) as exc:
+        raise CloudAuthError("cannot reach the auth URL of cloud %s: %s"
+                             % (_cloud_name(conn, cloud), exc), cloud) from exc
+    except ks_exc.MissingRequiredOptions as exc:
+        raise ConfigError("cloud %s: %s" % (_cloud_name(conn, cloud), exc)) from exc
+    except os_exc.SDKException as exc:
+        raise CloudAuthError("cloud %s: %s" % (_cloud_name(conn, cloud), exc), cloud) from exc
+    return conn
+
+
+def cloud_settings(conn: openstack.connection.Connection) -> Dict[str, Any]:
+    """The ``cloudcompute:`` section of this cloud's clouds.yaml entry."""
+    section = conn.config.config.get(SETTINGS_SECTION) or {}
+    if not isinstance(section, dict):
+        raise ConfigError("clouds.yaml %s section must be a mapping" % SETTINGS_SECTION)
+    return dict(section)
+
+
+def _cloud_name(conn: Any, cloud: Optional[str]) -> str:
+    return repr(cloud or getattr(getattr(conn, "config", None), "name", None) or "")

@@ -1,0 +1,174 @@
+"""The exceptions of cloudcompute: one root, subclasses that carry data."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+
+class CloudComputeError(Exception):
+    """Root of every error raised by cloudcompute."""
+
+
+class ConfigError(CloudComputeError, ValueError):
+    """A spec or setting is invalid. ``problems`` lists every one found."""
+
+    def __init__(self, problems: Sequence[str] | str):
+        if isinstance(problems, str):
+            problems = [problems]
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class CloudAuthError(CloudComputeError):
+    """The cloud refused the credentials or could not be reached."""
+
+    def __init__(self, message: str, cloud: Optional[str] = None):
+        self.cloud = cloud
+        super().__init__(message)
+
+
+class PreflightError(CloudComputeError):
+    """The request cannot be met; nothing was created. ``problems`` lists why."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        super().__init__("pre-flight found %d problem(s): %s"
+                         % (len(self.problems), "; ".join(self.problems)))
+
+
+class ProvisioningError(CloudComputeError):
+    """Creating the cluster failed.
+
+    ``resources`` holds what had been created (and is recorded in the state
+    file); ``rolled_back`` tells whether all of it has since been deleted.
+    """
+
+    def __init__(self, message: str, resources: Optional[Mapping[str, Any]] = None,
+                 rolled_back: bool = False):
+        self.resources = dict(resources or {})
+        self.rolled_back = rolled_back
+        super().__init__(message)
+
+
+class ServerFault(ProvisioningError):
+    """A server went to ERROR; ``fault`` is Nova's fault message."""
+
+    def __init__(self, server_id: str, name: str, fault: str, **kw: Any):
+        self.server_id = server_id
+        self.name = name
+        self.fault = fault
+        super().__init__("server %s (%s) went to ERROR: %s"
+                         % (name, server_id, fault), **kw)
+
+
+class WaitTimeout(CloudComputeError):
+    """A bounded wait ran out. ``waiting_for`` names what was not reached."""
+
+    def __init__(self, what: str, timeout: float, waiting_for: Sequence[str] = ()):
+        self.what = what
+        self.timeout = timeout
+        self.waiting_for = list(waiting_for)
+        extra = (" (still waiting for: %s)" % ", ".join(self.waiting_for)
+                 if self.waiting_for else "")
+        super().__init__("%s not reached within %.0fs%s" % (what, timeout, extra))
+
+
+class TeardownError(CloudComputeError):
+    """Teardown could not delete everything. ``leftovers`` names what is left."""
+
+    def __init__(self, leftovers: Sequence[str], errors: Sequence[str] = ()):
+        self.leftovers = list(leftovers)
+        self.errors = list(errors)
+        super().__init__("teardown left %d resource(s): %s%s"
+                         % (len(self.leftovers), ", ".join(self.leftovers),
+                            (" (errors: %s)" % "; ".join(self.errors))
+                            if self.errors else ""))
+
+
+class StateError(CloudComputeError):
+    """A cluster state file is missing, locked or unreadable."""
+
+
+class SSHError(CloudComputeError):
+    """SSH to a node failed. ``node`` names it; ``fatal`` means retry is futile."""
+
+    def __init__(self, node: str, message: str, fatal: bool = False):
+        self.node = node
+        self.fatal = fatal
+        super().__init__("%s: %s" % (node, message))
+
+
+class HostKeyMismatch(SSHError):
+    """The node presented a host key other than the one recorded for it."""
+
+    def __init__(self, node: str, expected: str, got: str):
+        self.expected = expected
+        self.got = got
+        super().__init__(node, "host key mismatch: expected %s, got %s"
+                         % (expected, got), fatal=True)
+
+
+class RemoteCommandError(CloudComputeError):
+    """A remote command exited non-zero. ``result`` is its CommandResult."""
+
+    def __init__(self, result: Any):
+        self.result = result
+        tail = (result.stderr or result.stdout or "").strip().splitlines()[-10:]
+        super().__init__("command on %s exited %s: %s\n%s"
+                         % (result.node, result.exit_code, result.command,
+                            "\n".join(tail)))
+
+
+class RemoteTaskError(CloudComputeError):
+    """A task raised on a node; carries the node, task and remote traceback."""
+
+    def __init__(self, node: str, task: str, exc_type: str, message: str,
+                 traceback: str):
+        self.node = node
+        self.task = task
+        self.exc_type = exc_type
+        self.remote_message = message
+        self.traceback = traceback
+        super().__init__("task %s on %s raised %s: %s\n--- remote traceback ---\n%s"
+                         % (task, node, exc_type, message, traceback.rstrip()))
+
+
+class TaskKilled(CloudComputeError):
+    """The remote task's process was killed (signal, e.g. the OOM killer)."""
+
+    def __init__(self, node: str, task: str, signal: Optional[int], detail: str = ""):
+        self.node = node
+        self.task = task
+        self.signal = signal
+        super().__init__("task %s on %s was killed by signal %s%s"
+                         % (task, node, signal, (": " + detail) if detail else ""))
+
+
+class NodeLost(CloudComputeError):
+    """A node stopped answering; ``tasks`` could not be completed elsewhere."""
+
+    def __init__(self, node: str, message: str, tasks: Sequence[str] = ()):
+        self.node = node
+        self.tasks = list(tasks)
+        super().__init__("node %s lost: %s" % (node, message))
+
+
+class IntegrityError(CloudComputeError):
+    """A payload or result arrived with a different sha256 than was sent."""
+
+    def __init__(self, node: str, what: str, expected: str, got: str):
+        self.node = node
+        self.what = what
+        super().__init__("%s from/to %s: sha256 %s != %s" % (what, node, got, expected))
+
+
+class EnvironmentMismatch(CloudComputeError):
+    """A node's Python environment cannot run the job as asked."""
+
+    def __init__(self, node: str, problems: Sequence[str]):
+        self.node = node
+        self.problems = list(problems)
+        super().__init__("%s: %s" % (node, "; ".join(self.problems)))
+
+
+class SerializationError(CloudComputeError):
+    """A function or value cannot be shipped; nothing was sent."""

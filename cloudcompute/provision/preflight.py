@@ -1,0 +1,171 @@
+"""Pre-flight: resolve names and check quotas before anything is created.
+
+Every problem found is collected and raised together as a
+:class:`PreflightError`, so a user fixes their spec once, not once per
+problem.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Dict, List, Optional
+
+from openstack import exceptions as os_exc
+
+from cloudcompute import retry
+from cloudcompute.config import ClusterSpec
+from cloudcompute.exceptions import PreflightError
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ResolvedGroup:
+    name: str
+    count: int
+    flavor_id: str
+    flavor_name: str
+    vcpus: int
+    ram: int
+    image_id: str
+    image_name: str
+    image_user: Optional[str]
+
+
+@dataclasses.dataclass
+class Plan:
+    """A spec with every name resolved to an id."""
+    groups: List[ResolvedGroup]
+    network_id: Optional[str]        # existing network, or None to create one
+    external_network_id: Optional[str]
+    project_id: str
+    ssh_user: str
+
+    @property
+    def total(self) -> int:
+        return sum(g.count for g in self.groups)
+
+
+def _find(finder, name_or_id: str):
+    try:
+        return retry.call(finder, name_or_id, ignore_missing=True)
+    except os_exc.DuplicateResource:
+        raise PreflightError(["%r matches more than one resource; use its id" % name_or_id])
+
+
+def _choices(items, limit: int = 12) -> str:
+    names = sorted({getattr(i, "name", None) or i.id for i in items})
+    more = " ..." if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def resolve(conn: Any, spec: ClusterSpec) -> Plan:
+    """Resolve flavors, images and networks and check quotas; raise on any problem."""
+    problems: List[str] = []
+    groups: List[ResolvedGroup] = []
+    for g in spec.groups:
+        flavor = _find(conn.compute.find_flavor, g.flavor)
+        if flavor is None:
+            problems.append("group %s: unknown flavor %r (available: %s)"
+                            % (g.name, g.flavor, _choices(conn.compute.flavors())))
+        image = _find(conn.image.find_image, g.image)
+        if image is None:
+            problems.append("group %s: unknown image %r (available: %s)"
+                            % (g.name, g.image, _choices(conn.image.images())))
+        elif image.status != "active":
+            problems.append("group %s: image %s is %s, not active"
+                            % (g.name, image.name, image.status))
+        if flavor is not None and image is not None:
+            props = dict(image.properties or {})
+            user = getattr(image, "os_admin_user", None) or props.get("os_admin_user")
+            groups.append(ResolvedGroup(g.name, g.count, flavor.id, flavor.name,
+                                        flavor.vcpus, flavor.ram, image.id,
+                                        image.name, user))
+    network_id = external_id = None
+    if spec.network:
+        net = _find(conn.network.find_network, spec.network)
+        if net is None:
+            problems.append("unknown network %r (available: %s)"
+                            % (spec.network, _choices(conn.network.networks())))
+        else:
+            network_id = net.id
+    if spec.external_network or spec.floating_ips == "always" or not spec.network:
+        external_id = _external_network(conn, spec, problems)
+    project_id = conn.current_project_id
+    users = {g.image_user for g in groups}
+    ssh_user = spec.ssh_user or (users.pop() if len(users) == 1 and None not in users else None)
+    if not ssh_user and groups:
+        problems.append("ssh_user is not set and the image(s) do not name one "
+                        "(image property os_admin_user); set ssh_user")
+    if not problems:
+        problems += check_quotas(conn, project_id, spec, groups, network_id is None)
+    if problems:
+        raise PreflightError(problems)
+    return Plan(groups, network_id, external_id, project_id, ssh_user or "")
+
+
+def _external_network(conn: Any, spec: ClusterSpec, problems: List[str]) -> Optional[str]:
+    if spec.external_network:
+        net = _find(conn.network.find_network, spec.external_network)
+        if net is None or not net.is_router_external:
+            problems.append("external_network %r is not an external network"
+                            % spec.external_network)
+            return None
+        return net.id
+    nets = list(retry.call(conn.network.networks, is_router_external=True))
+    if len(nets) == 1:
+        return nets[0].id
+    if not nets:
+        if spec.floating_ips == "always" or not spec.network:
+            problems.append("no external network found; set network to an existing "
+                            "network, or floating_ips to never")
+        return None
+    problems.append("several external networks (%s); set external_network"
+                    % _choices(nets))
+    return None
+
+
+def check_quotas(conn: Any, project_id: str, spec: ClusterSpec,
+                 groups: List[ResolvedGroup], create_network: bool) -> List[str]:
+    """Problems where the request exceeds what the project has left."""
+    need = {
+        "instances": sum(g.count for g in groups),
+        "cores": sum(g.count * g.vcpus for g in groups),
+        "ram": sum(g.count * g.ram for g in groups),
+    }
+    problems = []
+    try:
+        qs = retry.call(conn.compute.get_quota_set, project_id, usage=True)
+        usage = qs.usage or {}
+        for key, wanted in need.items():
+            limit = getattr(qs, key)
+            if limit is None or limit < 0:
+                continue
+            left = limit - int(usage.get(key, 0) or 0)
+            if wanted > left:
+                problems.append("compute quota %s: need %d, %d of %d left"
+                                % (key, wanted, left, limit))
+    except os_exc.SDKException as exc:
+        LOG.warning("cannot read compute quotas, skipping that check: %s", exc)
+    fips = need["instances"] if spec.floating_ips == "always" else 0
+    net_need = {"port": need["instances"] + (1 if create_network else 0),
+                "floatingip": fips, "security_group": 1,
+                "network": 1 if create_network else 0,
+                "subnet": 1 if create_network else 0,
+                "router": 1 if create_network else 0}
+    try:
+        q = retry.call(conn.network.get_quota, project_id, details=True)
+        for key, wanted in net_need.items():
+            d = getattr(q, key, None)
+            if not wanted or not isinstance(d, dict):
+                continue
+            limit = d.get("limit", -1)
+            if limit < 0:
+                continue
+            left = limit - d.get("used", 0) - d.get("reserved", 0)
+            if wanted > left:
+                problems.append("network quota %s: need %d, %d of %d left"
+                                % (key, wanted, left, limit))
+    except os_exc.SDKException as exc:
+        LOG.warning("cannot read network quotas, skipping that check: %s", exc)
+    return problems

@@ -1,0 +1,121 @@
+"""Keypair, security group and network of a cluster.
+
+Each function records its intent in the cluster state before the create
+call and the id right after, and tags what it made, so that nothing the
+library creates can be lost.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any, Optional, Tuple
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from cloudcompute import retry, tags
+from cloudcompute.state import ClusterState
+
+LOG = logging.getLogger(__name__)
+
+
+def _describe(st: ClusterState) -> str:
+    return "cloudcompute cluster %s" % st.cluster_id
+
+
+def _tag(conn: Any, resource: Any, st: ClusterState) -> None:
+    retry.call(conn.network.set_tags, resource, tags.tags(st.cluster_id))
+
+
+def create_keypair(conn: Any, st: ClusterState, key_file: Optional[str]) -> Tuple[str, str]:
+    """Upload the cluster's public key; return (keypair name, private key path).
+
+    Without ``key_file`` a new ed25519 key is generated; its private half is
+    written 0600 next to the state file and never leaves this machine.
+    """
+    name = tags.resource_name(st.cluster_id)
+    if key_file:
+        key_path = os.path.abspath(os.path.expanduser(key_file))
+        pub_path = key_path + ".pub"
+        with open(pub_path) as f:
+            public = f.read().strip()
+    else:
+        key = ed25519.Ed25519PrivateKey.generate()
+        key_path = os.path.join(os.path.dirname(st.path), "%s.key" % st.name)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.OpenSSH,
+                                      serialization.NoEncryption()))
+        os.chmod(key_path, 0o600)
+        public = key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH,
+            serialization.PublicFormat.OpenSSH).decode()
+    st.intend("keypairs", name)
+    kp = conn.compute.create_keypair(name=name, public_key=public)
+    st.record("keypairs", name, kp.id or name)
+    with st.locked():
+        st.data["ssh"]["key_file"] = key_path
+        st.data["ssh"]["generated_key"] = not key_file
+        st.save()
+    return name, key_path
+
+
+def create_security_group(conn: Any, st: ClusterState) -> Any:
+    """A group that admits all traffic between its members; SSH comes later."""
+    name = tags.resource_name(st.cluster_id)
+    st.intend("security_groups", name)
+    sg = conn.network.create_security_group(name=name, description=_describe(st))
+    st.record("security_groups", name, sg.id)
+    _tag(conn, sg, st)
+    for ethertype in ("IPv4", "IPv6"):
+        conn.network.create_security_group_rule(
+            security_group_id=sg.id, direction="ingress", ethertype=ethertype,
+            remote_group_id=sg.id, description="cluster-internal traffic")
+    return sg
+
+
+def allow_ssh(conn: Any, sg_id: str, cidr: str) -> None:
+    """Open TCP 22 from ``cidr`` only."""
+    ethertype = "IPv6" if ":" in cidr else "IPv4"
+    conn.network.create_security_group_rule(
+        security_group_id=sg_id, direction="ingress", ethertype=ethertype,
+        protocol="tcp", port_range_min=22, port_range_max=22,
+        remote_ip_prefix=cidr, description="SSH from the cloudcompute client")
+
+
+def caller_cidr(address: str) -> str:
+    """The source address this machine uses to reach ``address``, as /32 (/128)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.connect((address, 22))  # UDP connect: picks a route, sends nothing
+        local = s.getsockname()[0]
+    return "%s/%d" % (local, 128 if family == socket.AF_INET6 else 32)
+
+
+def create_network(conn: Any, st: ClusterState, cidr: str,
+                   external_network_id: Optional[str]) -> str:
+    """Network, subnet and (with an external network) a router; return the network id."""
+    name = tags.resource_name(st.cluster_id)
+    st.intend("networks", name)
+    net = conn.network.create_network(name=name, description=_describe(st))
+    st.record("networks", name, net.id)
+    _tag(conn, net, st)
+    st.intend("subnets", name, network_id=net.id)
+    subnet = conn.network.create_subnet(name=name, network_id=net.id, ip_version=4,
+                                        cidr=cidr, description=_describe(st))
+    st.record("subnets", name, subnet.id, network_id=net.id)
+    _tag(conn, subnet, st)
+    if external_network_id:
+        st.intend("routers", name)
+        router = conn.network.create_router(
+            name=name, description=_describe(st),
+            external_gateway_info={"network_id": external_network_id})
+        st.record("routers", name, router.id)
+        _tag(conn, router, st)
+        st.intend("router_interfaces", name, router_id=router.id, subnet_id=subnet.id)
+        conn.network.add_interface_to_router(router, subnet_id=subnet.id)
+        st.record("router_interfaces", name, subnet.id, router_id=router.id,
+                  subnet_id=subnet.id)
+    return net.id

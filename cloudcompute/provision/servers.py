@@ -1,0 +1,255 @@
+"""Servers of a cluster: create in parallel, wait for ACTIVE, then for SSH.
+
+The wait makes one list call per poll for the whole cluster (filtered by the
+cluster's tag). A server in ERROR fails fast with Nova's fault text; it is
+deleted and replaced up to ``max_replacements`` times, or dropped while at
+least ``min_nodes`` remain.
+"""
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+import dataclasses
+import ipaddress
+import logging
+import time
+from typing import Any, Dict, List, Optional
+
+from openstack import exceptions as os_exc
+
+from cloudcompute import retry, tags
+from cloudcompute.config import ClusterSpec
+from cloudcompute.exceptions import ProvisioningError, ServerFault, WaitTimeout
+from cloudcompute.provision.preflight import Plan, ResolvedGroup
+from cloudcompute.ssh import hostkeys
+from cloudcompute.state import ClusterState
+
+LOG = logging.getLogger(__name__)
+POLL = 0.5
+
+
+@dataclasses.dataclass
+class NodeInfo:
+    """One node of a cluster as the library knows it."""
+    name: str
+    group: str
+    server_id: Optional[str] = None
+    fixed_ip: Optional[str] = None
+    floating_ip: Optional[str] = None
+    host_keys: List[str] = dataclasses.field(default_factory=list)
+    keys_injected: bool = True
+    status: str = "BUILD"
+    timings: Dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def address(self) -> Optional[str]:
+        if self.fixed_ip and directly_routable(self.fixed_ip):
+            return self.fixed_ip
+        return self.floating_ip or self.fixed_ip
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def directly_routable(address: str, route_file: str = "/proc/net/route") -> bool:
+    """True if this host has a specific (non-default) route to an IPv4 address."""
+    try:
+        ip = int(ipaddress.IPv4Address(address))
+        with open(route_file) as f:
+            lines = f.read().splitlines()[1:]
+    except (ValueError, OSError):
+        return False
+    for line in lines:
+        cols = line.split()
+        dest = int.from_bytes(bytes.fromhex(cols[1]), "little")
+        mask = int.from_bytes(bytes.fromhex(cols[7]), "little")
+        flags = int(cols[3], 16)
+        up, reject = flags & 0x1, flags & 0x200
+        if up and not reject and mask and (ip & mask) == dest:
+            return True
+    return False
+
+
+class ServerBuilder:
+    """Creates and watches the servers of one cluster."""
+
+    def __init__(self, conn: Any, st: ClusterState, spec: ClusterSpec, plan: Plan,
+                 network_id: str, sg_name: str, keypair: str):
+        self.conn = conn
+        self.st = st
+        self.spec = spec
+        self.plan = plan
+        self.network_id = network_id
+        self.sg_name = sg_name
+        self.keypair = keypair
+        self.nodes: Dict[str, NodeInfo] = {}
+        self.replacements = 0
+        self.t0 = time.monotonic()
+
+    # -- create --------------------------------------------------------
+    def create_all(self) -> None:
+        work = [(g, i) for g in self.plan.groups for i in range(g.count)]
+        with cf.ThreadPoolExecutor(max_workers=min(self.spec.parallel, len(work))) as pool:
+            futures = [pool.submit(self.create_one, g, tags.resource_name(
+                self.st.cluster_id, g.name, str(i))) for g, i in work]
+            errors = [f.exception() for f in futures if f.exception()]
+        if errors:
+            raise ProvisioningError("creating servers failed: %s" % errors[0],
+                                    self.st.resources) from errors[0]
+
+    def create_one(self, group: ResolvedGroup, name: str) -> NodeInfo:
+        private, public = hostkeys.generate_ed25519()
+        user_data = hostkeys.user_data_with_host_key(self.spec.user_data, private, public)
+        injected = user_data is not None
+        if not injected:
+            user_data = self.spec.user_data
+        node = NodeInfo(name=name, group=group.name,
+                        host_keys=[public] if injected else [],
+                        keys_injected=injected)
+        self.nodes[name] = node
+        self.st.intend("servers", name, group=group.name, host_keys=node.host_keys)
+        meta = tags.server_metadata(self.st.cluster_id, self.st.name, group.name,
+                                    self.spec.ttl_hours, self.st.data["owner"],
+                                    extra=self.spec.metadata)
+        args = dict(name=name, flavor_id=group.flavor_id, image_id=group.image_id,
+                    networks=[{"uuid": self.network_id}], key_name=self.keypair,
+                    security_groups=[{"name": self.sg_name}], metadata=meta,
+                    tags=tags.tags(self.st.cluster_id))
+        if user_data:
+            args["user_data"] = base64.b64encode(user_data.encode()).decode()
+        server = self._create_checked(name, args)
+        node.server_id = server.id
+        node.timings["created"] = time.monotonic() - self.t0
+        self.st.record("servers", name, server.id, group=group.name,
+                       host_keys=node.host_keys)
+        return node
+
+    def _create_checked(self, name: str, args: Dict[str, Any]) -> Any:
+        """Create, retrying transient faults only after checking the name is free."""
+        attempts = 4
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.conn.compute.create_server(**args)
+            except os_exc.SDKException as exc:
+                if not retry.is_transient_api_error(exc) or attempt == attempts:
+                    raise
+                LOG.warning("create of %s failed (%s); checking before retrying", name, exc)
+                retry.SLEEP(min(2.0 ** attempt * 0.25, 4.0))
+                existing = self._find_by_name(name)
+                if existing is not None:
+                    return existing
+        raise AssertionError("unreachable")
+
+    def _find_by_name(self, name: str) -> Optional[Any]:
+        for s in retry.call(self.conn.compute.servers,
+                            tags=tags.CLUSTER_TAG + self.st.cluster_id):
+            if s.name == name:
+                return s
+        return None
+
+    # -- wait for ACTIVE -----------------------------------------------
+    def wait_active(self) -> None:
+        deadline = time.monotonic() + self.spec.timeouts.active
+        want = {n.name for n in self.nodes.values()}
+        while True:
+            listing = {s.id: s for s in retry.call(
+                lambda: list(self.conn.compute.servers(
+                    details=True, tags=tags.CLUSTER_TAG + self.st.cluster_id)))}
+            pending = []
+            for node in list(self.nodes.values()):
+                if node.name not in want or node.status == "ACTIVE":
+                    continue
+                server = listing.get(node.server_id)
+                if server is None:
+                    self._failed(node, want, "server disappeared while building")
+                    continue
+                if server.status == "ACTIVE":
+                    node.status = "ACTIVE"
+                    node.timings["active"] = time.monotonic() - self.t0
+                    node.fixed_ip = self._fixed_ip(server)
+                    self.st.record("servers", node.name, node.server_id,
+                                   fixed_ip=node.fixed_ip, status="ACTIVE")
+                elif server.status == "ERROR":
+                    fault = (server.fault or {}).get("message") or "no fault message"
+                    self._failed(node, want, fault)
+                else:
+                    pending.append(node.name)
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                raise WaitTimeout("ACTIVE state of cluster %s" % self.st.name,
+                                  self.spec.timeouts.active, pending)
+            retry.SLEEP(POLL)
+
+    def _fixed_ip(self, server: Any) -> Optional[str]:
+        for addrs in (server.addresses or {}).values():
+            for a in addrs:
+                if a.get("OS-EXT-IPS:type", "fixed") == "fixed" and a.get("version") == 4:
+                    return a["addr"]
+        return None
+
+    def _failed(self, node: NodeInfo, want: set, fault: str) -> None:
+        LOG.warning("node %s failed: %s", node.name, fault)
+        node.status = "ERROR"
+        want.discard(node.name)
+        self.delete_quietly(node)
+        total = sum(g.count for g in self.plan.groups)
+        needed = self.spec.min_nodes if self.spec.min_nodes is not None else total
+        if self.replacements < self.spec.max_replacements:
+            self.replacements += 1
+            group = next(g for g in self.plan.groups if g.name == node.group)
+            new = self.create_one(group, "%s-r%d" % (node.name, self.replacements))
+            want.add(new.name)
+            LOG.info("replacing %s with %s (%d/%d)", node.name, new.name,
+                     self.replacements, self.spec.max_replacements)
+            return
+        if len(want) >= needed:
+            LOG.warning("dropping %s: %d nodes left, min_nodes %d", node.name,
+                        len(want), needed)
+            return
+        raise ServerFault(node.server_id or "?", node.name, fault,
+                          resources=self.st.resources)
+
+    def delete_quietly(self, node: NodeInfo) -> None:
+        """Delete a failed server now; teardown verifies it is gone."""
+        if node.server_id:
+            try:
+                retry.call(self.conn.compute.delete_server, node.server_id,
+                           ignore_missing=True)
+            except os_exc.SDKException as exc:
+                LOG.warning("delete of failed server %s deferred to teardown: %s",
+                            node.name, exc)
+        self.st.record("servers", node.name, node.server_id, status="ERROR", dropped=True)
+
+    def active_nodes(self) -> List[NodeInfo]:
+        return [n for n in self.nodes.values() if n.status == "ACTIVE"]
+
+    # -- floating IPs and console keys ---------------------------------
+    def attach_floating_ip(self, node: NodeInfo) -> None:
+        ports = list(retry.call(self.conn.network.ports, device_id=node.server_id))
+        if not ports:
+            raise ProvisioningError("server %s has no port for a floating IP" % node.name,
+                                    self.st.resources)
+        self.st.intend("floating_ips", node.name, port_id=ports[0].id)
+        fip = self.conn.network.create_ip(
+            floating_network_id=self.plan.external_network_id, port_id=ports[0].id,
+            description="cloudcompute cluster %s" % self.st.cluster_id)
+        self.st.record("floating_ips", node.name, fip.id,
+                       address=fip.floating_ip_address, port_id=ports[0].id)
+        retry.call(self.conn.network.set_tags, fip, tags.tags(self.st.cluster_id))
+        node.floating_ip = fip.floating_ip_address
+
+    def console_host_keys(self, node: NodeInfo, deadline: float) -> None:
+        """For clouds that ignore user-data: take the keys from the console log."""
+        while time.monotonic() < deadline:
+            out = retry.call(self.conn.compute.get_server_console_output,
+                             node.server_id).get("output", "")
+            keys = hostkeys.keys_from_console(out or "")
+            if keys:
+                node.host_keys = keys
+                self.st.record("servers", node.name, node.server_id, host_keys=keys)
+                LOG.info("host keys of %s taken from its console log", node.name)
+                return
+            retry.SLEEP(1.0)
+        raise WaitTimeout("host keys in the console log of %s" % node.name,
+                          self.spec.timeouts.ssh, [node.name])

@@ -1,0 +1,222 @@
+"""SSH to one node with paramiko: verified host keys, lazy and reused.
+
+A :class:`NodeConnection` opens on first use and is closed by ``close()``
+or its context manager. The host key must match what provisioning recorded
+(:mod:`cloudcompute.ssh.hostkeys`); a node without a recorded key is
+refused, never trusted on first use.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import logging
+import select
+import shlex
+import socket
+import threading
+import time
+from typing import List, Optional, Sequence, Tuple, Union
+
+import paramiko
+
+from cloudcompute import retry
+from cloudcompute.exceptions import HostKeyMismatch, RemoteCommandError, SSHError
+from cloudcompute.ssh import hostkeys
+
+LOG = logging.getLogger(__name__)
+
+# Ciphers that are fast on CPUs with AES-NI; paramiko falls back to its
+# defaults for anything the server does not offer.
+FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr")
+
+
+@dataclasses.dataclass
+class CommandResult:
+    """What a remote command did. ``ok`` is exit code 0."""
+    node: str
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def quote_command(argv: Union[str, Sequence[str]]) -> str:
+    """A shell command from an argv list, every word ``shlex.quote``-d."""
+    if isinstance(argv, str):
+        return argv
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+class _VerifyRecorded(paramiko.MissingHostKeyPolicy):
+    def __init__(self, node: str, expected: List[str]):
+        self.node = node
+        self.expected = expected
+
+    def missing_host_key(self, client, hostname, key):  # noqa: D401
+        got = "%s %s" % (key.get_name(), key.get_base64())
+        raise HostKeyMismatch(self.node, ", ".join(
+            hostkeys.fingerprint(k) for k in self.expected) or "(none recorded)",
+            hostkeys.fingerprint(got))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying while a node boots or the network blips."""
+    if isinstance(exc, SSHError):
+        return not exc.fatal
+    if isinstance(exc, (paramiko.AuthenticationException, paramiko.BadHostKeyException)):
+        return False
+    return isinstance(exc, (OSError, EOFError, paramiko.SSHException, socket.timeout))
+
+
+class NodeConnection:
+    """A lazily opened, verified SSH connection to one node."""
+
+    def __init__(self, name: str, address: str, user: str, key_file: str,
+                 host_keys: Sequence[str], port: int = 22,
+                 connect_timeout: float = 10.0):
+        self.name = name
+        self.address = address
+        self.user = user
+        self.key_file = key_file
+        self.host_keys = list(host_keys)
+        self.port = port
+        self.connect_timeout = connect_timeout
+        self._client: Optional[paramiko.SSHClient] = None
+        self._sftp: Optional[paramiko.SFTPClient] = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return "NodeConnection(%s %s@%s)" % (self.name, self.user, self.address)
+
+    # -- lifecycle -----------------------------------------------------
+    def _open(self) -> paramiko.SSHClient:
+        if not self.host_keys:
+            raise SSHError(self.name, "no host key recorded; refusing to trust "
+                           "on first use", fatal=True)
+        client = paramiko.SSHClient()
+        store = client.get_host_keys()
+        host = self.address if self.port == 22 else "[%s]:%d" % (self.address, self.port)
+        for line in self.host_keys:
+            ktype, b64 = line.split()[:2]
+            store.add(host, ktype, paramiko.PKey.from_type_string(ktype, base64.b64decode(b64)))
+        client.set_missing_host_key_policy(_VerifyRecorded(self.name, self.host_keys))
+        sock = socket.create_connection((self.address, self.port), self.connect_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            client.connect(self.address, port=self.port, username=self.user,
+                           key_filename=self.key_file, sock=sock,
+                           timeout=self.connect_timeout,
+                           banner_timeout=self.connect_timeout,
+                           auth_timeout=self.connect_timeout,
+                           allow_agent=False, look_for_keys=False)
+        except paramiko.BadHostKeyException as exc:
+            sock.close()
+            raise HostKeyMismatch(self.name, hostkeys.fingerprint(
+                "%s %s" % (exc.expected_key.get_name(), exc.expected_key.get_base64())),
+                hostkeys.fingerprint("%s %s" % (exc.key.get_name(), exc.key.get_base64()))
+            ) from exc
+        except paramiko.AuthenticationException as exc:
+            sock.close()
+            raise SSHError(self.name, "authentication as %s refused: %s"
+                           % (self.user, exc), fatal=True) from exc
+        except BaseException:
+            sock.close()
+            client.close()
+            raise
+        transport = client.get_transport()
+        opts = transport.get_security_options()
+        preferred = [c for c in FAST_CIPHERS if c in opts.ciphers]
+        if preferred:
+            opts.ciphers = tuple(preferred) + tuple(c for c in opts.ciphers
+                                                    if c not in preferred)
+        transport.set_keepalive(15)
+        return client
+
+    @property
+    def client(self) -> paramiko.SSHClient:
+        with self._lock:
+            if self._client is None or not self._client.get_transport() \
+                    or not self._client.get_transport().is_active():
+                self._client = self._open()
+                self._sftp = None
+            return self._client
+
+    def connect(self, deadline: Optional[float] = None) -> "NodeConnection":
+        """Open now, retrying transient errors until ``deadline`` (monotonic)."""
+        if deadline is None:
+            _ = self.client
+            return self
+        retry.ssh_connect(deadline, is_transient)(lambda: self.client)()
+        return self
+
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        client = self.client
+        with self._lock:
+            if self._sftp is None:
+                self._sftp = client.open_sftp()
+            return self._sftp
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sftp is not None:
+                self._sftp.close()
+                self._sftp = None
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def __enter__(self) -> "NodeConnection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- commands ------------------------------------------------------
+    def run(self, argv: Union[str, Sequence[str]], warn: bool = False,
+            timeout: Optional[float] = None, stdin: Optional[bytes] = None) -> CommandResult:
+        """Run a command; raise RemoteCommandError on non-zero unless ``warn``."""
+        command = quote_command(argv)
+        t0 = time.monotonic()
+        chan = self.client.get_transport().open_session(timeout=self.connect_timeout)
+        try:
+            chan.exec_command(command)
+            if stdin:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+            out, err = _drain(chan, None if timeout is None else t0 + timeout)
+            code = chan.recv_exit_status()
+        except socket.timeout as exc:
+            raise SSHError(self.name, "command timed out after %ss: %s"
+                           % (timeout, command)) from exc
+        finally:
+            chan.close()
+        result = CommandResult(self.name, command, code,
+                               out.decode("utf-8", "replace"),
+                               err.decode("utf-8", "replace"),
+                               time.monotonic() - t0)
+        if not warn and not result.ok:
+            raise RemoteCommandError(result)
+        return result
+
+
+def _drain(chan: paramiko.Channel, deadline: Optional[float]) -> Tuple[bytes, bytes]:
+    """Read stdout and stderr until the command exits (or the deadline passes)."""
+    out, err = bytearray(), bytearray()
+    while True:
+        while chan.recv_ready():
+            out += chan.recv(1 << 16)
+        while chan.recv_stderr_ready():
+            err += chan.recv_stderr(1 << 16)
+        # SSH delivers a command's output before its exit status.
+        if chan.exit_status_ready() and not chan.recv_ready() \
+                and not chan.recv_stderr_ready():
+            return bytes(out), bytes(err)
+        if deadline is not None and time.monotonic() > deadline:
+            raise socket.timeout()
+        select.select([chan], [], [], 0.05)

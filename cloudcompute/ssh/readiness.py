@@ -1,0 +1,48 @@
+"""Is a node ready for work? A cheap banner probe, then a real login.
+
+Step one connects over TCP and waits for the ``SSH-`` banner (sshd is up);
+step two logs in with the cluster key, verifies the host key and runs
+``true``. Refused logins and host key mismatches stop at once; connection
+errors while the node boots are retried until the deadline.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+from cloudcompute import retry
+from cloudcompute.exceptions import SSHError, WaitTimeout
+from cloudcompute.ssh.client import NodeConnection, is_transient
+
+LOG = logging.getLogger(__name__)
+
+
+def banner_probe(address: str, port: int = 22, timeout: float = 3.0) -> bool:
+    """True if something answers ``SSH-`` on address:port."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(4) == b"SSH-"
+    except OSError:
+        return False
+
+
+def wait_for_ssh(conn: NodeConnection, deadline: float, poll: float = 0.25) -> float:
+    """Block until ``conn`` logs in and runs ``true``; return seconds waited."""
+    t0 = time.monotonic()
+    while not banner_probe(conn.address, conn.port, timeout=min(3.0, max(0.1, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline:
+            raise WaitTimeout("SSH banner of %s (%s)" % (conn.name, conn.address),
+                              deadline - t0, [conn.name])
+        retry.SLEEP(poll)
+    try:
+        retry.ssh_connect(deadline, is_transient)(lambda: conn.run(["true"]))()
+    except SSHError:
+        raise
+    except Exception as exc:
+        if is_transient(exc):
+            raise WaitTimeout("SSH login to %s (%s): %s" % (conn.name, conn.address, exc),
+                              deadline - t0, [conn.name]) from exc
+        raise
+    return time.monotonic() - t0

@@ -1,0 +1,156 @@
+"""Delete a cluster in dependency order, idempotently, and verify by listing.
+
+Order: servers (then wait until they are gone), floating IPs, router
+interfaces, routers, ports, subnets, networks, security groups, keypairs.
+A 404 counts as deleted, so teardown can be run again after any failure.
+Resources are found both from the state file and by the cluster's tag, so
+that a crash between a create call and its state record loses nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from typing import Any, Callable, Dict, List
+
+from openstack import exceptions as os_exc
+
+from cloudcompute import retry, tags
+from cloudcompute.exceptions import TeardownError
+from cloudcompute.state import ClusterState
+
+LOG = logging.getLogger(__name__)
+
+
+def _ids(st: ClusterState, kind: str) -> Dict[str, str]:
+    return {e["id"]: n for n, e in st.resources[kind].items() if e.get("id")}
+
+
+def _tagged(lister: Callable[..., Any], cluster_id: str) -> Dict[str, Any]:
+    return {r.id: r for r in retry.call(lambda: list(lister(
+        tags=tags.CLUSTER_TAG + cluster_id)))}
+
+
+class Teardown:
+    """One teardown run; ``run()`` raises TeardownError naming what is left."""
+
+    def __init__(self, conn: Any, st: ClusterState, timeout: float = 300.0):
+        self.conn = conn
+        self.st = st
+        self.cid = st.cluster_id
+        self.deadline = time.monotonic() + timeout
+        self.timeout = timeout
+        self.errors: List[str] = []
+        self.timings: Dict[str, float] = {}
+
+    def _delete(self, what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        try:
+            retry.call(fn, *args, attempts=6, **kw)
+        except os_exc.NotFoundException:
+            pass
+        except os_exc.SDKException as exc:
+            self.errors.append("%s: %s" % (what, exc))
+            LOG.warning("could not delete %s: %s", what, exc)
+
+    def run(self) -> Dict[str, float]:
+        t0 = time.monotonic()
+        self.servers()
+        self.timings["servers"] = time.monotonic() - t0
+        self.network_side()
+        self.keypairs()
+        self.timings["total"] = time.monotonic() - t0
+        left = self.verify()
+        if left:
+            raise TeardownError(left, self.errors)
+        key = self.st.data.get("ssh", {}).get("key_file")
+        if key and self.st.data.get("ssh", {}).get("generated_key"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(key)
+        self.st.remove()
+        LOG.info("cluster %s deleted in %.2fs", self.st.name, self.timings["total"])
+        return self.timings
+
+    def servers(self) -> None:
+        compute = self.conn.compute
+        ids = set(_ids(self.st, "servers")) | set(_tagged(compute.servers, self.cid))
+        for sid in ids:
+            self._delete("server %s" % sid, compute.delete_server, sid, ignore_missing=True)
+        while ids:
+            present = set(_tagged(compute.servers, self.cid))
+            # Servers recorded but not tagged (tagging failed) are checked one by one.
+            for sid in ids - present:
+                if retry.call(compute.find_server, sid, ignore_missing=True) is not None:
+                    present.add(sid)
+            ids &= present
+            if not ids:
+                break
+            if time.monotonic() > self.deadline:
+                self.errors.append("servers still deleting after %.0fs" % self.timeout)
+                break
+            retry.SLEEP(0.25)
+        self._forget_missing("servers", compute.find_server)
+
+    def network_side(self) -> None:
+        net = self.conn.network
+        fips = set(_ids(self.st, "floating_ips")) | set(_tagged(net.ips, self.cid))
+        for fid in fips:
+            self._delete("floating IP %s" % fid, net.delete_ip, fid, ignore_missing=True)
+        for name, e in list(self.st.resources["router_interfaces"].items()):
+            if e.get("router_id") and e.get("subnet_id"):
+                try:
+                    retry.call(net.remove_interface_from_router, e["router_id"],
+                               subnet_id=e["subnet_id"])
+                except (os_exc.NotFoundException, os_exc.BadRequestException):
+                    pass
+                except os_exc.SDKException as exc:
+                    self.errors.append("router interface %s: %s" % (name, exc))
+                    continue
+            self.st.forget("router_interfaces", name)
+        routers = set(_ids(self.st, "routers")) | set(_tagged(net.routers, self.cid))
+        for rid in routers:
+            self._delete("router %s" % rid, net.delete_router, rid, ignore_missing=True)
+        networks = set(_ids(self.st, "networks")) | set(_tagged(net.networks, self.cid))
+        for nid in networks:
+            for port in retry.call(lambda: list(net.ports(network_id=nid))):
+                if port.device_owner != "network:dhcp":
+                    self._delete("port %s" % port.id, net.delete_port, port.id,
+                                 ignore_missing=True)
+        subnets = set(_ids(self.st, "subnets")) | set(_tagged(net.subnets, self.cid))
+        for sid in subnets:
+            self._delete("subnet %s" % sid, net.delete_subnet, sid, ignore_missing=True)
+        for nid in networks:
+            self._delete("network %s" % nid, net.delete_network, nid, ignore_missing=True)
+        sgs = set(_ids(self.st, "security_groups")) | set(
+            _tagged(net.security_groups, self.cid))
+        for gid in sgs:
+            self._delete("security group %s" % gid, net.delete_security_group, gid,
+                         ignore_missing=True)
+        for kind, finder in (("floating_ips", net.find_ip), ("routers", net.find_router),
+                             ("subnets", net.find_subnet), ("networks", net.find_network),
+                             ("security_groups", net.find_security_group)):
+            self._forget_missing(kind, finder)
+
+    def keypairs(self) -> None:
+        names = set(self.st.resources["keypairs"]) | {tags.resource_name(self.cid)}
+        for name in names:
+            self._delete("keypair %s" % name, self.conn.compute.delete_keypair, name,
+                         ignore_missing=True)
+            if retry.call(self.conn.compute.find_keypair, name, ignore_missing=True) is None:
+                self.st.forget("keypairs", name)
+
+    def _forget_missing(self, kind: str, finder: Callable[..., Any]) -> None:
+        for name, e in list(self.st.resources[kind].items()):
+            rid = e.get("id")
+            if rid is None or retry.call(finder, rid, ignore_missing=True) is None:
+                self.st.forget(kind, name)
+
+    def verify(self) -> List[str]:
+        """What the cloud still holds for this cluster, by tag and by state."""
+        left = ["%s %s" % (kind, r.name or r.id) for kind, lister in (
+            ("server", self.conn.compute.servers), ("floating IP", self.conn.network.ips),
+            ("router", self.conn.network.routers), ("network", self.conn.network.networks),
+            ("subnet", self.conn.network.subnets),
+            ("security group", self.conn.network.security_groups))
+            for r in _tagged(lister, self.cid).values()]
+        return sorted(set(left + self.st.listing()))
