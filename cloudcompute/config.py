@@ -33,6 +33,7 @@ class NodeGroup:
     count: int = 1
     flavor: Optional[str] = None
     image: Optional[str] = None
+    metadata: Dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -148,7 +149,8 @@ def validate(spec: ClusterSpec) -> ClusterSpec:
         problems.append("max_replacements must be >= 0")
     if spec.ttl_hours <= 0:
         problems.append("ttl_hours must be > 0")
-    for k, v in spec.metadata.items():
+    for k, v in [kv for g in spec.groups for kv in g.metadata.items()] + list(
+            spec.metadata.items()):
         if not isinstance(k, str) or not isinstance(v, str) or len(k) > 255 or len(v) > 255:
             problems.append("metadata %r: keys and values must be strings of at most "
                             "255 characters" % (k,))
@@ -172,7 +174,14 @@ def connect(cloud: Optional[str] = None,
         except os_exc.ConfigException as exc:
             raise ConfigError("cloud %r: %s" % (cloud, exc)) from exc
     try:
-        conn.authorize()
+        try:
+            conn.authorize()
+        except os_exc.SDKException as exc:
+            # authorize() wraps keystoneauth's error; raise the original kind.
+            inner = exc.__cause__ or exc.__context__
+            if isinstance(inner, ks_exc.ClientException):
+                raise inner from exc
+            raise
     except ks_exc.Unauthorized as exc:
         raise CloudAuthError("cloud %s refused the credentials: %s"
                              % (_cloud_name(conn, cloud), exc), cloud) from exc
@@ -180,6 +189,11 @@ def connect(cloud: Optional[str] = None,
             ks_exc.ConnectTimeout) as exc:
         raise CloudAuthError("cannot reach the auth URL of cloud %s: %s"
                              % (_cloud_name(conn, cloud), exc), cloud) from exc
+    except os_exc.HttpException as exc:
+        if getattr(exc, "status_code", None) == 401:
+            raise CloudAuthError("cloud %s refused the credentials: %s"
+                                 % (_cloud_name(conn, cloud), exc), cloud) from exc
+        raise CloudAuthError("cloud %s: %s" % (_cloud_name(conn, cloud), exc), cloud) from exc
     except ks_exc.MissingRequiredOptions as exc:
         raise ConfigError("cloud %s: %s" % (_cloud_name(conn, cloud), exc)) from exc
     except os_exc.SDKException as exc:
@@ -196,4 +210,5 @@ def cloud_settings(conn: openstack.connection.Connection) -> Dict[str, Any]:
 
 
 def _cloud_name(conn: Any, cloud: Optional[str]) -> str:
-    return repr(cloud or getattr(getattr(conn, "config", None), "name", None) or "")
+    name = cloud or getattr(getattr(conn, "config", None), "name", None)
+    return repr(name) if name else "(from arguments and OS_* variables)"

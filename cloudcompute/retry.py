@@ -65,7 +65,8 @@ def ssh_connect(deadline: float, is_transient: Callable[[BaseException], bool]) 
     )
 
 
-def transfer(attempts: int = 3, is_transient: Callable[[BaseException], bool] = lambda e: True) -> Any:
+def transfer(attempts: int = 3,
+             is_transient: Callable[[BaseException], bool] = lambda e: True) -> Any:
     """Retry a whole payload transfer (which re-sends from the start)."""
     return tenacity.retry(
         stop=tenacity.stop_after_attempt(attempts),

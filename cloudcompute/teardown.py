@@ -112,7 +112,7 @@ class Teardown:
             self._delete("router %s" % rid, net.delete_router, rid, ignore_missing=True)
         networks = set(_ids(self.st, "networks")) | set(_tagged(net.networks, self.cid))
         for nid in networks:
-            for port in retry.call(lambda: list(net.ports(network_id=nid))):
+            for port in retry.call(lambda n=nid: list(net.ports(network_id=n))):
                 if port.device_owner != "network:dhcp":
                     self._delete("port %s" % port.id, net.delete_port, port.id,
                                  ignore_missing=True)

@@ -30,6 +30,7 @@ class ResolvedGroup:
     image_id: str
     image_name: str
     image_user: Optional[str]
+    metadata: Dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -50,7 +51,8 @@ def _find(finder, name_or_id: str):
     try:
         return retry.call(finder, name_or_id, ignore_missing=True)
     except os_exc.DuplicateResource:
-        raise PreflightError(["%r matches more than one resource; use its id" % name_or_id])
+        raise PreflightError(["%r matches more than one resource; use its id"
+                              % name_or_id]) from None
 
 
 def _choices(items, limit: int = 12) -> str:
@@ -80,7 +82,7 @@ def resolve(conn: Any, spec: ClusterSpec) -> Plan:
             user = getattr(image, "os_admin_user", None) or props.get("os_admin_user")
             groups.append(ResolvedGroup(g.name, g.count, flavor.id, flavor.name,
                                         flavor.vcpus, flavor.ram, image.id,
-                                        image.name, user))
+                                        image.name, user, dict(g.metadata)))
     network_id = external_id = None
     if spec.network:
         net = _find(conn.network.find_network, spec.network)

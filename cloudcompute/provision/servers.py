@@ -110,7 +110,7 @@ class ServerBuilder:
         self.st.intend("servers", name, group=group.name, host_keys=node.host_keys)
         meta = tags.server_metadata(self.st.cluster_id, self.st.name, group.name,
                                     self.spec.ttl_hours, self.st.data["owner"],
-                                    extra=self.spec.metadata)
+                                    extra=dict(self.spec.metadata, **group.metadata))
         args = dict(name=name, flavor_id=group.flavor_id, image_id=group.image_id,
                     networks=[{"uuid": self.network_id}], key_name=self.keypair,
                     security_groups=[{"name": self.sg_name}], metadata=meta,
@@ -155,7 +155,6 @@ class ServerBuilder:
             listing = {s.id: s for s in retry.call(
                 lambda: list(self.conn.compute.servers(
                     details=True, tags=tags.CLUSTER_TAG + self.st.cluster_id)))}
-            pending = []
             for node in list(self.nodes.values()):
                 if node.name not in want or node.status == "ACTIVE":
                     continue
@@ -172,8 +171,7 @@ class ServerBuilder:
                 elif server.status == "ERROR":
                     fault = (server.fault or {}).get("message") or "no fault message"
                     self._failed(node, want, fault)
-                else:
-                    pending.append(node.name)
+            pending = sorted(n for n in want if self.nodes[n].status != "ACTIVE")
             if not pending:
                 return
             if time.monotonic() >= deadline:

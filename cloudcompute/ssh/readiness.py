@@ -31,7 +31,8 @@ def banner_probe(address: str, port: int = 22, timeout: float = 3.0) -> bool:
 def wait_for_ssh(conn: NodeConnection, deadline: float, poll: float = 0.25) -> float:
     """Block until ``conn`` logs in and runs ``true``; return seconds waited."""
     t0 = time.monotonic()
-    while not banner_probe(conn.address, conn.port, timeout=min(3.0, max(0.1, deadline - time.monotonic()))):
+    while not banner_probe(conn.address, conn.port,
+                           timeout=min(3.0, max(0.1, deadline - time.monotonic()))):
         if time.monotonic() >= deadline:
             raise WaitTimeout("SSH banner of %s (%s)" % (conn.name, conn.address),
                               deadline - t0, [conn.name])

@@ -55,10 +55,12 @@ class NetnsDriver(fake.FakeDriver):
         try:
             knobs = node.spec_knobs(dict(instance.metadata or {}), props)
         except node.NodeError as exc:
-            raise exception.InstanceDeployFailure(reason=str(exc))
-        if knobs["fault"] == "spawn_error":
+            raise exception.InstanceDeployFailure(reason=str(exc)) from exc
+        if knobs["fault"] == "spawn_error" or (
+                knobs["fault"] == "spawn_error_once"
+                and self.host.first_failure(knobs["fault_key"] or instance.uuid)):
             raise exception.InstanceDeployFailure(
-                reason="cc_fault=spawn_error: this spawn was told to fail")
+                reason="cc_fault=%s: this spawn was told to fail" % knobs["fault"])
         if knobs["fault"] == "slow_boot":
             LOG.info("cc_fault=slow_boot: spawn waits %ss", knobs["slow_boot"],
                      instance=instance)
@@ -85,7 +87,7 @@ class NetnsDriver(fake.FakeDriver):
                                    "vifs.json"), "w") as f:
                 json.dump([v.__dict__ for v in vifs], f)
         except node.NodeError as exc:
-            raise exception.InstanceDeployFailure(reason=str(exc))
+            raise exception.InstanceDeployFailure(reason=str(exc)) from exc
         LOG.info("cc-netns instance up: %s user=%s delay=%ss fault=%s",
                  ", ".join(v.address for v in vifs), spec.user,
                  spec.boot_delay, spec.fault, instance=instance)

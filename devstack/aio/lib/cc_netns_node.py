@@ -36,7 +36,7 @@ import yaml
 LOG = logging.getLogger(__name__)
 
 KEY_TYPES = ("ed25519", "ecdsa", "rsa")
-FAULTS = ("spawn_error", "no_sshd", "slow_boot")
+FAULTS = ("spawn_error", "spawn_error_once", "no_sshd", "slow_boot")
 DEFAULT_USER = "debian"
 DEFAULT_BOOT_DELAY = 3.0
 DEFAULT_SLOW_BOOT = 120.0
@@ -100,7 +100,7 @@ def parse_user_data(raw: Optional[str]) -> CloudConfig:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise NodeError("user-data is not valid cloud-config YAML: %s" % exc)
+        raise NodeError("user-data is not valid cloud-config YAML: %s" % exc) from exc
     if not isinstance(data, dict):
         raise NodeError("cloud-config user-data must be a mapping")
     keys = data.get("ssh_authorized_keys") or []
@@ -229,11 +229,12 @@ def spec_knobs(metadata: dict, image_props: dict) -> dict:
     try:
         return {
             "fault": fault,
+            "fault_key": pick("cc_fault_key"),
             "boot_delay": float(delay) if delay is not None else None,
             "slow_boot": float(slow) if slow is not None else DEFAULT_SLOW_BOOT,
         }
     except ValueError as exc:
-        raise NodeError("bad boot knob: %s" % exc)
+        raise NodeError("bad boot knob: %s" % exc) from exc
 
 
 class NodeHost:
@@ -428,6 +429,17 @@ class NodeHost:
             self.run(cmd)
         except NodeError as exc:
             LOG.debug("ignored during cleanup: %s", exc)
+
+    def first_failure(self, key: str) -> bool:
+        """True the first time ``key`` is seen (for ``spawn_error_once``)."""
+        d = os.path.join(self.state_dir, "faults")
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        marker = os.path.join(d, hashlib.sha256(key.encode()).hexdigest())
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            return False
+        return True
 
     def console(self, uuid: str) -> str:
         try:

@@ -1,0 +1,223 @@
+"""The local all-in-one cloud, proven with openstacksdk and paramiko directly.
+
+These tests do not use cloudcompute: they check that the rig behaves like
+a cloud whose servers are VMs (SSH, console log host keys, user-data, a
+private filesystem, no way out), and that its fault knobs work.
+"""
+import base64
+import re
+import socket
+import time
+
+import paramiko
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from tests.functional.conftest import keypairs_with, leftovers
+
+IMAGE = "debian-12-cc"
+FLAVOR = "m1.tiny"
+NETWORK = "private"
+
+
+def _keypair(conn, tmp_path, name):
+    key = ed25519.Ed25519PrivateKey.generate()
+    path = tmp_path / "id"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.OpenSSH,
+                                       serialization.NoEncryption()))
+    pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                        serialization.PublicFormat.OpenSSH).decode()
+    conn.compute.create_keypair(name=name, public_key=pub)
+    return str(path)
+
+
+@pytest.fixture
+def rig(conn, admin_conn, unique, tmp_path):
+    """Keypair + security group; everything created is deleted and checked."""
+    created = {"servers": []}
+    key_file = _keypair(conn, tmp_path, unique)
+    sg = conn.network.create_security_group(name=unique)
+    conn.network.create_security_group_rule(
+        security_group_id=sg.id, direction="ingress", ethertype="IPv4",
+        protocol="tcp", port_range_min=22, port_range_max=22,
+        remote_ip_prefix="10.42.0.1/32")
+    net = conn.network.find_network(NETWORK)
+    image = conn.image.find_image(IMAGE)
+    flavor = conn.compute.find_flavor(FLAVOR)
+
+    def boot(suffix="", wait=True, **kw):
+        server = conn.compute.create_server(
+            name="%s-%s" % (unique, suffix), image_id=image.id, flavor_id=flavor.id,
+            networks=[{"uuid": net.id}], key_name=unique,
+            security_groups=[{"name": unique}], **kw)
+        created["servers"].append(server.id)
+        if wait:
+            server = conn.compute.wait_for_server(server, wait=30, interval=0.2)
+        return server
+
+    yield {"boot": boot, "key_file": key_file, "conn": conn}
+
+    for sid in created["servers"]:
+        conn.compute.delete_server(sid, ignore_missing=True)
+    end = time.monotonic() + 90  # a slow_boot spawn holds the instance lock
+    while any(conn.compute.find_server(sid) for sid in created["servers"]):
+        assert time.monotonic() < end, "servers not deleted within 90s"
+        time.sleep(0.3)
+    conn.network.delete_security_group(sg, ignore_missing=True)
+    conn.compute.delete_keypair(unique, ignore_missing=True)
+    project = conn.current_project_id
+    assert leftovers(admin_conn, project, unique) == []
+    assert keypairs_with(conn, unique) == []
+
+
+def fixed_ip(server):
+    return next(a["addr"] for addrs in server.addresses.values() for a in addrs)
+
+
+def console_keys(conn, server, timeout=30):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        out = conn.compute.get_server_console_output(server)["output"]
+        m = re.search(r"-----BEGIN SSH HOST KEY KEYS-----\n(.*?)-----END SSH HOST KEY KEYS-----",
+                      out, re.S)
+        if m:
+            return out, [" ".join(line.split()[:2]) for line in m.group(1).splitlines()]
+        time.sleep(0.3)
+    raise AssertionError("no host keys on the console of %s" % server.name)
+
+
+def banner(ip, timeout=1.0):
+    try:
+        with socket.create_connection((ip, 22), timeout=timeout) as s:
+            s.settimeout(timeout)
+            return s.recv(4) == b"SSH-"
+    except OSError:
+        return False
+
+
+def ssh(ip, key_file, host_keys, user="debian", timeout=20):
+    client = paramiko.SSHClient()
+    for line in host_keys:
+        kt, b64 = line.split()[:2]
+        client.get_host_keys().add(ip, kt, paramiko.PKey.from_type_string(
+            kt, base64.b64decode(b64)))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            client.connect(ip, username=user, key_filename=key_file, timeout=5,
+                           allow_agent=False, look_for_keys=False)
+            return client
+        except (OSError, paramiko.SSHException) as exc:
+            if isinstance(exc, (paramiko.AuthenticationException,
+                                paramiko.BadHostKeyException)) or time.monotonic() > end:
+                raise
+            time.sleep(0.3)
+
+
+def run(client, cmd):
+    _, out, err = client.exec_command(cmd)
+    code = out.channel.recv_exit_status()
+    return code, out.read().decode(), err.read().decode()
+
+
+def test_server_answers_ssh_with_console_keys_and_stock_python(rig):
+    t0 = time.monotonic()
+    server = rig["boot"]("a")
+    active = time.monotonic() - t0
+    assert server.status == "ACTIVE" and active < 15
+    ip = fixed_ip(server)
+    console, keys = console_keys(rig["conn"], server)
+    assert "-----BEGIN SSH HOST KEY FINGERPRINTS-----" in console
+    client = ssh(ip, rig["key_file"], keys)
+    presented = client.get_transport().get_remote_server_key()
+    assert "%s %s" % (presented.get_name(), presented.get_base64()) in keys
+    fp = "SHA256:" + base64.b64encode(__import__("hashlib").sha256(
+        presented.asbytes()).digest()).decode().rstrip("=")
+    assert fp in console
+    code, out, _ = run(client, "id -un; hostname; python3 -c 'import numpy, pandas, sys; "
+                               "print(sys.executable, numpy.__version__, pandas.__version__)'")
+    assert code == 0, out
+    user, hostname, py = out.split("\n")[:3]
+    assert user == "debian"
+    assert hostname == server.name
+    assert py.startswith("/usr/bin/python3 1.")
+    code, out, _ = run(client, "python3 -c 'import pyarrow'")
+    assert code != 0
+    client.close()
+
+
+def test_nodes_have_private_files_and_no_way_out(rig):
+    a, b = rig["boot"]("a"), rig["boot"]("b")
+    ca = ssh(fixed_ip(a), rig["key_file"], console_keys(rig["conn"], a)[1])
+    cb = ssh(fixed_ip(b), rig["key_file"], console_keys(rig["conn"], b)[1])
+    assert run(ca, "echo a > /tmp/only-a && echo a > ~/only-a")[0] == 0
+    assert run(cb, "ls /tmp/only-a ~/only-a")[0] != 0
+    assert run(ca, "cat /tmp/only-a ~/only-a")[1] == "a\na\n"
+    # nodes reach each other ...
+    code, _, _ = run(ca, "timeout 3 bash -c 'echo > /dev/tcp/%s/22'" % fixed_ip(b))
+    assert code == 0
+    # ... but not the host (gateway) nor anything beyond it
+    code, _, _ = run(ca, "timeout 3 bash -c 'echo > /dev/tcp/10.42.0.1/5000'")
+    assert code != 0
+    code, out, _ = run(ca, "ip route get 192.0.2.1 && timeout 2 bash -c "
+                           "'echo > /dev/tcp/192.0.2.1/80'")
+    assert code != 0
+    ca.close()
+    cb.close()
+
+
+def test_user_data_host_keys_are_served(rig):
+    key = ed25519.Ed25519PrivateKey.generate()
+    priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                             serialization.NoEncryption()).decode()
+    pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                        serialization.PublicFormat.OpenSSH).decode()
+    extra = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    import yaml
+    ud = "#cloud-config\n" + yaml.safe_dump({
+        "ssh_keys": {"ed25519_private": priv, "ed25519_public": pub},
+        "ssh_authorized_keys": [extra]})
+    server = rig["boot"]("ud", user_data=base64.b64encode(ud.encode()).decode())
+    # known before first contact: no console read needed
+    client = ssh(fixed_ip(server), rig["key_file"], [pub])
+    assert run(client, "true")[0] == 0
+    client.close()
+    assert console_keys(rig["conn"], server)[1] == [" ".join(pub.split()[:2])]
+
+
+def test_sshd_starts_after_the_boot_delay(rig):
+    server = rig["boot"]("slow-sshd", metadata={"cc_boot_delay": "4"})
+    ip = fixed_ip(server)
+    assert not banner(ip)
+    t0 = time.monotonic()
+    while not banner(ip):
+        assert time.monotonic() - t0 < 10
+        time.sleep(0.2)
+    assert time.monotonic() - t0 > 2
+
+
+def test_fault_spawn_error_goes_error_with_fault(rig):
+    server = rig["boot"]("err", wait=False, metadata={"cc_fault": "spawn_error"})
+    conn = rig["conn"]
+    end = time.monotonic() + 30
+    while True:
+        s = conn.compute.get_server(server.id)
+        if s.status == "ERROR":
+            break
+        assert s.status == "BUILD" and time.monotonic() < end
+        time.sleep(0.3)
+    assert "spawn_error" in s.fault["message"]
+
+
+def test_fault_no_sshd_and_slow_boot(rig):
+    nossh = rig["boot"]("nossh", metadata={"cc_fault": "no_sshd", "cc_boot_delay": "0"})
+    slow = rig["boot"]("slow", wait=False, metadata={"cc_fault": "slow_boot",
+                                                     "cc_slow_boot_seconds": "15"})
+    time.sleep(3)
+    assert not banner(fixed_ip(nossh))
+    assert "not started" in rig["conn"].compute.get_server_console_output(nossh)["output"]
+    assert rig["conn"].compute.get_server(slow.id).status == "BUILD"

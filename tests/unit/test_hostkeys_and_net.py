@@ -1,0 +1,66 @@
+import yaml
+
+from cloudcompute import tags
+from cloudcompute.provision.servers import directly_routable
+from cloudcompute.ssh import hostkeys
+
+CONSOLE = """boot
+-----BEGIN SSH HOST KEY KEYS-----
+ssh-ed25519 AAAAold root@x
+-----END SSH HOST KEY KEYS-----
+reboot
+ec2: -----BEGIN SSH HOST KEY KEYS-----
+ec2: ecdsa-sha2-nistp256 AAAAE2Vj root@x
+ec2: ssh-ed25519 AAAAC3Nz root@x
+ec2: -----END SSH HOST KEY KEYS-----
+"""
+
+
+def test_console_keys_take_the_last_block_and_tolerate_prefixes():
+    assert hostkeys.keys_from_console(CONSOLE) == [
+        "ecdsa-sha2-nistp256 AAAAE2Vj", "ssh-ed25519 AAAAC3Nz"]
+    assert hostkeys.keys_from_console("no keys yet") == []
+    assert hostkeys.keys_from_console("-----BEGIN SSH HOST KEY KEYS-----\nssh-ed25519 A") == []
+
+
+def test_user_data_merge_keeps_the_callers_cloud_config():
+    priv, pub = hostkeys.generate_ed25519()
+    merged = hostkeys.user_data_with_host_key("#cloud-config\npackages: [htop]\n", priv, pub)
+    data = yaml.safe_load(merged)
+    assert data["packages"] == ["htop"]
+    assert data["ssh_keys"] == {"ed25519_private": priv, "ed25519_public": pub}
+    assert merged.startswith("#cloud-config\n")
+    assert hostkeys.user_data_with_host_key("#!/bin/sh\ntrue\n", priv, pub) is None
+    assert pub.startswith("ssh-ed25519 ")
+    assert hostkeys.fingerprint(pub).startswith("SHA256:")
+
+
+def test_directly_routable_reads_specific_routes_only(tmp_path):
+    route = tmp_path / "route"
+    route.write_text(
+        "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n"
+        "eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\n"      # default
+        "ccbr1\t00002A0A\t00000000\t0001\t0\t0\t0\t00FFFFFF\n"      # 10.42.0.0/24
+        "*\t00002A0A\t00000000\t0201\t0\t0\t0\t0000FFFF\n")         # unreachable /16
+    assert directly_routable("10.42.0.7", str(route))
+    assert not directly_routable("10.42.1.7", str(route))
+    assert not directly_routable("8.8.8.8", str(route))
+    assert not directly_routable("not-an-ip", str(route))
+
+
+def test_tags_round_trip_and_foreign_resources():
+    assert tags.cluster_of(tags.tags("c-1234")) == "c-1234"
+    assert tags.cluster_of(["cc-cluster=c-1234"]) is None  # no library mark
+    assert tags.cluster_of(None) is None
+    meta = tags.server_metadata("c-1", "c", "node", 2.0, "me@h:1", now=1000)
+    assert meta["cc_expires"] == "8200" and meta["cc_cluster"] == "c-1"
+
+
+def test_owner_alive(monkeypatch):
+    import os
+    import socket
+    me = "u@%s:%d" % (socket.gethostname(), os.getpid())
+    assert tags.owner_alive(me) is True
+    assert tags.owner_alive("u@%s:999999999" % socket.gethostname()) is False
+    assert tags.owner_alive("u@elsewhere:1") is None
+    assert tags.owner_alive("garbage") is None
