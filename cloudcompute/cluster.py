@@ -19,6 +19,7 @@ from cloudcompute import config, tags
 from cloudcompute.config import ClusterSpec
 from cloudcompute.exceptions import (CloudComputeError, HostKeyMismatch, ProvisioningError,
                                      StateError)
+from cloudcompute.jobs.api import JobsMixin
 from cloudcompute.provision import preflight, resources
 from cloudcompute.provision.servers import NodeInfo, ServerBuilder
 from cloudcompute.ssh import hostkeys
@@ -50,7 +51,7 @@ def _signals_raise() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-class Cluster:
+class Cluster(JobsMixin):
     """A cluster of servers reachable over SSH, with its own cloud resources."""
 
     def __init__(self, spec: ClusterSpec, cloud: Optional[str] = None, conn: Any = None,
@@ -66,13 +67,22 @@ class Cluster:
 
     # -- lifecycle -----------------------------------------------------
     def __enter__(self) -> "Cluster":
-        if self.state is None:
-            self.up()
+        # SIGTERM inside the with-block must reach __exit__ as Ctrl-C does.
+        self._signals = _signals_raise()
+        self._signals.__enter__()
+        try:
+            if self.state is None:
+                self.up()
+        except BaseException:
+            self._signals.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        with _signals_raise():
+        try:
             self.down()
+        finally:
+            self._signals.__exit__(None, None, None)
 
     @property
     def name(self) -> str:

@@ -15,7 +15,7 @@ import shlex
 import socket
 import threading
 import time
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import paramiko
 
@@ -62,6 +62,15 @@ class _VerifyRecorded(paramiko.MissingHostKeyPolicy):
         raise HostKeyMismatch(self.node, ", ".join(
             hostkeys.fingerprint(k) for k in self.expected) or "(none recorded)",
             hostkeys.fingerprint(got))
+
+
+def _fast_transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
+    """A Transport that offers AES-GCM first (several times faster than the default)."""
+    transport = paramiko.Transport(sock, **kwargs)
+    opts = transport.get_security_options()
+    preferred = [c for c in FAST_CIPHERS if c in opts.ciphers]
+    opts.ciphers = tuple(preferred) + tuple(c for c in opts.ciphers if c not in preferred)
+    return transport
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -113,7 +122,8 @@ class NodeConnection:
                            timeout=self.connect_timeout,
                            banner_timeout=self.connect_timeout,
                            auth_timeout=self.connect_timeout,
-                           allow_agent=False, look_for_keys=False)
+                           allow_agent=False, look_for_keys=False,
+                           transport_factory=_fast_transport)
         except paramiko.BadHostKeyException as exc:
             sock.close()
             raise HostKeyMismatch(self.name, hostkeys.fingerprint(
@@ -128,13 +138,7 @@ class NodeConnection:
             sock.close()
             client.close()
             raise
-        transport = client.get_transport()
-        opts = transport.get_security_options()
-        preferred = [c for c in FAST_CIPHERS if c in opts.ciphers]
-        if preferred:
-            opts.ciphers = tuple(preferred) + tuple(c for c in opts.ciphers
-                                                    if c not in preferred)
-        transport.set_keepalive(15)
+        client.get_transport().set_keepalive(15)
         return client
 
     @property

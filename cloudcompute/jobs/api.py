@@ -1,0 +1,163 @@
+"""The job methods of a Cluster: run, run_all, map, map_partitions, put, get."""
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+
+from cloudcompute.exceptions import CloudComputeError, StateError
+from cloudcompute.jobs.executor import Executor, TaskResult
+from cloudcompute.jobs.partition import concat, split
+
+LOG = logging.getLogger(__name__)
+
+
+class GroupResult(dict):
+    """node -> value or exception, for work that ran on every node."""
+
+    @property
+    def succeeded(self) -> Dict[str, Any]:
+        return {k: v for k, v in self.items() if not isinstance(v, BaseException)}
+
+    @property
+    def failed(self) -> Dict[str, BaseException]:
+        return {k: v for k, v in self.items() if isinstance(v, BaseException)}
+
+
+class JobsMixin:
+    """Mixed into Cluster; needs ``nodes``, ``connection()`` and ``_executor``."""
+
+    python: str = "python3"
+
+    def executor(self) -> Executor:
+        if not getattr(self, "nodes", None):
+            raise StateError("cluster %s has no ready nodes" % self.name)
+        if self._executor is None:
+            self._executor = Executor({n.name: self.connection(n.name) for n in self.nodes},
+                                      python=self.python)
+        return self._executor
+
+    def node_names(self) -> List[str]:
+        return [n.name for n in self.nodes]
+
+    def run(self, fn: Callable[..., Any], *args: Any, node: Optional[str] = None,
+            allow_pickle: bool = False, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` on one node (the first by default); its return value."""
+        return self.run_detailed(fn, *args, node=node, allow_pickle=allow_pickle,
+                                 **kwargs).value
+
+    def run_detailed(self, fn: Callable[..., Any], *args: Any, node: Optional[str] = None,
+                     allow_pickle: bool = False, **kwargs: Any) -> TaskResult:
+        """As ``run``, with the node, duration and peak memory of the task."""
+        node = node or self.node_names()[0]
+        return self.executor().run_on(node, fn, args, kwargs, allow_pickle)
+
+    def run_all(self, fn: Callable[..., Any], *args: Any, allow_pickle: bool = False,
+                **kwargs: Any) -> GroupResult:
+        """``fn`` on every node at once; a GroupResult of values or exceptions."""
+        import concurrent.futures as cf
+        ex = self.executor()
+        out = GroupResult()
+        with cf.ThreadPoolExecutor(max_workers=len(self.nodes)) as pool:
+            futures = {pool.submit(ex.run_on, n, fn, args, kwargs, allow_pickle): n
+                       for n in self.node_names()}
+            for f, n in futures.items():
+                try:
+                    out[n] = f.result().value
+                except CloudComputeError as exc:
+                    out[n] = exc
+        return out
+
+    def map(self, fn: Callable[..., Any], items: Iterable[Any],
+            allow_pickle: bool = False, star: bool = False) -> List[Any]:
+        """``[fn(x) for x in items]`` across the cluster, in order."""
+        return [r.value for r in self.executor().map(fn, items, allow_pickle, star=star)]
+
+    def map_partitions(self, fn: Callable[..., Any], data: Any,
+                       partitions: Optional[int] = None, allow_pickle: bool = False) -> Any:
+        """Split an array or DataFrame into ``partitions`` row blocks, apply ``fn`` to
+        each on the cluster, and concatenate the results back in order."""
+        parts = split(data, partitions or len(self.nodes))
+        return concat(self.map(fn, parts, allow_pickle=allow_pickle))
+
+    # -- files and arrays ----------------------------------------------
+    def put(self, data: Union[str, Any], remote_path: str,
+            nodes: Optional[Sequence[str]] = None) -> None:
+        """Copy a local file (path) or a NumPy array (saved as .npy) to the nodes."""
+        import io
+
+        import numpy as np
+        if isinstance(data, (str, os.PathLike)):
+            with open(data, "rb") as f:
+                raw = f.read()
+        elif isinstance(data, np.ndarray):
+            buf = io.BytesIO()
+            np.save(buf, data, allow_pickle=False)
+            raw = buf.getvalue()
+        else:
+            raise TypeError("put takes a file path or a NumPy array, not %s"
+                            % type(data).__name__)
+        for n in nodes or self.node_names():
+            conn = self.connection(n)
+            parent = posixpath.dirname(remote_path)
+            if parent:
+                conn.run(["mkdir", "-p", parent])
+            _sftp_write_verified(conn, remote_path, raw)
+
+    def get(self, remote_path: str, local_path: Optional[str] = None,
+            node: Optional[str] = None) -> Any:
+        """Fetch a file from a node: saved to ``local_path``, or a .npy loaded as an array."""
+        import io
+
+        import numpy as np
+        conn = self.connection(node or self.node_names()[0])
+        raw = _sftp_read_verified(conn, remote_path)
+        if local_path:
+            with open(local_path, "wb") as f:
+                f.write(raw)
+            return local_path
+        if remote_path.endswith(".npy"):
+            return np.load(io.BytesIO(raw), allow_pickle=False)
+        return raw
+
+
+def _remote_sha(conn: Any, path: str) -> str:
+    return conn.run(["sha256sum", path]).stdout.split()[0]
+
+
+def _sftp_write_verified(conn: Any, path: str, raw: bytes) -> None:
+    import hashlib
+
+    from cloudcompute import retry
+    from cloudcompute.exceptions import IntegrityError
+    want = hashlib.sha256(raw).hexdigest()
+
+    @retry.transfer(is_transient=lambda e: isinstance(e, (IntegrityError, OSError, EOFError)))
+    def once() -> None:
+        with conn.sftp.open(path, "wb") as f:
+            f.set_pipelined(True)
+            f.write(raw)
+        got = _remote_sha(conn, path)
+        if got != want:
+            raise IntegrityError(conn.name, path, want, got)
+    once()
+
+
+def _sftp_read_verified(conn: Any, path: str) -> bytes:
+    import hashlib
+
+    from cloudcompute import retry
+    from cloudcompute.exceptions import IntegrityError
+
+    @retry.transfer(is_transient=lambda e: isinstance(e, (IntegrityError, EOFError)))
+    def once() -> bytes:
+        want = _remote_sha(conn, path)
+        with conn.sftp.open(path, "rb") as f:
+            f.prefetch()
+            raw = f.read()
+        got = hashlib.sha256(raw).hexdigest()
+        if got != want:
+            raise IntegrityError(conn.name, path, want, got)
+        return raw
+    return once()

@@ -1,0 +1,417 @@
+"""The remote side of cloudcompute, and the wire format both sides share.
+
+This one file is shipped to each node (once: its sha256 names the
+directory) and started as ``python3 worker.py``. It keeps numpy and pandas
+imported, reads framed requests on stdin and answers on stdout. Each task
+runs in a forked child, so that the worker stays warm, a crash or the OOM
+killer takes only the task, and the child's peak memory is measured.
+
+The client imports the same file for the framing and the codecs, so both
+ends always agree. It must run on the node's own Python (3.9 or newer) and
+import nothing beyond the standard library at module level.
+
+Frame: ``!I`` header length, a JSON header, then the blobs the header lists
+in ``blobs`` (each ``!Q`` length + bytes, with its sha256 in the header).
+"""
+import hashlib
+import io
+import json
+import os
+import select
+import signal
+import struct
+import sys
+import time
+import traceback
+import types
+
+_HDR = struct.Struct("!I")
+_LEN = struct.Struct("!Q")
+MAX_HEADER = 64 << 20
+
+
+class WireError(Exception):
+    """A frame was malformed or its checksum did not match."""
+
+
+# ---------------------------------------------------------------- framing
+def write_frame(out, header, blobs=()):
+    blobs = [bytes(b) if not isinstance(b, (bytes, memoryview)) else b for b in blobs]
+    header = dict(header, blobs=[{"size": len(b), "sha256": hashlib.sha256(b).hexdigest()}
+                                 for b in blobs])
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    parts = [_HDR.pack(len(raw)), raw]
+    for b in blobs:
+        parts.append(_LEN.pack(len(b)))
+        parts.append(b)
+    for p in parts:
+        out.write(p)
+    out.flush()
+
+
+def _read_exact(inp, n):
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        chunk = inp.read(n - got)
+        if not chunk:
+            raise EOFError("stream closed after %d of %d bytes" % (got, n))
+        view[got:got + len(chunk)] = chunk
+        got += len(chunk)
+    return buf
+
+
+def read_frame(inp):
+    (n,) = _HDR.unpack(_read_exact(inp, _HDR.size))
+    if n > MAX_HEADER:
+        raise WireError("header of %d bytes is too large" % n)
+    header = json.loads(_read_exact(inp, n))
+    blobs = []
+    for desc in header.get("blobs", []):
+        (size,) = _LEN.unpack(_read_exact(inp, _LEN.size))
+        if size != desc["size"]:
+            raise WireError("blob size %d != announced %d" % (size, desc["size"]))
+        data = _read_exact(inp, size)
+        got = hashlib.sha256(data).hexdigest()
+        if got != desc["sha256"]:
+            raise WireError("sha256 mismatch: %s != %s" % (got, desc["sha256"]))
+        blobs.append(data)
+    return header, blobs
+
+
+# ---------------------------------------------------------------- codecs
+def _have(module):
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+def encode(value, formats, allow_pickle=False):
+    """Return (descriptor, blob). ``formats`` are what the receiver can read."""
+    np = sys.modules.get("numpy")
+    pd = sys.modules.get("pandas")
+    if np is not None and isinstance(value, np.ndarray) and value.dtype != object \
+            and "npy" in formats:
+        buf = io.BytesIO()
+        np.save(buf, value, allow_pickle=False)
+        return {"format": "npy"}, buf.getbuffer()
+    if pd is not None and isinstance(value, pd.DataFrame):
+        if "arrow" in formats and _have("pyarrow"):
+            import pyarrow as pa
+            table = pa.Table.from_pandas(value, preserve_index=True)
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as w:
+                w.write_table(table)
+            return {"format": "arrow"}, sink.getvalue().to_pybytes()
+        if "npcols" in formats:
+            try:
+                return _encode_npcols(value)
+            except TypeError:
+                if not allow_pickle:
+                    raise
+    if pd is not None and isinstance(value, pd.Series) and "npcols" in formats:
+        desc, blob = encode(value.to_frame(name=value.name if value.name is not None
+                                           else "__series__"), formats, allow_pickle)
+        return dict(desc, series=True), blob
+    try:
+        if "json" in formats:
+            return {"format": "json"}, json.dumps(value, allow_nan=True).encode()
+    except (TypeError, ValueError):
+        pass
+    if allow_pickle and "pickle" in formats:
+        import pickle
+        try:
+            import cloudpickle as cp
+        except ImportError:
+            cp = pickle
+        return {"format": "pickle"}, cp.dumps(value, protocol=4)
+    raise TypeError("a value of type %s cannot be sent safely (arrays, DataFrames and "
+                    "JSON values can); pass allow_pickle=True to allow pickle"
+                    % type(value).__name__)
+
+
+def _encode_npcols(df):
+    """A pickle-free DataFrame format: one .npy per column in an .npz."""
+    import numpy as np
+    import pandas as pd
+    arrays, cols = {}, []
+    frame = df
+    index = {"kind": "range", "start": 0, "stop": len(df), "step": 1}
+    if isinstance(df.index, pd.RangeIndex):
+        index = {"kind": "range", "start": df.index.start, "stop": df.index.stop,
+                 "step": df.index.step, "name": df.index.name}
+    else:
+        frame = df.reset_index()
+        index = {"kind": "columns", "names": [str(n) if n is not None else None
+                                              for n in df.index.names],
+                 "count": df.index.nlevels}
+    for i, (name, col) in enumerate(frame.items()):
+        key = "c%d" % i
+        info = {"name": name if isinstance(name, (str, int, float)) else str(name)}
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            arrays[key] = np.asarray(col.cat.codes)
+            cats = col.cat.categories
+            arrays[key + "_cat"] = _plain(np, np.asarray(cats))
+            info["categorical"] = bool(col.cat.ordered)
+        else:
+            arrays[key] = _plain(np, col.to_numpy())
+            info["dtype"] = str(col.dtype)
+        cols.append(info)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return {"format": "npcols", "columns": cols, "index": index}, buf.getbuffer()
+
+
+def _plain(np, arr):
+    if arr.dtype == object:
+        if all(isinstance(x, str) for x in arr):
+            return arr.astype(str)
+        raise TypeError("column of mixed Python objects cannot be sent without pickle")
+    return arr
+
+
+def decode(desc, blob, allow_pickle=False):
+    fmt = desc["format"]
+    if fmt == "npy":
+        import numpy as np
+        return np.load(io.BytesIO(blob), allow_pickle=False)
+    if fmt == "json":
+        return json.loads(blob)
+    if fmt == "arrow":
+        import pyarrow as pa
+        with pa.ipc.open_stream(pa.BufferReader(blob)) as r:
+            return r.read_all().to_pandas()
+    if fmt == "npcols":
+        df = _decode_npcols(desc, blob)
+        if desc.get("series"):
+            s = df.iloc[:, 0]
+            return s.rename(None) if s.name == "__series__" else s
+        return df
+    if fmt == "pickle":
+        if not allow_pickle:
+            raise WireError("refusing to unpickle a value: pass allow_pickle=True to accept it")
+        import pickle
+        return pickle.loads(blob)
+    raise WireError("unknown format %r" % fmt)
+
+
+def _decode_npcols(desc, blob):
+    import numpy as np
+    import pandas as pd
+    data = np.load(io.BytesIO(blob), allow_pickle=False)
+    columns = {}
+    names = []
+    for i, info in enumerate(desc["columns"]):
+        key = "c%d" % i
+        if "categorical" in info:
+            col = pd.Categorical.from_codes(data[key], data[key + "_cat"],
+                                            ordered=info["categorical"])
+        else:
+            col = data[key]
+            if info.get("dtype") == "object" or col.dtype.kind == "U":
+                col = col.astype(object)
+        columns[i] = col
+        names.append(info["name"])
+    df = pd.DataFrame(columns)
+    df.columns = names
+    idx = desc["index"]
+    if idx["kind"] == "range":
+        df.index = pd.RangeIndex(idx["start"], idx["stop"], idx["step"], name=idx.get("name"))
+    else:
+        keys = list(df.columns[:idx["count"]])
+        df = df.set_index(keys)
+        df.index.names = idx["names"]
+    return df
+
+
+def formats_here():
+    out = ["json", "npy", "npcols", "pickle"]
+    if _have("pyarrow"):
+        out.insert(0, "arrow")
+    return out
+
+
+def versions():
+    info = {"python": "%d.%d.%d" % sys.version_info[:3], "executable": sys.executable}
+    for mod in ("numpy", "pandas", "pyarrow", "cloudpickle"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except ImportError:
+            info[mod] = None
+    return info
+
+
+# ---------------------------------------------------------------- tasks
+_MODULES = {}
+
+
+def _load_function(spec, blobs):
+    if spec["kind"] == "ref":
+        key = (spec["module"], spec["sha256"])
+        mod = _MODULES.get(key)
+        if mod is None:
+            mod = types.ModuleType(spec["module"])
+            mod.__file__ = spec.get("filename", "<cloudcompute:%s>" % spec["module"])
+            sys.modules[spec["module"]] = mod
+            exec(compile(blobs[spec["blob"]], mod.__file__, "exec"), mod.__dict__)
+            _MODULES[key] = mod
+        obj = mod
+        for part in spec["qualname"].split("."):
+            obj = getattr(obj, part)
+        return obj
+    if spec["kind"] == "pickle":
+        import pickle
+        return pickle.loads(blobs[spec["blob"]])
+    raise WireError("unknown function kind %r" % spec["kind"])
+
+
+def _child(req, blobs, wfd):
+    """In the forked child: run the task, write one result frame to wfd."""
+    out = os.fdopen(wfd, "wb")
+    allow = req.get("allow_pickle", False)
+    try:
+        fn = _load_function(req["fn"], blobs)
+        args = [decode(d, blobs[d["blob"]], allow) for d in req["args"]]
+        kwargs = {k: decode(d, blobs[d["blob"]], allow) for k, d in req["kwargs"].items()}
+        value = fn(*args, **kwargs)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        desc, blob = encode(value, req["result_formats"], allow)
+        write_frame(out, {"op": "result", "ok": True, "result": dict(desc, blob=0)}, [blob])
+    except BaseException as exc:  # report every failure, SystemExit included
+        sys.stdout.flush()
+        sys.stderr.flush()
+        write_frame(out, {"op": "result", "ok": False, "exc_type": type(exc).__name__,
+                          "message": str(exc), "traceback": traceback.format_exc()})
+    out.close()
+
+
+def run_task(req, blobs, send):
+    """Fork, stream the child's output, collect its result and peak memory."""
+    rfd, wfd = os.pipe()
+    ofd_r, ofd_w = os.pipe()
+    t0 = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(rfd)
+            os.close(ofd_r)
+            os.dup2(ofd_w, 1)
+            os.dup2(ofd_w, 2)
+            os.close(ofd_w)
+            sys.stdout = os.fdopen(1, "w", buffering=1)
+            sys.stderr = os.fdopen(2, "w", buffering=1)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _child(req, blobs, wfd)
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    os.close(ofd_w)
+    result = bytearray()
+    open_fds = {rfd, ofd_r}
+    while open_fds:
+        ready, _, _ = select.select(list(open_fds), [], [])
+        for fd in ready:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                open_fds.discard(fd)
+                os.close(fd)
+            elif fd == rfd:
+                result += chunk
+            else:
+                send({"op": "log", "id": req["id"], "text": chunk.decode("utf-8", "replace")})
+    _, status, usage = os.wait4(pid, 0)
+    meta = {"duration": time.monotonic() - t0, "peak_rss_kb": usage.ru_maxrss}
+    if os.WIFSIGNALED(status):
+        return dict(meta, op="result", ok=False, killed=os.WTERMSIG(status)), []
+    if not result:
+        return dict(meta, op="result", ok=False, exc_type="WorkerError",
+                    message="task exited (%d) without a result" % os.WEXITSTATUS(status),
+                    traceback=""), []
+    header, rblobs = read_frame(io.BytesIO(bytes(result)))
+    header.update(meta)
+    return header, rblobs
+
+
+class _ClientOnlyFinder:
+    """Shipped modules may ``import cloudcompute`` at top level (the script that
+    drives the cluster usually does); on the node that import yields a stub."""
+
+    prefix = "cloudcompute"
+
+    def find_spec(self, name, path=None, target=None):
+        if name != self.prefix and not name.startswith(self.prefix + "."):
+            return None
+        import importlib.machinery
+        return importlib.machinery.ModuleSpec(name, self, is_package=True)
+
+    def create_module(self, spec):
+        mod = _StubModule(spec.name)
+        mod.__path__ = []
+        return mod
+
+    def exec_module(self, module):
+        pass
+
+
+class _StubModule(types.ModuleType):
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Stub("%s.%s" % (self.__name__, name))
+
+
+class _Stub:
+    def __init__(self, name):
+        self._name = name
+
+    def __call__(self, *a, **k):
+        raise RuntimeError("%s is client-side only; it cannot run on a node" % self._name)
+
+    def __getattr__(self, name):
+        return _Stub("%s.%s" % (self._name, name))
+
+
+def main():
+    sys.meta_path.append(_ClientOnlyFinder())
+    inp = sys.stdin.buffer
+    out = sys.stdout.buffer
+    # Keep the protocol stream clean: stray prints go to stderr.
+    sys.stdout = sys.stderr
+    for mod in ("numpy", "pandas", "pyarrow"):
+        try:
+            __import__(mod)
+        except ImportError:
+            pass
+
+    def send(header, blobs=()):
+        write_frame(out, header, blobs)
+
+    send({"op": "hello", "versions": versions(), "formats": formats_here(),
+          "pid": os.getpid()})
+    while True:
+        try:
+            req, blobs = read_frame(inp)
+        except EOFError:
+            return 0
+        except WireError as exc:
+            send({"op": "wire_error", "message": str(exc)})
+            continue
+        op = req.get("op")
+        if op == "task":
+            header, rblobs = run_task(req, blobs, send)
+            header["id"] = req["id"]
+            send(header, rblobs)
+        elif op == "ping":
+            send({"op": "pong", "id": req.get("id")})
+        elif op == "exit":
+            return 0
+        else:
+            send({"op": "wire_error", "message": "unknown op %r" % op})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
