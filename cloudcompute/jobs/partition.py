@@ -12,10 +12,11 @@ def split(data: Any, parts: int) -> List[Any]:
         raise ValueError("partitions must be >= 1, got %r" % parts)
     n = len(data)
     bounds = np.linspace(0, n, min(parts, max(n, 1)) + 1).astype(int)
+    spans = list(zip(bounds[:-1], bounds[1:], strict=True))
     if isinstance(data, (pd.DataFrame, pd.Series)):
-        return [data.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return [data.iloc[a:b] for a, b in spans]
     if isinstance(data, np.ndarray):
-        return [data[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return [data[a:b] for a, b in spans]
     raise TypeError("map_partitions takes a NumPy array or a pandas DataFrame/Series, "
                     "not %s" % type(data).__name__)
 

@@ -1,0 +1,47 @@
+"""Module-level functions the job tests send to nodes (by reference)."""
+import time
+
+import numpy as np
+
+
+def pi_hits(seed, n=500_000):
+    rng = np.random.default_rng(seed)
+    xy = rng.random((n, 2))
+    return int(((xy ** 2).sum(axis=1) <= 1.0).sum())
+
+
+def group_sums(df):
+    return df.groupby("key").agg(total=("value", "sum"), n=("value", "size"))
+
+
+def echo(x):
+    return x
+
+
+def checksum(a):
+    import hashlib
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def slow_square(x):
+    time.sleep(0.3)
+    return x * x
+
+
+def fails(x):
+    print("working on", x)
+    return {"a": 1}["missing-%d" % x]
+
+
+def kill_self():
+    import os
+    import signal
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def versions():
+    import sys
+
+    import pandas
+    return {"python": sys.version.split()[0], "numpy": np.__version__,
+            "pandas": pandas.__version__}

@@ -1,0 +1,148 @@
+"""The wire format and codecs shared by client and worker."""
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cloudcompute.exceptions import EnvironmentMismatch, SerializationError
+from cloudcompute.jobs import payload, worker as wire
+from cloudcompute.jobs.partition import concat, split
+
+ALL = ["arrow", "json", "npy", "npcols", "pickle"]
+
+
+def roundtrip(value, formats=ALL, allow_pickle=False):
+    desc, blob = wire.encode(value, formats, allow_pickle)
+    buf = io.BytesIO()
+    wire.write_frame(buf, {"op": "x", "d": desc}, [blob])
+    header, blobs = wire.read_frame(io.BytesIO(buf.getvalue()))
+    return header["d"]["format"], wire.decode(header["d"], blobs[0], allow_pickle)
+
+
+def test_array_goes_as_npy():
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    fmt, b = roundtrip(a)
+    assert fmt == "npy" and b.dtype == np.float32 and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("formats,expected", [(ALL, "arrow"), (["json", "npy", "npcols"],
+                                                                "npcols")])
+def test_dataframe_formats_preserve_values(formats, expected):
+    df = pd.DataFrame({"k": ["a", "b", "a"], "v": [1.5, 2.5, np.nan],
+                       "c": pd.Categorical(["x", "y", "x"]), "i": [1, 2, 3]},
+                      index=pd.Index(["r1", "r2", "r3"], name="row"))
+    fmt, back = roundtrip(df, formats)
+    assert fmt == expected
+    pd.testing.assert_frame_equal(back, df, check_categorical=True)
+
+
+def test_range_index_and_series():
+    df = pd.DataFrame({"v": np.arange(5.0)}, index=pd.RangeIndex(10, 15))
+    assert roundtrip(df, ["npcols"])[1].index.equals(df.index)
+    s = pd.Series([1.0, 2.0], name="x")
+    pd.testing.assert_series_equal(roundtrip(s, ["npcols", "json"])[1], s)
+
+
+def test_json_values_and_pickle_only_on_opt_in():
+    assert roundtrip({"a": [1, 2.5, None]}) == ("json", {"a": [1, 2.5, None]})
+    with pytest.raises(TypeError, match="allow_pickle=True"):
+        wire.encode({1, 2}, ALL)
+    desc, blob = wire.encode({1, 2}, ALL, allow_pickle=True)
+    assert desc["format"] == "pickle"
+    with pytest.raises(wire.WireError, match="refusing to unpickle"):
+        wire.decode(desc, blob, allow_pickle=False)
+    assert wire.decode(desc, blob, allow_pickle=True) == {1, 2}
+
+
+def test_object_arrays_are_not_npy_and_mixed_columns_need_pickle():
+    with pytest.raises(TypeError):
+        wire.encode(np.array([object(), 1], dtype=object), ["npy"])
+    with pytest.raises(TypeError, match="mixed"):
+        wire.encode(pd.DataFrame({"m": [1, "a"]}), ["npcols"])
+
+
+def test_corrupted_blob_is_detected():
+    buf = io.BytesIO()
+    wire.write_frame(buf, {"op": "x"}, [b"hello world"])
+    raw = bytearray(buf.getvalue())
+    raw[-1] ^= 0xFF
+    with pytest.raises(wire.WireError, match="sha256 mismatch"):
+        wire.read_frame(io.BytesIO(bytes(raw)))
+    with pytest.raises(EOFError):
+        wire.read_frame(io.BytesIO(buf.getvalue()[:-3]))
+
+
+def module_level(x):
+    return x + 1
+
+
+def test_functions_by_reference_or_refused():
+    blobs = payload.Blobs()
+    spec = payload.function_spec(module_level, blobs, allow_pickle=False)
+    assert spec["kind"] == "ref" and spec["qualname"] == "module_level"
+    assert b"def module_level" in blobs.items[spec["blob"]]
+    with pytest.raises(SerializationError, match="allow_pickle=True"):
+        payload.function_spec(lambda x: x, payload.Blobs(), allow_pickle=False)
+    with pytest.raises(SerializationError, match="not callable"):
+        payload.function_spec(42, payload.Blobs(), allow_pickle=False)
+
+
+def test_pickle_needs_a_compatible_node():
+    local = wire.versions()
+    node = dict(local, python="3.9.2", cloudpickle=None, numpy="1.24.2")
+    with pytest.raises(EnvironmentMismatch) as err:
+        payload.check_pickle_compatible("n1", node)
+    text = str(err.value)
+    assert "Python %s here, 3.9.2 on the node" % local["python"] in text
+    assert "cloudpickle" in text
+    payload.check_pickle_compatible("n1", dict(local, cloudpickle="3.0"))
+
+
+def test_worker_runs_a_task_in_a_child(capfd):
+    blobs = payload.Blobs()
+    fn = payload.function_spec(module_level, blobs, allow_pickle=False)
+    args, kwargs = payload.encode_args([41], {}, blobs, ALL, False)
+    req = {"id": "t1", "fn": fn, "args": args, "kwargs": kwargs, "result_formats": ALL}
+    logs = []
+    header, rblobs = wire.run_task(req, blobs.items, logs.append)
+    assert header["ok"] and wire.decode(header["result"], rblobs[0]) == 42
+    assert header["peak_rss_kb"] > 0
+
+
+def crash(_):
+    import os
+    import signal
+    print("going down")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def raises(_):
+    raise KeyError("missing")
+
+
+@pytest.mark.parametrize("fn,check", [
+    (crash, lambda h, logs: h["killed"] == 9 and "going down" in "".join(
+        m["text"] for m in logs)),
+    (raises, lambda h, logs: h["exc_type"] == "KeyError" and "raise KeyError" in h["traceback"]),
+])
+def test_worker_reports_failures(fn, check):
+    blobs = payload.Blobs()
+    spec = payload.function_spec(fn, blobs, allow_pickle=False)
+    args, _ = payload.encode_args([1], {}, blobs, ALL, False)
+    logs = []
+    header, _ = wire.run_task({"id": "t", "fn": spec, "args": args, "kwargs": {},
+                               "result_formats": ALL}, blobs.items, logs.append)
+    assert not header["ok"] and check(header, logs)
+
+
+def test_split_and_concat_keep_order():
+    df = pd.DataFrame({"v": np.arange(10)})
+    parts = split(df, 3)
+    assert [len(p) for p in parts] == [3, 3, 4]
+    pd.testing.assert_frame_equal(concat(parts), df)
+    a = np.arange(5)
+    assert len(split(a, 10)) == 5
+    assert np.array_equal(concat(split(a, 2)), a)
+    with pytest.raises(TypeError, match="NumPy array or a pandas"):
+        split([1, 2, 3], 2)
