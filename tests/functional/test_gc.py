@@ -1,0 +1,44 @@
+"""gc on a real cloud: collects what was abandoned, never a live cluster."""
+import signal
+import subprocess
+import sys
+import time
+
+from cloudcompute import Cluster, ClusterSpec, gc
+from tests.functional.conftest import CLOUD, keypairs_with, leftovers
+from tests.functional.test_provision import CHILD
+
+
+def test_sigkilled_owner_is_collected_and_live_cluster_untouched(conn, admin_conn, unique,
+                                                                state_dir):
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, unique + "dead", CLOUD, "wait"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.strip() == "UP":
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with Cluster(ClusterSpec(name=unique + "live", nodes=1), cloud=CLOUD) as live:
+        dry = gc.collect(conn, dry_run=True)
+        mine = [r for r in dry if unique in (r["name"] or "")]
+        assert [r["name"] for r in mine] == [unique + "dead"]
+        assert "owner process" in mine[0]["reason"] and not mine[0]["deleted"]
+        assert any(unique + "dead" in s.name for s in conn.compute.servers())
+        done = gc.collect(conn, dry_run=False)
+        assert [r["deleted"] for r in done if unique in (r["name"] or "")] == [True]
+        assert leftovers(admin_conn, conn.current_project_id, unique + "dead") == []
+        assert keypairs_with(conn, unique + "dead") == []
+        assert live.run(__import__("tests.functional.jobfuncs",
+                                   fromlist=["echo"]).echo, 5) == 5
+    assert leftovers(admin_conn, conn.current_project_id, unique) == []
+
+
+def test_expired_detached_cluster_is_collected(conn, admin_conn, unique, state_dir):
+    c = Cluster(ClusterSpec(name=unique, nodes=1, ttl_hours=1 / 3600.0), cloud=CLOUD).up()
+    c.detach()
+    time.sleep(1.5)
+    report = gc.collect(conn, dry_run=False)
+    mine = [r for r in report if r["name"] == unique]
+    assert mine and mine[0]["deleted"] and mine[0]["reason"].startswith("expired")
+    assert leftovers(admin_conn, conn.current_project_id, unique) == []
+    assert keypairs_with(conn, unique) == []
