@@ -28,15 +28,45 @@ class GroupResult(dict):
 class JobsMixin:
     """Mixed into Cluster; needs ``nodes``, ``connection()`` and ``_executor``."""
 
-    python: str = "python3"
-
     def executor(self) -> Executor:
         if not getattr(self, "nodes", None):
             raise StateError("cluster %s has no ready nodes" % self.name)
         if self._executor is None:
+            pythons = (self.state.data.get("python") if self.state else None) or {}
             self._executor = Executor({n.name: self.connection(n.name) for n in self.nodes},
-                                      python=self.python)
+                                      python=pythons)
         return self._executor
+
+    def prepare(self, requirements: Sequence[str] = (), match_client: bool = False,
+                wheels: Optional[str] = None) -> Dict[str, str]:
+        """Make ``requirements`` (pip syntax) importable on every node.
+
+        Nodes that lack them get a virtual environment built from wheels this
+        machine downloads (or takes from ``wheels``) and ships over SSH.
+        ``match_client=True`` adds pins of this machine's numpy, pandas,
+        pyarrow and cloudpickle, so functions can be sent by value.
+        Returns node -> the python that runs its tasks.
+        """
+        import concurrent.futures as cf
+
+        from cloudcompute.jobs import environment
+        reqs = list(requirements) + (environment.client_requirements() if match_client else [])
+        names = self.node_names()
+        if not names:
+            raise StateError("cluster %s has no ready nodes" % self.name)
+        pythons = {names[0]: environment.ensure(self.connection(names[0]), reqs, wheels)}
+        with cf.ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+            futures = {n: pool.submit(environment.ensure, self.connection(n), reqs, wheels)
+                       for n in names[1:]}
+            pythons.update({n: f.result() for n, f in futures.items()})
+        if self.state is not None:
+            with self.state.locked():
+                self.state.data["python"] = pythons
+                self.state.save()
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
+        return pythons
 
     def node_names(self) -> List[str]:
         return [n.name for n in self.nodes]

@@ -169,10 +169,10 @@ class RemoteWorker:
 class Executor:
     """Runs functions on the nodes of a cluster."""
 
-    def __init__(self, connections: Dict[str, NodeConnection], python: str = "python3",
-                 task_retries: int = 2):
+    def __init__(self, connections: Dict[str, NodeConnection],
+                 python: Optional[Dict[str, str]] = None, task_retries: int = 2):
         self.connections = connections
-        self.python = python
+        self.python = python or {}
         self.task_retries = task_retries
         self.workers: Dict[str, RemoteWorker] = {}
         self.dead: Dict[str, str] = {}
@@ -183,7 +183,8 @@ class Executor:
         with self._lock:
             w = self.workers.get(node)
             if w is None:
-                w = self.workers[node] = RemoteWorker(self.connections[node], self.python)
+                w = self.workers[node] = RemoteWorker(self.connections[node],
+                                                      self.python.get(node, "python3"))
         if w.chan is None:
             w.start()
         return w

@@ -95,7 +95,8 @@ def check_pickle_compatible(node: str, remote: Mapping[str, Any]) -> None:
             problems.append("%s %s here, %s on the node" % (mod, lv, rv))
     if problems:
         raise EnvironmentMismatch(node, ["function sent by value needs a compatible "
-                                         "environment"] + problems)
+                                         "environment"] + problems +
+                                  ["cluster.prepare(match_client=True) builds one"])
 
 
 def encode_args(args: Sequence[Any], kwargs: Mapping[str, Any], blobs: Blobs,
