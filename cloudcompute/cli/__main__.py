@@ -1,0 +1,5 @@
+import sys
+
+from cloudcompute.cli import main
+
+sys.exit(main())

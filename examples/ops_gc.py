@@ -1,0 +1,31 @@
+"""Ops script: list the clusters in a project and garbage-collect expired ones.
+
+    python examples/ops_gc.py            # list, and show what gc would delete
+    python examples/ops_gc.py --yes      # really delete what gc finds
+"""
+import argparse
+import logging
+import time
+
+from cloudcompute import connect, gc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cloud")
+    ap.add_argument("--yes", action="store_true", help="delete (default: dry run)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    conn = connect(args.cloud)
+    now = time.time()
+    print("%-24s %-30s %9s  %s" % ("cluster", "id", "resources", "collectable"))
+    for rec in sorted(gc.survey(conn).values(), key=lambda r: r.cluster_id):
+        print("%-24s %-30s %9d  %s" % (rec.name or "?", rec.cluster_id, len(rec.resources),
+                                       gc.orphan_reason(rec, now) or "no"))
+    report = gc.collect(conn, dry_run=not args.yes)
+    verb = "deleted" if args.yes else "would delete"
+    print("gc %s %d cluster(s)" % (verb, len(report)))
+
+
+if __name__ == "__main__":
+    main()

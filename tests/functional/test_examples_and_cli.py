@@ -1,0 +1,104 @@
+"""The examples and the CLI, run as a user would run them."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.functional.conftest import CLOUD, keypairs_with, leftovers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run(args, **kw):
+    return subprocess.run(args, capture_output=True, text=True, cwd=kw.pop("cwd", ROOT),
+                          timeout=kw.pop("timeout", 600), **kw)
+
+
+def cli(*args):
+    return run([sys.executable, "-m", "cloudcompute.cli", "--os-cloud", CLOUD] + list(args))
+
+
+def test_quickstart_example(state_dir):
+    r = run([sys.executable, "examples/quickstart.py", "--samples", "3000000"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "pi ~= 3.1" in r.stdout and "| SSH ready" in r.stdout
+    assert r.stdout.strip().endswith(": 0")
+
+
+def test_pandas_example_matches_local(state_dir, tmp_path):
+    r = run([sys.executable, "examples/pandas_groupby.py"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "equal to the local computation: yes" in r.stdout
+
+
+def test_scipy_example_draws_png(state_dir, tmp_path):
+    png = tmp_path / "sweep.png"
+    r = run([sys.executable, "examples/scipy_sweep.py", "--grid", "3", "--png", str(png)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "9 of 9 starts converged" in r.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ops_example_lists_and_dry_runs(state_dir):
+    r = run([sys.executable, "examples/ops_gc.py"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "gc would delete" in r.stdout
+
+
+def test_cli_up_run_ssh_logs_down(conn, admin_conn, unique, state_dir, tmp_path):
+    up = cli("-f", "json", "up", unique, "--nodes", "2")
+    assert up.returncode == 0, up.stderr[-3000:]
+    doc = json.loads(up.stdout)
+    assert [n["name"] for n in doc["nodes"]] and doc["cluster_id"].startswith(unique)
+    try:
+        status = json.loads(cli("-f", "json", "status", unique).stdout)
+        assert len(status["nodes"]) == 2
+        np.save(tmp_path / "a.npy", np.arange(10.0))
+        np.save(tmp_path / "b.npy", np.ones(3))
+        fn = tmp_path / "work.py"
+        fn.write_text("def double(x):\n    return x * 2\n")
+        out = tmp_path / "out"
+        r = cli("run", unique, "%s:double" % fn, str(tmp_path / "a.npy"),
+                str(tmp_path / "b.npy"), "-o", str(out))
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert np.array_equal(np.load(out / "a.npy"), np.arange(10.0) * 2)
+        r = cli("ssh", unique, "--", "sh", "-c", "echo $((6*7)); exit 3")
+        assert r.stdout == "42\n" and r.returncode == 3
+        logs = json.loads(cli("-f", "json", "logs", unique).stdout)
+        assert all("SSH HOST KEY KEYS" in text for text in logs.values())
+        listing = json.loads(cli("-f", "json", "list").stdout)
+        assert any(c["name"] == unique and c["orphan_reason"] is None
+                   for c in listing["clusters"])
+    finally:
+        down = cli("down", unique)
+    assert down.returncode == 0, down.stderr[-3000:]
+    assert leftovers(admin_conn, conn.current_project_id, unique) == []
+    assert keypairs_with(conn, unique) == []
+
+
+@pytest.mark.parametrize("args,message", [
+    (["status", "no-such-cluster"], "no cluster named 'no-such-cluster'"),
+    (["up", "x1", "--spec", "/nonexistent.yaml"], "cannot read spec file"),
+    (["up", "x1", "--nodes", "0"], "count must be an integer >= 1"),
+    (["up", "x1", "--flavor", "nope"], "unknown flavor 'nope'"),
+    (["run", "x1", "nofunction"], "FILE.py:NAME"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(args, message, state_dir, tmp_path):
+    r = cli(*args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_unknown_cloud_and_malformed_spec(state_dir, tmp_path):
+    r = run([sys.executable, "-m", "cloudcompute.cli", "--os-cloud", "no-such-cloud", "list"])
+    assert r.returncode == 2 and "cloud 'no-such-cloud'" in r.stderr
+    bad = tmp_path / "spec.yaml"
+    bad.write_text("nodes: [1\n")
+    r = cli("up", "x1", "--spec", str(bad))
+    assert r.returncode == 2 and "not valid YAML" in r.stderr and "Traceback" not in r.stderr
+    bad.write_text("nodez: 3\n")
+    r = cli("up", "x1", "--spec", str(bad))
+    assert r.returncode == 2 and "unknown field(s) nodez" in r.stderr

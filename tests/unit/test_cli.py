@@ -1,0 +1,79 @@
+import argparse
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cloudcompute import cli
+
+
+def ns(**kw):
+    base = dict(spec=None, nodes=None, flavor=None, image=None, network=None, ssh_user=None,
+                ssh_cidr=None, floating_ips=None, key_file=None, ttl_hours=None, name="c1")
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_spec_file_yaml_and_toml_flags_win(tmp_path):
+    y = tmp_path / "s.yaml"
+    y.write_text("nodes: 2\nflavor: m1.small\ngroups: []\ntimeouts: {ssh: 30}\n")
+    spec = cli.build_spec(ns(spec=str(y), flavor="m1.tiny"))
+    assert spec.nodes == 2 and spec.flavor == "m1.tiny" and spec.timeouts.ssh == 30
+    t = tmp_path / "s.toml"
+    t.write_text('image = "img"\n[[groups]]\nname = "a"\ncount = 3\n')
+    spec = cli.build_spec(ns(spec=str(t)))
+    assert spec.groups[0].count == 3 and spec.image == "img"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("nodes: [1\n", "not valid YAML"),
+    ("- 1\n", "must hold a mapping"),
+    ("nodez: 1\n", "unknown field(s) nodez"),
+    ("groups: [{name: a, cnt: 1}]\n", "unexpected keyword argument 'cnt'"),
+])
+def test_bad_spec_files(tmp_path, text, message):
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    with pytest.raises(cli.UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        cli.build_spec(ns(spec=str(p)))
+
+
+def test_load_function_from_file_and_errors(tmp_path):
+    f = tmp_path / "mod_for_cli.py"
+    f.write_text("def f(x):\n    return x + 1\nvalue = 3\n")
+    assert cli.load_function("%s:f" % f)(1) == 2
+    with pytest.raises(cli.UsageError, match="has no function 'value'"):
+        cli.load_function("%s:value" % f)
+    with pytest.raises(cli.UsageError, match="no such file"):
+        cli.load_function("/nonexistent.py:f")
+    with pytest.raises(cli.UsageError, match="FILE.py:NAME"):
+        cli.load_function("justaname")
+
+
+def test_inputs_and_outputs_round_trip(tmp_path):
+    np.save(tmp_path / "a.npy", np.arange(3))
+    pd.DataFrame({"x": [1, 2]}).to_csv(tmp_path / "d.csv", index=False)
+    (tmp_path / "j.json").write_text(json.dumps({"k": 1}))
+    assert list(cli.load_input(str(tmp_path / "a.npy"))) == [0, 1, 2]
+    assert list(cli.load_input(str(tmp_path / "d.csv"))["x"]) == [1, 2]
+    assert cli.load_input(str(tmp_path / "j.json")) == {"k": 1}
+    with pytest.raises(cli.UsageError, match="use .npy, .parquet, .csv or .json"):
+        (tmp_path / "x.bin").write_bytes(b"1")
+        cli.load_input(str(tmp_path / "x.bin"))
+    bad = tmp_path / "bad.npy"
+    bad.write_bytes(b"not numpy")
+    with pytest.raises(cli.UsageError, match="cannot read"):
+        cli.load_input(str(bad))
+    out = tmp_path / "out"
+    assert cli.save_output(np.ones(2), "r", str(out)).endswith("r.npy")
+    assert cli.save_output(pd.DataFrame({"a": [1]}), "f", str(out)).endswith("f.parquet")
+    assert cli.save_output({"a": 1}, "j", str(out)).endswith("j.json")
+
+
+def test_main_maps_errors_to_exit_codes(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("CLOUDCOMPUTE_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(cli.config, "connect", lambda *a, **k: None)
+    assert cli.main(["status", "missing"]) == 2
+    err = capsys.readouterr().err
+    assert "no cluster named 'missing'" in err and "Traceback" not in err
