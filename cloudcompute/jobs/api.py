@@ -133,7 +133,7 @@ class JobsMixin:
             parent = posixpath.dirname(remote_path)
             if parent:
                 conn.run(["mkdir", "-p", parent])
-            _sftp_write_verified(conn, remote_path, raw)
+            _write_verified(conn, remote_path, raw)
 
     def get(self, remote_path: str, local_path: Optional[str] = None,
             node: Optional[str] = None) -> Any:
@@ -142,7 +142,7 @@ class JobsMixin:
 
         import numpy as np
         conn = self.connection(node or self.node_names()[0])
-        raw = _sftp_read_verified(conn, remote_path)
+        raw = _read_verified(conn, remote_path)
         if local_path:
             with open(local_path, "wb") as f:
                 f.write(raw)
@@ -152,42 +152,15 @@ class JobsMixin:
         return raw
 
 
-def _remote_sha(conn: Any, path: str) -> str:
-    return conn.run(["sha256sum", path]).stdout.split()[0]
-
-
-def _sftp_write_verified(conn: Any, path: str, raw: bytes) -> None:
-    import hashlib
-
+def _write_verified(conn: Any, path: str, raw: bytes) -> None:
     from cloudcompute import retry
     from cloudcompute.exceptions import IntegrityError
-    want = hashlib.sha256(raw).hexdigest()
-
-    @retry.transfer(is_transient=lambda e: isinstance(e, (IntegrityError, OSError, EOFError)))
-    def once() -> None:
-        with conn.sftp.open(path, "wb") as f:
-            f.set_pipelined(True)
-            f.write(raw)
-        got = _remote_sha(conn, path)
-        if got != want:
-            raise IntegrityError(conn.name, path, want, got)
-    once()
+    retry.transfer(is_transient=lambda e: isinstance(e, (IntegrityError, OSError, EOFError)))(
+        conn.upload)(path, raw)
 
 
-def _sftp_read_verified(conn: Any, path: str) -> bytes:
-    import hashlib
-
+def _read_verified(conn: Any, path: str) -> bytes:
     from cloudcompute import retry
     from cloudcompute.exceptions import IntegrityError
-
-    @retry.transfer(is_transient=lambda e: isinstance(e, (IntegrityError, EOFError)))
-    def once() -> bytes:
-        want = _remote_sha(conn, path)
-        with conn.sftp.open(path, "rb") as f:
-            f.prefetch()
-            raw = f.read()
-        got = hashlib.sha256(raw).hexdigest()
-        if got != want:
-            raise IntegrityError(conn.name, path, want, got)
-        return raw
-    return once()
+    return retry.transfer(is_transient=lambda e: isinstance(e, (IntegrityError, EOFError)))(
+        conn.download)(path)

@@ -25,7 +25,7 @@ from cloudcompute.exceptions import (CloudComputeError, IntegrityError, NodeLost
                                      RemoteTaskError, SSHError, TaskKilled)
 from cloudcompute.jobs import payload
 from cloudcompute.jobs import worker as wire
-from cloudcompute.ssh.client import NodeConnection, quote_command
+from cloudcompute.ssh.client import NodeConnection, send_all, quote_command
 
 LOG = logging.getLogger(__name__)
 WORKER_SOURCE = open(wire.__file__, "rb").read()
@@ -50,12 +50,7 @@ class _ChannelWriter:
         self.chan = chan
 
     def write(self, data: bytes) -> None:
-        view = memoryview(data).cast("B")
-        while len(view):
-            sent = self.chan.send(view[:1 << 20])
-            if sent <= 0:
-                raise EOFError("channel closed while sending")
-            view = view[sent:]
+        send_all(self.chan, data)
 
     def flush(self) -> None:
         pass

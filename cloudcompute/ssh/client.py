@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import logging
 import select
 import shlex
@@ -20,7 +21,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import paramiko
 
 from cloudcompute import retry
-from cloudcompute.exceptions import HostKeyMismatch, RemoteCommandError, SSHError
+from cloudcompute.exceptions import HostKeyMismatch, IntegrityError, RemoteCommandError, SSHError
 from cloudcompute.ssh import hostkeys
 
 LOG = logging.getLogger(__name__)
@@ -181,6 +182,45 @@ class NodeConnection:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    # -- files ---------------------------------------------------------
+    def upload(self, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path`` on the node; the node hashes it as it writes."""
+        want = hashlib.sha256(data).hexdigest()
+        chan = self.client.get_transport().open_session(timeout=self.connect_timeout)
+        try:
+            chan.exec_command(quote_command(["sh", "-c", 'tee -- "$1" | sha256sum', "sh",
+                                             path]))
+            send_all(chan, data)
+            chan.shutdown_write()
+            out, err = _drain(chan, None)
+            code = chan.recv_exit_status()
+        finally:
+            chan.close()
+        got = out.decode().split()[0] if out.strip() else ""
+        if code != 0 or got != want:
+            raise IntegrityError(self.name, "upload of %s" % path, want,
+                                 got or err.decode("utf-8", "replace").strip())
+
+    def download(self, path: str) -> bytes:
+        """The bytes of ``path`` on the node, checked against the node's sha256."""
+        chan = self.client.get_transport().open_session(timeout=self.connect_timeout)
+        try:
+            chan.exec_command(quote_command(
+                ["sh", "-c", 'sha256sum < "$1" >&2 & cat -- "$1"; wait', "sh", path]))
+            chan.shutdown_write()
+            out, err = _drain(chan, None)
+            code = chan.recv_exit_status()
+        finally:
+            chan.close()
+        if code != 0:
+            raise SSHError(self.name, "cannot read %s: %s"
+                           % (path, err.decode("utf-8", "replace").strip()))
+        want = err.decode().split()[0]
+        got = hashlib.sha256(out).hexdigest()
+        if got != want:
+            raise IntegrityError(self.name, "download of %s" % path, want, got)
+        return out
+
     # -- commands ------------------------------------------------------
     def run(self, argv: Union[str, Sequence[str]], warn: bool = False,
             timeout: Optional[float] = None, stdin: Optional[bytes] = None) -> CommandResult:
@@ -209,12 +249,22 @@ class NodeConnection:
         return result
 
 
+def send_all(chan: paramiko.Channel, data: bytes) -> None:
+    """Send without the copies sendall makes of its (shrinking) input."""
+    view = memoryview(data).cast("B")
+    while len(view):
+        sent = chan.send(view[:1 << 20])
+        if sent <= 0:
+            raise EOFError("channel closed while sending")
+        view = view[sent:]
+
+
 def _drain(chan: paramiko.Channel, deadline: Optional[float]) -> Tuple[bytes, bytes]:
     """Read stdout and stderr until the command exits (or the deadline passes)."""
     out, err = bytearray(), bytearray()
     while True:
         while chan.recv_ready():
-            out += chan.recv(1 << 16)
+            out += chan.recv(1 << 20)
         while chan.recv_stderr_ready():
             err += chan.recv_stderr(1 << 16)
         # SSH delivers a command's output before its exit status.

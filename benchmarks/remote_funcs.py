@@ -1,0 +1,14 @@
+"""Functions the benchmarks run on nodes (sent by reference)."""
+
+
+def nbytes(a):
+    return int(a.nbytes)
+
+
+def make(mib):
+    import numpy as np
+    return np.ones(mib * 1024 * 1024 // 8)
+
+
+def noop(x):
+    return x

@@ -1,0 +1,21 @@
+"""The benchmark harness works end to end (a smoke run, not the figures)."""
+import json
+import subprocess
+import sys
+
+from tests.functional.test_examples_and_cli import ROOT
+
+
+def test_bench_quick_writes_results(tmp_path, state_dir):
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads((tmp_path / "bench-results.json").read_text())
+    assert len(data["targets"]) >= 10
+    for t in data["targets"]:
+        assert set(t) == {"name", "measured", "target", "unit", "better", "met"}
+        assert t["better"] in ("lower", "higher") and isinstance(t["met"], bool)
+    assert data["provisioning"]["1"]["cloudcompute"]["requests"] > 0
+    for png in ("bench-provisioning.png", "bench-payload.png", "bench-tasks.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+    assert "| target | measured |" in (tmp_path / "bench-results.md").read_text()
