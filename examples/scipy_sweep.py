@@ -53,6 +53,8 @@ def main() -> None:
         ax.plot(*p[0], "o", ms=3, color="tab:blue")
     ax.plot(1, 1, "*", ms=14, color="tab:red", label="minimum (1, 1)")
     ax.set_title("BFGS from %d starts on %d nodes" % (len(starts), args.nodes))
+    ax.set_xlim(-2.2, 2.2)
+    ax.set_ylim(-2.2, 3.2)
     ax.legend(loc="upper left")
     fig.savefig(args.png, dpi=120, bbox_inches="tight")
     converged = sum(np.allclose(r["x"], [1, 1], atol=1e-4) for r in results)

@@ -3,7 +3,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-if [ -z "${OS_CLIENT_CONFIG_FILE:-}" ] || [ "${CC_LOCAL_CLOUD:-1}" = 1 ]; then
+if [ "${CC_LOCAL_CLOUD:-1}" = 1 ]; then
     ./devstack/aio/cloud up
     export OS_CLIENT_CONFIG_FILE=${CC_AIO_STATE:-/var/lib/cloudcompute-aio}/clouds.yaml
 fi

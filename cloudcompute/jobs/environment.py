@@ -2,8 +2,8 @@
 
 ``prepare(requirements)`` checks each node's ``python3`` against pip-style
 requirements. Where something is missing or too old it builds a virtual
-environment on the node (``--system-site-packages``, so the image's own
-packages stay visible) from wheels that this machine downloads for the
+environment on the node (numpy and pandas included, at this machine's
+versions unless the requirements name them) from wheels that this machine downloads for the
 node's Python and platform and ships over SSH; the node installs them with
 ``pip --no-index``, so air-gapped nodes work. An environment is named by the
 hash of what it holds and marked complete only at the end, so a second run
@@ -112,6 +112,16 @@ def wheelhouse(requirements: Sequence[str], python: str, node_platform: str,
     return target
 
 
+def with_core(requirements: Sequence[str]) -> List[str]:
+    """Requirements plus numpy and pandas (the worker's own), pinned to this machine's
+    versions unless named: a built environment holds its own consistent stack, since
+    binaries built for one numpy break with another (as the image's pandas would)."""
+    named = {Requirement(r).name.lower() for r in requirements}
+    core = [p for p in client_requirements(("numpy", "pandas"))
+            if p.split("==")[0] not in named]
+    return list(requirements) + core
+
+
 def ensure(conn: NodeConnection, requirements: Sequence[str], wheels: Optional[str] = None,
            cache_dir: Optional[str] = None) -> str:
     """Make ``requirements`` importable on the node; return the python to use there."""
@@ -119,6 +129,8 @@ def ensure(conn: NodeConnection, requirements: Sequence[str], wheels: Optional[s
     info = probe(conn, names)
     if not missing(requirements, info["packages"]):
         return "python3"
+    requirements = with_core(requirements)
+    names = [Requirement(r).name for r in requirements]
     env_key = hashlib.sha256(json.dumps([sorted(requirements), info["python"],
                                          info["platform"]]).encode()).hexdigest()[:16]
     env = posixpath.join(REMOTE_BASE, "env-" + env_key)
@@ -141,7 +153,7 @@ def ensure(conn: NodeConnection, requirements: Sequence[str], wheels: Optional[s
     if pip_wheel is None:
         raise EnvironmentMismatch(conn.name, ["no pip wheel among the shipped wheels"])
     conn.run(["rm", "-rf", env])
-    conn.run(["python3", "-m", "venv", "--system-site-packages", "--without-pip", env])
+    conn.run(["python3", "-m", "venv", "--without-pip", env])
     result = conn.run([python, posixpath.join(remote_wheels, pip_wheel) + "/pip", "install",
                        "--quiet", "--no-index", "--disable-pip-version-check",
                        "--find-links", remote_wheels] + list(requirements), warn=True)

@@ -21,7 +21,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import paramiko
 
-from cloudcompute.exceptions import (CloudComputeError, IntegrityError, NodeLost,
+from cloudcompute.exceptions import (CloudComputeError, EnvironmentMismatch, IntegrityError,
+                                     NodeLost,
                                      RemoteTaskError, SSHError, TaskKilled)
 from cloudcompute.jobs import payload
 from cloudcompute.jobs import worker as wire
@@ -103,7 +104,15 @@ class RemoteWorker:
         self.chan = chan
         self._in = _ChannelReader(chan)
         self._out = _ChannelWriter(chan)
-        header, _ = self._recv()
+        try:
+            header, _ = self._recv()
+        except SSHError as exc:
+            self.chan = None
+            if not self.conn.client.get_transport().is_active():
+                raise
+            # The node answers, but its Python cannot run the worker.
+            raise EnvironmentMismatch(self.node, ["the worker did not start with %s: %s"
+                                                  % (self.python, exc)]) from exc
         if header.get("op") != "hello":
             raise SSHError(self.node, "worker did not start: %r" % header)
         self.hello = header

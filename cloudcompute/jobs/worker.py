@@ -369,7 +369,9 @@ class _Stub:
         self._name = name
 
     def __call__(self, *a, **k):
-        raise RuntimeError("%s is client-side only; it cannot run on a node" % self._name)
+        raise RuntimeError("%s is client-side only and cannot run on a node: the module "
+                           "that defines the task runs it at import; put that code under "
+                           "if __name__ == '__main__':" % self._name)
 
     def __getattr__(self, name):
         return _Stub("%s.%s" % (self._name, name))
@@ -386,6 +388,9 @@ def main():
             __import__(mod)
         except ImportError:
             pass
+        except Exception as exc:  # e.g. a binary built against another numpy
+            sys.stderr.write("cloudcompute worker: importing %s failed: %r\n" % (mod, exc))
+            raise
 
     def send(header, blobs=()):
         write_frame(out, header, blobs)

@@ -102,3 +102,13 @@ def test_cli_unknown_cloud_and_malformed_spec(state_dir, tmp_path):
     bad.write_text("nodez: 3\n")
     r = cli("up", "x1", "--spec", str(bad))
     assert r.returncode == 2 and "unknown field(s) nodez" in r.stderr
+
+
+def test_readme_first_example_runs(state_dir, tmp_path):
+    text = open(os.path.join(ROOT, "README.md")).read()
+    block = text.split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "readme_example.py"
+    script.write_text(block)
+    r = run([sys.executable, str(script)], env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert abs(float(r.stdout.strip()) - 3.14159) < 0.01

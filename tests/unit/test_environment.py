@@ -18,3 +18,12 @@ def test_client_requirements_pin_installed_versions():
     import numpy
     pins = environment.client_requirements(["numpy", "no-such-package-xyz"])
     assert pins == ["numpy==%s" % numpy.__version__]
+
+
+def test_built_environments_carry_their_own_numpy_and_pandas():
+    import numpy
+    import pandas
+    reqs = environment.with_core(["scipy==1.0"])
+    assert reqs == ["scipy==1.0", "numpy==%s" % numpy.__version__,
+                    "pandas==%s" % pandas.__version__]
+    assert environment.with_core(["numpy<2"]) == ["numpy<2", "pandas==%s" % pandas.__version__]
