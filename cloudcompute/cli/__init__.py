@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     ssh = sub.add_parser("ssh", help="a shell or a command on a node")
     ssh.add_argument("name")
     ssh.add_argument("node", nargs="?")
-    ssh.add_argument("cmd", nargs=argparse.REMAINDER)
+    ssh.set_defaults(cmd=[])  # the words after "--" (split off in main)
     logs = sub.add_parser("logs", help="console logs of the servers")
     logs.add_argument("name")
     logs.add_argument("node", nargs="?")
@@ -261,7 +261,7 @@ def cmd_ssh(args):
     if info is None:
         raise UsageError("cluster %s has no node %r (nodes: %s)"
                          % (args.name, node, ", ".join(c.node_names())))
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    cmd = args.cmd
     if cmd:
         result = c.connection(node).run(cmd, warn=True)
         sys.stdout.write(result.stdout)
@@ -314,7 +314,16 @@ COMMANDS = {"up": cmd_up, "run": cmd_run, "status": cmd_status, "list": cmd_list
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    remote: List[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, remote = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
+    if remote:
+        if args.command != "ssh":
+            parser.error("only ssh takes a command after --")
+        args.cmd = remote
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

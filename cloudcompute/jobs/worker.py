@@ -89,10 +89,18 @@ def _have(module):
         return False
 
 
+def _optional(name):
+    """The module if it can be imported (waits for an import under way elsewhere)."""
+    try:
+        return __import__(name)
+    except ImportError:
+        return None
+
+
 def encode(value, formats, allow_pickle=False):
     """Return (descriptor, blob). ``formats`` are what the receiver can read."""
-    np = sys.modules.get("numpy")
-    pd = sys.modules.get("pandas")
+    np = _optional("numpy")
+    pd = _optional("pandas")
     if np is not None and isinstance(value, np.ndarray) and value.dtype != object \
             and "npy" in formats:
         buf = io.BytesIO()
