@@ -54,6 +54,7 @@ class ClusterSpec:
     image: Optional[str] = None
     groups: List[NodeGroup] = dataclasses.field(default_factory=list)
     network: Optional[str] = None
+    create_network: bool = False
     external_network: Optional[str] = None
     cidr: str = "10.42.128.0/24"
     floating_ips: Optional[str] = None
@@ -82,6 +83,8 @@ class ClusterSpec:
                         SETTINGS_SECTION, ", ".join(sorted(unknown)))
         for key in ("network", "external_network", "floating_ips", "ssh_user",
                     "ssh_cidr"):
+            if key == "network" and spec.create_network:
+                continue
             if getattr(spec, key) is None and settings.get(key) is not None:
                 setattr(spec, key, settings[key])
         if spec.flavor is None:
@@ -125,6 +128,8 @@ def validate(spec: ClusterSpec) -> ClusterSpec:
             problems.append("group %s: flavor is required (name or id)" % g.name)
         if not g.image:
             problems.append("group %s: image is required (name or id)" % g.name)
+    if spec.create_network and spec.network:
+        problems.append("give either network (an existing one) or create_network, not both")
     if spec.floating_ips is not None and spec.floating_ips not in FLOATING_IP_MODES:
         problems.append("floating_ips %r: allowed values are %s"
                         % (spec.floating_ips, ", ".join(FLOATING_IP_MODES)))

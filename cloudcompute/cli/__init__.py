@@ -31,7 +31,8 @@ from cloudcompute.exceptions import (CloudComputeError, ConfigError, PreflightEr
                                      StateError)
 
 LOG = logging.getLogger("cloudcompute.cli")
-SPEC_FIELDS = {"nodes", "flavor", "image", "network", "external_network", "cidr",
+SPEC_FIELDS = {"nodes", "flavor", "image", "network", "create_network", "external_network",
+               "cidr",
                "floating_ips", "ssh_user", "ssh_cidr", "key_file", "user_data", "metadata",
                "min_nodes", "max_replacements", "ttl_hours", "parallel", "groups", "timeouts"}
 
@@ -203,6 +204,29 @@ def emit(args: argparse.Namespace, data: Any, rows: Optional[List[List[Any]]] = 
         print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=False)).rstrip())
 
 
+class progress_bar:
+    """A tqdm bar on a terminal; plain log lines otherwise (CI, pipes)."""
+
+    def __init__(self, total: int, unit: str):
+        self.total, self.unit, self.done, self.bar = total, unit, 0, None
+        if sys.stderr.isatty() and importlib.util.find_spec("tqdm"):
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, unit=unit, file=sys.stderr)
+
+    def __enter__(self):
+        def tick(message: str) -> None:
+            self.done += 1
+            if self.bar is not None:
+                self.bar.update(1)
+            else:
+                LOG.warning("[%d/%d] %s", self.done, self.total, message)
+        return tick
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _cluster(args: argparse.Namespace):
     from cloudcompute.cluster import Cluster
     return Cluster.attach(args.name, cloud=args.os_cloud)
@@ -225,7 +249,10 @@ def cmd_run(args):
     c = _cluster(args)
     try:
         if inputs:
-            results = c.map(fn, inputs, allow_pickle=args.allow_pickle)
+            with progress_bar(len(inputs), "tasks") as tick:
+                results = c.map(fn, inputs, allow_pickle=args.allow_pickle,
+                                progress=lambda r: tick("%s on %s: %.2fs, peak %d MiB" % (
+                                    r.task, r.node, r.duration, r.peak_rss_kb // 1024)))
             stems = [os.path.splitext(os.path.basename(p))[0] for p in args.inputs]
         else:
             results, stems = [c.run(fn, allow_pickle=args.allow_pickle)], ["result"]

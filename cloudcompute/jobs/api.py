@@ -100,9 +100,14 @@ class JobsMixin:
         return out
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any],
-            allow_pickle: bool = False, star: bool = False) -> List[Any]:
-        """``[fn(x) for x in items]`` across the cluster, in order."""
-        return [r.value for r in self.executor().map(fn, items, allow_pickle, star=star)]
+            allow_pickle: bool = False, star: bool = False,
+            progress: Optional[Callable[[TaskResult], None]] = None) -> List[Any]:
+        """``[fn(x) for x in items]`` across the cluster, in order.
+
+        ``progress`` is called with each TaskResult as it arrives (any thread).
+        """
+        return [r.value for r in self.executor().map(fn, items, allow_pickle, star=star,
+                                                     progress=progress)]
 
     def map_partitions(self, fn: Callable[..., Any], data: Any,
                        partitions: Optional[int] = None, allow_pickle: bool = False) -> Any:

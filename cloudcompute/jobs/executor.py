@@ -245,7 +245,8 @@ class Executor:
                           header.get("peak_rss_kb", 0))
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any], allow_pickle: bool = False,
-            nodes: Optional[Sequence[str]] = None, star: bool = False) -> List[TaskResult]:
+            nodes: Optional[Sequence[str]] = None, star: bool = False,
+            progress: Optional[Callable[[TaskResult], None]] = None) -> List[TaskResult]:
         """Run ``fn`` over ``items`` on all nodes, the next item to whichever node is free."""
         items = list(items)
         nodes = [n for n in (nodes or list(self.connections)) if n not in self.dead]
@@ -274,6 +275,8 @@ class Executor:
                 try:
                     results[i] = self.run_on(node, fn, args, allow_pickle=allow_pickle,
                                              task_id="%s#%d" % (getattr(fn, "__name__", "fn"), i))
+                    if progress is not None:
+                        progress(results[i])
                 except (SSHError, NodeLost, OSError, EOFError, paramiko.SSHException) as exc:
                     attempts[i] = attempts.get(i, 0) + 1
                     self._mark_dead(node, exc)

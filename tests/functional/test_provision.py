@@ -157,3 +157,27 @@ def test_two_clusters_from_two_processes(conn, admin_conn, unique, state_dir):
     cb.down()
     assert_nothing_left(conn, admin_conn, unique)
     assert json.dumps(os.listdir(state_dir)) == "[]"
+
+
+def test_created_network_and_floating_ips_are_made_and_removed(conn, admin_conn, unique,
+                                                               state_dir):
+    # the library creates network, subnet and router (the clouds.yaml default network
+    # is ignored); floating_ips=always allocates one per node.
+    spec = ClusterSpec(name=unique, nodes=2, create_network=True, floating_ips="always",
+                       cidr="10.42.200.0/24")
+    with Cluster(spec, cloud=CLOUD) as c:
+        cid = c.state.cluster_id
+        tag = "cc-cluster=" + cid
+        nets = list(conn.network.networks(tags=tag))
+        assert len(nets) == 1 and len(list(conn.network.routers(tags=tag))) == 1
+        fips = list(conn.network.ips(tags=tag))
+        assert len(fips) == 2 and all(f.port_id for f in fips)
+        assert sorted(n.floating_ip for n in c.nodes) == sorted(
+            f.floating_ip_address for f in fips)
+        # the fixed IPs are on this host's bridge, so SSH goes there
+        assert all(n.address == n.fixed_ip and n.fixed_ip.startswith("10.42.200.")
+                   for n in c.nodes)
+        assert c.connection(c.nodes[0].name).run(["true"]).ok
+    assert leftovers(admin_conn, conn.current_project_id, unique) == []
+    assert list(conn.network.ips(tags=tag)) == []
+    assert keypairs_with(conn, unique) == []

@@ -53,3 +53,11 @@ def test_metadata_must_be_short_strings():
     with pytest.raises(ConfigError, match="metadata"):
         validate(ClusterSpec(name="c", nodes=1, flavor="f", image="i",
                              metadata={"k": "v" * 300}))
+
+
+def test_create_network_ignores_the_default_network_and_excludes_network():
+    spec = ClusterSpec(name="c", nodes=1, flavor="f", image="i", create_network=True)
+    assert validate(spec.with_settings({"network": "private"})).network is None
+    with pytest.raises(ConfigError, match="either network"):
+        validate(ClusterSpec(name="c", nodes=1, flavor="f", image="i", network="n",
+                             create_network=True))

@@ -1,0 +1,107 @@
+"""Teardown order, idempotency and leftovers, against a recording stand-in cloud.
+
+The stand-in models only what teardown relies on (listing by tag, delete,
+find); the real cloud is exercised by the functional tests.
+"""
+import types
+
+import pytest
+from openstack import exceptions as os_exc
+
+from cloudcompute import retry
+from cloudcompute.exceptions import TeardownError
+from cloudcompute.state import ClusterState
+from cloudcompute.teardown import Teardown
+
+
+class Store:
+    def __init__(self, log, kind, items=(), undeletable=()):
+        self.log, self.kind = log, kind
+        self.items = {i: types.SimpleNamespace(id=i, name=i, device_owner="compute:nova")
+                      for i in items}
+        self.undeletable = set(undeletable)
+
+    def list(self, **kw):
+        return list(self.items.values())
+
+    def delete(self, rid, ignore_missing=True, **kw):
+        self.log.append((self.kind, rid))
+        if rid in self.undeletable:
+            raise os_exc.ConflictException("in use")
+        if rid not in self.items and not ignore_missing:
+            raise os_exc.NotFoundException("gone")
+        self.items.pop(rid, None)
+
+    def find(self, rid, ignore_missing=True):
+        return self.items.get(rid)
+
+
+def fake_conn(log, **stores):
+    s = {k: Store(log, k, *v) if isinstance(v, tuple) else Store(log, k, v)
+         for k, v in stores.items()}
+    for k in ("server", "ip", "router", "network", "subnet", "security_group", "keypair", "port"):
+        s.setdefault(k, Store(log, k))
+    compute = types.SimpleNamespace(
+        servers=s["server"].list, delete_server=s["server"].delete,
+        find_server=s["server"].find, delete_keypair=s["keypair"].delete,
+        find_keypair=s["keypair"].find)
+    net = types.SimpleNamespace(
+        ips=s["ip"].list, delete_ip=s["ip"].delete, find_ip=s["ip"].find,
+        routers=s["router"].list, delete_router=s["router"].delete, find_router=s["router"].find,
+        networks=s["network"].list, delete_network=s["network"].delete,
+        find_network=s["network"].find, subnets=s["subnet"].list,
+        delete_subnet=s["subnet"].delete, find_subnet=s["subnet"].find,
+        security_groups=s["security_group"].list,
+        delete_security_group=s["security_group"].delete,
+        find_security_group=s["security_group"].find,
+        ports=s["port"].list, delete_port=s["port"].delete,
+        remove_interface_from_router=lambda r, subnet_id: log.append(("router_if", subnet_id)))
+    return types.SimpleNamespace(compute=compute, network=net)
+
+
+@pytest.fixture(autouse=True)
+def no_sleep(monkeypatch):
+    monkeypatch.setattr(retry, "SLEEP", lambda s: None)
+
+
+def state(tmp_path):
+    st = ClusterState.create("c", {"name": "c", "cluster_id": "c-1"}, str(tmp_path))
+    st.record("servers", "s1", "s1")
+    st.record("keypairs", "cc-c-1", "cc-c-1")
+    st.record("router_interfaces", "cc-c-1", "sub1", router_id="r1", subnet_id="sub1")
+    return st
+
+
+def test_dependency_order_and_state_removed(tmp_path):
+    log = []
+    conn = fake_conn(log, server=["s1"], ip=["f1"], router=["r1"], network=["n1"],
+                     subnet=["sub1"], security_group=["g1"], keypair=["cc-c-1"])
+    st = state(tmp_path)
+    Teardown(conn, st).run()
+    kinds = [k for k, _ in log]
+    order = ["server", "ip", "router_if", "router", "subnet", "network", "security_group",
+             "keypair"]
+    assert [k for k in order if k in kinds] == order
+    assert kinds.index("server") < kinds.index("ip") < kinds.index("router")
+    assert kinds.index("subnet") < kinds.index("network") < kinds.index("security_group")
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_rerun_after_everything_is_gone_succeeds(tmp_path):
+    log = []
+    st = state(tmp_path)
+    Teardown(fake_conn(log), st).run()  # nothing exists any more: 404s are success
+
+
+def test_what_cannot_be_deleted_is_named_and_kept(tmp_path):
+    log = []
+    conn = fake_conn(log, security_group=(["g1"], ["g1"]))
+    st = state(tmp_path)
+    st.record("security_groups", "cc-c-1", "g1")
+    with pytest.raises(TeardownError) as err:
+        Teardown(conn, st).run()
+    assert any("g1" in x for x in err.value.leftovers)
+    assert "in use" in " ".join(err.value.errors)
+    kept = ClusterState.load("c", str(tmp_path))
+    assert kept.resources["security_groups"]["cc-c-1"]["id"] == "g1"
+    assert kept.resources["servers"] == {}
