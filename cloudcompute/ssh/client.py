@@ -22,7 +22,8 @@ import paramiko
 
 from cloudcompute import retry
 from cloudcompute.exceptions import HostKeyMismatch, IntegrityError, RemoteCommandError, SSHError
-from cloudcompute.ssh import hostkeys
+from cloudcompute.ssh import bulk, hostkeys
+from cloudcompute.ssh.bulk import get_command, put_command
 
 LOG = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class NodeConnection:
         self.connect_timeout = connect_timeout
         self._client: Optional[paramiko.SSHClient] = None
         self._sftp: Optional[paramiko.SFTPClient] = None
+        self._bulk_ssh: Optional[bulk.OpenSSHBulk] = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -168,6 +170,9 @@ class NodeConnection:
             return self._sftp
 
     def close(self) -> None:
+        if self._bulk_ssh is not None:
+            self._bulk_ssh.close()
+            self._bulk_ssh = None
         with self._lock:
             if self._sftp is not None:
                 self._sftp.close()
@@ -183,13 +188,21 @@ class NodeConnection:
         self.close()
 
     # -- files ---------------------------------------------------------
+    def _bulk(self) -> Optional[Any]:
+        if self._bulk_ssh is None and bulk.available():
+            self._bulk_ssh = bulk.OpenSSHBulk(self.name, self.address, self.user,
+                                              self.key_file, self.host_keys, self.port)
+        return self._bulk_ssh
+
     def upload(self, path: str, data: bytes) -> None:
         """Write ``data`` to ``path`` on the node; the node hashes it as it writes."""
+        fast = self._bulk()
+        if fast is not None:
+            return fast.upload(path, data)
         want = hashlib.sha256(data).hexdigest()
         chan = self.client.get_transport().open_session(timeout=self.connect_timeout)
         try:
-            chan.exec_command(quote_command(["sh", "-c", 'tee -- "$1" | sha256sum', "sh",
-                                             path]))
+            chan.exec_command(quote_command(put_command(path)))
             send_all(chan, data)
             chan.shutdown_write()
             out, err = _drain(chan, None)
@@ -203,10 +216,12 @@ class NodeConnection:
 
     def download(self, path: str) -> bytes:
         """The bytes of ``path`` on the node, checked against the node's sha256."""
+        fast = self._bulk()
+        if fast is not None:
+            return fast.download(path)
         chan = self.client.get_transport().open_session(timeout=self.connect_timeout)
         try:
-            chan.exec_command(quote_command(
-                ["sh", "-c", 'sha256sum < "$1" >&2 & cat -- "$1"; wait', "sh", path]))
+            chan.exec_command(quote_command(get_command(path)))
             chan.shutdown_write()
             out, err = _drain(chan, None)
             code = chan.recv_exit_status()
@@ -215,7 +230,7 @@ class NodeConnection:
         if code != 0:
             raise SSHError(self.name, "cannot read %s: %s"
                            % (path, err.decode("utf-8", "replace").strip()))
-        want = err.decode().split()[0]
+        want = err.decode().strip()[-64:]
         got = hashlib.sha256(out).hexdigest()
         if got != want:
             raise IntegrityError(self.name, "download of %s" % path, want, got)

@@ -89,8 +89,11 @@ def test_stock_node_versions_differ_from_the_client(cluster):
     assert remote["numpy"].startswith("1.") and remote["pandas"].startswith("1.")
 
 
-def test_put_and_get_files_and_arrays(cluster, tmp_path):
-    a = np.arange(1000, dtype=np.int64)
+@pytest.mark.parametrize("bulk", ["openssh", "paramiko"])
+def test_put_and_get_files_and_arrays(cluster, tmp_path, monkeypatch, bulk):
+    monkeypatch.setenv("CLOUDCOMPUTE_BULK", bulk)
+    cluster.close_connections()
+    a = np.asfortranarray(np.arange(1000, dtype=np.int64).reshape(10, 100))
     cluster.put(a, "data/a.npy")
     assert np.array_equal(cluster.get("data/a.npy", node=cluster.node_names()[2]), a)
     src = tmp_path / "in.txt"
