@@ -32,7 +32,7 @@ def run(args):
     settings = config.cloud_settings(conn)
     defaults = {k: settings.get(k) for k in ("image", "flavor", "network")}
     boot_delay = float(os.environ.get("CC_AIO_BOOT_DELAY", "3"))
-    sizes = [1] if args.quick else [1, 4, 8, 16]
+    sizes = [] if args.skip_provisioning else [1] if args.quick else [1, 4, 8, 16]
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                "cloud": cloud, "quick": args.quick, "provisioning": {}, "targets": []}
     targets = results["targets"]
@@ -124,6 +124,8 @@ def _plots(results, out):
     import matplotlib.pyplot as plt
     prov_ = results["provisioning"]
     ns = sorted(prov_, key=int)
+    if not ns:
+        return _data_plots(results, out, plt)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     for name in ("raw_parallel", "cloudcompute", "sdk_create_wait_loop", "sdk_nowait_then_wait"):
         a1.plot([int(n) for n in ns], [prov_[n][name]["up_s"] for n in ns], "o-", label=name)
@@ -134,6 +136,10 @@ def _plots(results, out):
     a1.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "bench-provisioning.png"), dpi=110)
+    _data_plots(results, out, plt)
+
+
+def _data_plots(results, out, plt):
     fig, ax = plt.subplots(figsize=(7, 4))
     pay = results["payload_mb_s"]
     ax.barh(list(pay), list(pay.values()))
@@ -152,6 +158,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: small N and sizes")
     ap.add_argument("--out", default=".")
+    ap.add_argument("--skip-provisioning", action="store_true",
+                    help="only the data-path benchmarks (payload, fan-out, tasks)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     openstack.enable_logging(debug=False)
