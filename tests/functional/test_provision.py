@@ -181,3 +181,17 @@ def test_created_network_and_floating_ips_are_made_and_removed(conn, admin_conn,
     assert leftovers(admin_conn, conn.current_project_id, unique) == []
     assert list(conn.network.ips(tags=tag)) == []
     assert keypairs_with(conn, unique) == []
+
+
+def test_console_log_keys_when_user_data_cannot_carry_them(conn, admin_conn, unique,
+                                                          state_dir):
+    # A shell-script user-data cannot carry ssh_keys: the host keys are then taken
+    # from the console log (through the API), never trusted on first use.
+    spec = ClusterSpec(name=unique, nodes=1, user_data="#!/bin/sh\necho hello\n")
+    with Cluster(spec, cloud=CLOUD) as c:
+        node = c.nodes[0]
+        assert node.keys_injected is False and node.host_keys
+        console = conn.compute.get_server_console_output(node.server_id)["output"]
+        assert all(k.split()[1] in console for k in node.host_keys)
+        assert c.connection(node.name).run(["true"]).ok
+    assert leftovers(admin_conn, conn.current_project_id, unique) == []
