@@ -13,7 +13,7 @@ import logging
 import signal
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from cloudcompute import config, tags
 from cloudcompute.config import ClusterSpec
@@ -55,7 +55,11 @@ class Cluster(JobsMixin):
     """A cluster of servers reachable over SSH, with its own cloud resources."""
 
     def __init__(self, spec: ClusterSpec, cloud: Optional[str] = None, conn: Any = None,
-                 state_dir: Optional[str] = None):
+                 state_dir: Optional[str] = None,
+                 progress: Optional[Callable[[str, str], None]] = None):
+        """``progress(phase, node)`` is called as each node is created, goes ACTIVE
+        and answers SSH (phases ``created``, ``active``, ``ssh``), from any thread."""
+        self.progress = progress or (lambda phase, node: None)
         self.conn = config.connect(cloud, conn)
         self.spec = config.validate(spec.with_settings(config.cloud_settings(self.conn)))
         self.state_dir = state_dir
@@ -117,7 +121,8 @@ class Cluster(JobsMixin):
         sg = resources.create_security_group(self.conn, st)
         network_id = plan.network_id or resources.create_network(
             self.conn, st, self.spec.cidr, plan.external_network_id)
-        builder = ServerBuilder(self.conn, st, self.spec, plan, network_id, sg.name, keypair)
+        builder = ServerBuilder(self.conn, st, self.spec, plan, network_id, sg.name, keypair,
+                                self.progress)
         builder.create_all()
         self.timings["create"] = time.monotonic() - t1
         builder.wait_active()
@@ -163,6 +168,7 @@ class Cluster(JobsMixin):
                                       node.host_keys)
                 wait_for_ssh(conn, deadline)
             node.timings["ssh_ready"] = time.monotonic() - builder.t0
+            self.progress("ssh", node.name)
             self._connections[node.name] = conn
 
         with cf.ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
@@ -216,6 +222,7 @@ class Cluster(JobsMixin):
         self.timings = dict(st.data.get("timings", {}))
         self._connections = {}
         self._executor = None
+        self.progress = lambda phase, node: None
         if not self.nodes and st.count() and not st.data.get("detached"):
             LOG.warning("cluster %s has no ready nodes recorded (still coming up or "
                         "failed); down() will still delete its resources", name)

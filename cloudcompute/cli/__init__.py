@@ -234,8 +234,12 @@ def _cluster(args: argparse.Namespace):
 
 def cmd_up(args):
     from cloudcompute.cluster import Cluster
-    c = Cluster(build_spec(args), cloud=args.os_cloud)
-    c.up()
+    spec = build_spec(args)
+    c = Cluster(spec, cloud=args.os_cloud)
+    total = c.spec.total_nodes * 3
+    with progress_bar(total, "steps") as tick:
+        c.progress = lambda phase, node: tick("%s %s" % (node, phase))
+        c.up()
     c.detach()
     d = c.describe()
     emit(args, d, [[n["name"], n["address"], n["host_key_fingerprints"][0]

@@ -13,7 +13,7 @@ import dataclasses
 import ipaddress
 import logging
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from openstack import exceptions as os_exc
 
@@ -74,7 +74,8 @@ class ServerBuilder:
     """Creates and watches the servers of one cluster."""
 
     def __init__(self, conn: Any, st: ClusterState, spec: ClusterSpec, plan: Plan,
-                 network_id: str, sg_name: str, keypair: str):
+                 network_id: str, sg_name: str, keypair: str,
+                 progress: Optional[Callable[[str, str], None]] = None):
         self.conn = conn
         self.st = st
         self.spec = spec
@@ -85,6 +86,7 @@ class ServerBuilder:
         self.nodes: Dict[str, NodeInfo] = {}
         self.replacements = 0
         self.t0 = time.monotonic()
+        self.progress = progress or (lambda phase, node: None)
 
     # -- create --------------------------------------------------------
     def create_all(self) -> None:
@@ -120,6 +122,7 @@ class ServerBuilder:
         server = self._create_checked(name, args)
         node.server_id = server.id
         node.timings["created"] = time.monotonic() - self.t0
+        self.progress("created", name)
         self.st.record("servers", name, server.id, group=group.name,
                        host_keys=node.host_keys)
         return node
@@ -165,6 +168,7 @@ class ServerBuilder:
                 if server.status == "ACTIVE":
                     node.status = "ACTIVE"
                     node.timings["active"] = time.monotonic() - self.t0
+                    self.progress("active", node.name)
                     node.fixed_ip = self._fixed_ip(server)
                     self.st.record("servers", node.name, node.server_id,
                                    fixed_ip=node.fixed_ip, status="ACTIVE")

@@ -104,11 +104,43 @@ def test_cli_unknown_cloud_and_malformed_spec(state_dir, tmp_path):
     assert r.returncode == 2 and "unknown field(s) nodez" in r.stderr
 
 
-def test_readme_first_example_runs(state_dir, tmp_path):
+def readme_blocks(lang):
     text = open(os.path.join(ROOT, "README.md")).read()
-    block = text.split("```python\n", 1)[1].split("```", 1)[0]
-    script = tmp_path / "readme_example.py"
-    script.write_text(block)
-    r = run([sys.executable, str(script)], env=dict(os.environ, PYTHONPATH=ROOT))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert abs(float(r.stdout.strip()) - 3.14159) < 0.01
+    return [b.split("```", 1)[0] for b in text.split("```%s\n" % lang)[1:]]
+
+
+def test_readme_python_blocks_run(state_dir, tmp_path):
+    blocks = readme_blocks("python")
+    assert len(blocks) == 2
+    outputs = []
+    for i, block in enumerate(blocks):
+        script = tmp_path / ("readme_%d.py" % i)
+        script.write_text(block)
+        r = run([sys.executable, str(script)], env=dict(os.environ, PYTHONPATH=ROOT))
+        assert r.returncode == 0, r.stderr[-3000:]
+        outputs.append(r.stdout)
+    assert abs(float(outputs[0].strip()) - 3.14159) < 0.01
+    assert "[0. 1. 2. 3. 4.]" in outputs[1] and "SHA256:" in outputs[1]
+
+
+def test_readme_cli_block_runs(state_dir, tmp_path):
+    block = [b for b in readme_blocks("sh") if "cloudcompute --os-cloud" in b][0]
+    (tmp_path / "work.py").write_text("def double(x):\n    return x * 2\n")
+    np.save(tmp_path / "a.npy", np.arange(3.0))
+    import pandas as pd
+    pd.DataFrame({"v": [1.0, 2.0]}).to_parquet(tmp_path / "b.parquet")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "cloudcompute").write_text("#!/bin/sh\nexec %s -m cloudcompute.cli \"$@\"\n"
+                                         % sys.executable)
+    (bindir / "cloudcompute").chmod(0o755)
+    env = dict(os.environ, PYTHONPATH=ROOT, PATH="%s:%s" % (bindir, os.environ["PATH"]))
+    try:
+        r = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=600)
+    finally:  # the block's own `down` may not have run
+        subprocess.run(["bash", "-c", "cloudcompute --os-cloud %s down demo" % CLOUD],
+                       env=env, capture_output=True, timeout=300)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    assert np.array_equal(np.load(tmp_path / "out" / "a.npy"), np.arange(3.0) * 2)
+    assert '"cluster_id": "demo-' in r.stdout

@@ -9,6 +9,7 @@ Run by ``devstack/aio/cloud up`` with Debian's python3 and openstacksdk:
 Every step is find-or-create, so running it again changes nothing.
 """
 import os
+import subprocess
 import sys
 import time
 
@@ -111,10 +112,14 @@ def resources():
     conn = admin()
     demo = conn.identity.find_project("demo", domain_id="default")
 
-    wait_for("nova-compute service and hypervisor",
+    wait_for("nova-compute service",
              lambda: any(s.state == "up" and s.status == "enabled"
-                         for s in conn.compute.services(binary="nova-compute"))
-             and any(True for _ in conn.compute.hypervisors()), 120)
+                         for s in conn.compute.services(binary="nova-compute")), 120)
+    # Map the new compute host into its cell now rather than at the scheduler's
+    # next periodic discovery.
+    subprocess.run(["nova-manage", "--config-file", os.environ["CC_AIO_NOVA_CONF"],
+                    "cell_v2", "discover_hosts"], check=True, capture_output=True)
+    wait_for("hypervisor", lambda: any(True for _ in conn.compute.hypervisors()), 120)
     log("compute host up after %.1fs" % (time.monotonic() - t0))
 
     for name, vcpus, ram, disk in FLAVORS:
