@@ -95,41 +95,46 @@ def raw_parallel(cloud: str, n: int, defaults: Dict[str, str]) -> Dict[str, Any]
             "down_requests": counter.take()}
 
 
-def sdk_wait_loop(cloud: str, n: int, defaults: Dict[str, str]) -> Dict[str, Any]:
-    """openstacksdk's cloud layer as its docs suggest: create_server(wait=True) in a loop."""
+def _measured(cloud: str, up: Any, down: Any) -> Dict[str, Any]:
+    """Time and count ``up(conn) -> servers`` and ``down(conn, servers)``."""
     conn, counter = _fresh(cloud)
     counter.take()
     t0 = time.monotonic()
-    servers = [conn.create_server(name, image=defaults["image"], flavor=defaults["flavor"],
-                                  network=defaults["network"], wait=True, timeout=300,
-                                  auto_ip=False)
-               for name in _names("sdkwait", n)]
-    up = time.monotonic() - t0
+    servers = up(conn)
+    up_s = time.monotonic() - t0
     requests = counter.take()
     t1 = time.monotonic()
-    for s in servers:
-        conn.delete_server(s.id, wait=True, timeout=120)
-    return {"up_s": up, "down_s": time.monotonic() - t1, "requests": requests,
+    down(conn, servers)
+    return {"up_s": up_s, "down_s": time.monotonic() - t1, "requests": requests,
             "down_requests": counter.take()}
+
+
+def sdk_wait_loop(cloud: str, n: int, defaults: Dict[str, str]) -> Dict[str, Any]:
+    """openstacksdk's cloud layer as its docs suggest: create_server(wait=True) in a loop."""
+    def up(conn: Any) -> List[Any]:
+        return [conn.create_server(name, image=defaults["image"], flavor=defaults["flavor"],
+                                   network=defaults["network"], wait=True, timeout=300,
+                                   auto_ip=False) for name in _names("sdkwait", n)]
+
+    def down(conn: Any, servers: List[Any]) -> None:
+        for s in servers:
+            conn.delete_server(s.id, wait=True, timeout=120)
+    return _measured(cloud, up, down)
 
 
 def sdk_nowait(cloud: str, n: int, defaults: Dict[str, str]) -> Dict[str, Any]:
     """create_server(wait=False) for all, then wait_for_server on each."""
-    conn, counter = _fresh(cloud)
-    counter.take()
-    t0 = time.monotonic()
-    servers = [conn.create_server(name, image=defaults["image"], flavor=defaults["flavor"],
-                                  network=defaults["network"], wait=False, auto_ip=False)
-               for name in _names("sdknowait", n)]
-    servers = [conn.wait_for_server(s, auto_ip=False, timeout=300) for s in servers]
-    up = time.monotonic() - t0
-    requests = counter.take()
-    t1 = time.monotonic()
-    for s in servers:
-        conn.delete_server(s.id, wait=False)
-    _wait_gone(conn, [s.id for s in servers])
-    return {"up_s": up, "down_s": time.monotonic() - t1, "requests": requests,
-            "down_requests": counter.take()}
+    def up(conn: Any) -> List[Any]:
+        servers = [conn.create_server(name, image=defaults["image"], flavor=defaults["flavor"],
+                                      network=defaults["network"], wait=False, auto_ip=False)
+                   for name in _names("sdknowait", n)]
+        return [conn.wait_for_server(s, auto_ip=False, timeout=300) for s in servers]
+
+    def down(conn: Any, servers: List[Any]) -> None:
+        for s in servers:
+            conn.delete_server(s.id, wait=False)
+        _wait_gone(conn, [s.id for s in servers])
+    return _measured(cloud, up, down)
 
 
 def cloudcompute_cluster(cloud: str, n: int, defaults: Dict[str, str]) -> Dict[str, Any]:
