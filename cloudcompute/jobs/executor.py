@@ -26,12 +26,15 @@ from cloudcompute.exceptions import (CloudComputeError, EnvironmentMismatch, Int
                                      RemoteTaskError, SSHError, TaskKilled)
 from cloudcompute.jobs import payload
 from cloudcompute.jobs import worker as wire
-from cloudcompute.ssh.client import NodeConnection, send_all, quote_command
+from cloudcompute.ssh import bulk
+from cloudcompute.ssh.client import NodeConnection, quote_command, send_all
 
 LOG = logging.getLogger(__name__)
 WORKER_SOURCE = open(wire.__file__, "rb").read()
 WORKER_SHA = hashlib.sha256(WORKER_SOURCE).hexdigest()
 REMOTE_DIR = ".cloudcompute"
+STAGE_DIR = REMOTE_DIR + "/stage"
+STAGE_OVER = 16 << 20  # bytes; larger blobs travel as files through the bulk transfer
 
 
 @dataclasses.dataclass
@@ -221,9 +224,11 @@ class Executor:
         task_id = task_id or self._task_id()
         w = self.worker(node)
         request, blobs = self._request(w, fn, args, kwargs or {}, allow_pickle, task_id)
+        conn = self.connections[node]
         for attempt in range(2):
             try:
-                header, rblobs = w.call(request, blobs)
+                sent = self._stage(conn, request, blobs) if bulk.available() else blobs
+                header, rblobs = w.call(request, sent)
                 break
             except IntegrityError:
                 if attempt:
@@ -237,12 +242,37 @@ class Executor:
             raise RemoteTaskError(node, task_id, header.get("exc_type", "?"),
                                   header.get("message", ""), header.get("traceback", ""))
         desc = header["result"]
+        for idx, st in header.get("staged", {}).items():
+            data = conn.download(st["path"])
+            conn.run(["rm", "-f", st["path"]])
+            if hashlib.sha256(data).hexdigest() != st["sha256"]:
+                raise IntegrityError(node, "result of %s" % task_id, st["sha256"],
+                                     hashlib.sha256(data).hexdigest())
+            rblobs[int(idx)] = data
         try:
             value = wire.decode(desc, rblobs[desc["blob"]], allow_pickle)
         except wire.WireError as exc:
             raise CloudComputeError("result of %s on %s: %s" % (task_id, node, exc)) from exc
         return TaskResult(node, task_id, value, header.get("duration", 0.0),
                           header.get("peak_rss_kb", 0))
+
+    def _stage(self, conn: NodeConnection, request: Dict[str, Any],
+               blobs: List[bytes]) -> List[bytes]:
+        """Send blobs over STAGE_OVER bytes as files through the faster bulk transfer
+        (OpenSSH), and ask the worker to leave large results the same way."""
+        request["stage_over"] = STAGE_OVER
+        request["stage_dir"] = STAGE_DIR
+        out = list(blobs)
+        for i, blob in enumerate(blobs):
+            if len(blob) > STAGE_OVER:
+                digest = hashlib.sha256(blob).hexdigest()
+                path = "%s/arg-%s" % (STAGE_DIR, digest)
+                conn.run(["mkdir", "-p", STAGE_DIR])
+                conn.upload(path, blob)
+                request.setdefault("staged", {})[str(i)] = {"path": path, "sha256": digest,
+                                                           "size": len(blob)}
+                out[i] = b""
+        return out
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any], allow_pickle: bool = False,
             nodes: Optional[Sequence[str]] = None, star: bool = False,

@@ -385,6 +385,36 @@ class _Stub:
         return _Stub("%s.%s" % (self._name, name))
 
 
+def unstage(req, blobs):
+    """Large blobs may arrive as files (sent by the client's bulk transfer)."""
+    for idx, st in req.get("staged", {}).items():
+        try:
+            with open(st["path"], "rb") as f:
+                data = f.read()
+            os.unlink(st["path"])
+        except OSError as exc:
+            raise WireError("staged blob %s: %s" % (st["path"], exc)) from exc
+        got = hashlib.sha256(data).hexdigest()
+        if got != st["sha256"]:
+            raise WireError("staged blob %s: sha256 %s != %s" % (st["path"], got, st["sha256"]))
+        blobs[int(idx)] = data
+
+
+def stage_result(req, header, rblobs):
+    """Leave a large result in a file for the client's bulk transfer to fetch."""
+    limit = req.get("stage_over")
+    if not limit or not rblobs or len(rblobs[0]) <= limit:
+        return header, rblobs
+    data = rblobs[0]
+    digest = hashlib.sha256(data).hexdigest()
+    path = os.path.join(req["stage_dir"], "result-" + digest)
+    os.makedirs(req["stage_dir"], exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    header["staged"] = {"0": {"path": path, "sha256": digest, "size": len(data)}}
+    return header, [b""]
+
+
 def main():
     sys.meta_path.append(_ClientOnlyFinder())
     inp = sys.stdin.buffer
@@ -415,9 +445,14 @@ def main():
             continue
         op = req.get("op")
         if op == "task":
+            try:
+                unstage(req, blobs)
+            except WireError as exc:
+                send({"op": "wire_error", "id": req.get("id"), "message": str(exc)})
+                continue
             header, rblobs = run_task(req, blobs, send)
             header["id"] = req["id"]
-            send(header, rblobs)
+            send(*stage_result(req, header, rblobs))
         elif op == "ping":
             send({"op": "pong", "id": req.get("id")})
         elif op == "exit":

@@ -146,3 +146,56 @@ def test_split_and_concat_keep_order():
     assert np.array_equal(concat(split(a, 2)), a)
     with pytest.raises(TypeError, match="NumPy array or a pandas"):
         split([1, 2, 3], 2)
+
+
+def test_staged_blobs_are_read_checked_and_removed(tmp_path):
+    import hashlib
+    data = b"x" * 1000
+    path = tmp_path / "arg"
+    path.write_bytes(data)
+    blobs = [b"", b"keep"]
+    req = {"staged": {"0": {"path": str(path), "sha256": hashlib.sha256(data).hexdigest()}}}
+    wire.unstage(req, blobs)
+    assert blobs == [data, b"keep"] and not path.exists()
+    path.write_bytes(b"tampered")
+    with pytest.raises(wire.WireError, match="sha256"):
+        wire.unstage(req, blobs)
+    with pytest.raises(wire.WireError, match="No such file"):
+        wire.unstage(req, blobs)
+
+
+def test_large_results_are_left_in_a_file(tmp_path):
+    header, blobs = wire.stage_result({"stage_over": 10, "stage_dir": str(tmp_path)},
+                                      {"ok": True}, [b"y" * 11])
+    st = header["staged"]["0"]
+    assert blobs == [b""] and open(st["path"], "rb").read() == b"y" * 11
+    assert wire.stage_result({"stage_over": 10}, {"ok": True}, [b"small"])[1] == [b"small"]
+    assert wire.stage_result({}, {"ok": True}, [b"z" * 100])[1] == [b"z" * 100]
+
+
+def test_worker_process_end_to_end(tmp_path):
+    """The shipped worker, as a local process, speaking frames over its pipes."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, wire.__file__], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, cwd=str(tmp_path))
+    try:
+        hello, _ = wire.read_frame(proc.stdout)
+        assert hello["op"] == "hello" and "npy" in hello["formats"]
+        blobs = payload.Blobs()
+        fn = payload.function_spec(module_level, blobs, allow_pickle=False)
+        args, kwargs = payload.encode_args([np.arange(3)], {}, blobs, ALL, False)
+        req = {"op": "task", "id": "t1", "fn": fn, "args": args, "kwargs": kwargs,
+               "result_formats": ALL, "stage_over": 10, "stage_dir": str(tmp_path / "s")}
+        wire.write_frame(proc.stdin, req, blobs.items)
+        header, rblobs = wire.read_frame(proc.stdout)
+        assert header["ok"] and header["id"] == "t1"
+        st = header["staged"]["0"]
+        data = open(st["path"], "rb").read()
+        assert np.array_equal(wire.decode(header["result"], data), np.arange(3) + 1)
+        wire.write_frame(proc.stdin, {"op": "ping", "id": "p"})
+        assert wire.read_frame(proc.stdout)[0] == {"op": "pong", "id": "p", "blobs": []}
+        wire.write_frame(proc.stdin, {"op": "exit"})
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
