@@ -346,7 +346,8 @@ def run_task(req, blobs, send):
 
 class _ClientOnlyFinder:
     """Shipped modules may ``import cloudcompute`` at top level (the script that
-    drives the cluster usually does); on the node that import yields a stub."""
+    drives the cluster usually does); on the node that import yields inert stubs,
+    so driving code that runs at import does nothing there."""
 
     prefix = "cloudcompute"
 
@@ -373,16 +374,30 @@ class _StubModule(types.ModuleType):
 
 
 class _Stub:
+    """An inert stand-in: the driving code of a module runs on the node as a no-op."""
+
     def __init__(self, name):
         self._name = name
 
     def __call__(self, *a, **k):
-        raise RuntimeError("%s is client-side only and cannot run on a node: the module "
-                           "that defines the task runs it at import; put that code under "
-                           "if __name__ == '__main__':" % self._name)
+        return _Stub(self._name + "()")
 
     def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
         return _Stub("%s.%s" % (self._name, name))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def __iter__(self):
+        return iter(())
+
+    def __repr__(self):
+        return "<client-side %s>" % self._name
 
 
 def unstage(req, blobs):
