@@ -5,8 +5,12 @@ results and delete every resource again::
 
     from cloudcompute import Cluster, ClusterSpec
 
-    with Cluster(ClusterSpec(name="demo", nodes=3), cloud="devstack") as c:
-        print(c.map(lambda x: x * x, range(10)))
+    def square(x):
+        return x * x
+
+    if __name__ == "__main__":
+        with Cluster(ClusterSpec(name="demo", nodes=3), cloud="devstack") as c:
+            squares = c.map(square, range(10))
 """
 import logging
 

@@ -21,7 +21,7 @@ from cloudcompute.exceptions import (CloudComputeError, HostKeyMismatch, Provisi
                                      StateError)
 from cloudcompute.jobs.api import JobsMixin
 from cloudcompute.provision import preflight, resources
-from cloudcompute.provision.servers import NodeInfo, ServerBuilder
+from cloudcompute.provision.servers import NodeInfo, ServerBuilder, directly_routable
 from cloudcompute.ssh import hostkeys
 from cloudcompute.ssh.client import NodeConnection
 from cloudcompute.ssh.readiness import wait_for_ssh
@@ -129,10 +129,10 @@ class Cluster(JobsMixin):
         self.timings["active"] = time.monotonic() - t1
         nodes = builder.active_nodes()
         for node in nodes:
+            # auto: a floating IP only where this host has no direct route to the node
             if self.spec.floating_ips == "always" or (
                     self.spec.floating_ips == "auto" and plan.external_network_id
-                    and node.address == node.fixed_ip and node.floating_ip is None
-                    and not _routable(node)):
+                    and not directly_routable(node.fixed_ip or "")):
                 builder.attach_floating_ip(node)
         ssh_from = self.spec.ssh_cidr or resources.caller_cidr(nodes[0].address)
         resources.allow_ssh(self.conn, sg.id, ssh_from)
@@ -260,8 +260,3 @@ class Cluster(JobsMixin):
                        "timings": n.timings} for n in self.nodes],
             "timings": self.timings,
         }
-
-
-def _routable(node: NodeInfo) -> bool:
-    from cloudcompute.provision.servers import directly_routable
-    return bool(node.fixed_ip) and directly_routable(node.fixed_ip)

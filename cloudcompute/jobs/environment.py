@@ -39,7 +39,7 @@ for name in json.loads(sys.argv[1]):
         out["packages"][name] = metadata.version(name)
     except metadata.PackageNotFoundError:
         out["packages"][name] = None
-print(json.dumps(out))
+sys.stdout.write(json.dumps(out))
 """
 
 
