@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import posixpath
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 from cloudcompute.exceptions import CloudComputeError, StateError
@@ -139,11 +138,7 @@ class JobsMixin:
             raise TypeError("put takes a file path or a NumPy array, not %s"
                             % type(data).__name__)
         for n in nodes or self.node_names():
-            conn = self.connection(n)
-            parent = posixpath.dirname(remote_path)
-            if parent:
-                conn.run(["mkdir", "-p", parent])
-            _write_verified(conn, remote_path, raw)
+            _write_verified(self.connection(n), remote_path, raw)
 
     def get(self, remote_path: str, local_path: Optional[str] = None,
             node: Optional[str] = None) -> Any:

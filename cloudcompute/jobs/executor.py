@@ -243,12 +243,8 @@ class Executor:
                                   header.get("message", ""), header.get("traceback", ""))
         desc = header["result"]
         for idx, st in header.get("staged", {}).items():
-            data = conn.download(st["path"])
+            rblobs[int(idx)] = conn.download(st["path"], sha256=st["sha256"])
             conn.run(["rm", "-f", st["path"]])
-            if hashlib.sha256(data).hexdigest() != st["sha256"]:
-                raise IntegrityError(node, "result of %s" % task_id, st["sha256"],
-                                     hashlib.sha256(data).hexdigest())
-            rblobs[int(idx)] = data
         try:
             value = wire.decode(desc, rblobs[desc["blob"]], allow_pickle)
         except wire.WireError as exc:
@@ -265,10 +261,8 @@ class Executor:
         out = list(blobs)
         for i, blob in enumerate(blobs):
             if len(blob) > STAGE_OVER:
-                digest = hashlib.sha256(blob).hexdigest()
-                path = "%s/arg-%s" % (STAGE_DIR, digest)
-                conn.run(["mkdir", "-p", STAGE_DIR])
-                conn.upload(path, blob)
+                path = "%s/arg-%s-%d" % (STAGE_DIR, request["id"].replace("/", "_"), i)
+                digest = conn.upload(path, blob)
                 request.setdefault("staged", {})[str(i)] = {"path": path, "sha256": digest,
                                                            "size": len(blob)}
                 out[i] = b""

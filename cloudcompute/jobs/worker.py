@@ -81,20 +81,16 @@ def read_frame(inp):
 
 
 # ---------------------------------------------------------------- codecs
-def _have(module):
-    try:
-        __import__(module)
-        return True
-    except ImportError:
-        return False
-
-
 def _optional(name):
     """The module if it can be imported (waits for an import under way elsewhere)."""
     try:
         return __import__(name)
     except ImportError:
         return None
+
+
+def _have(name):
+    return _optional(name) is not None
 
 
 def encode(value, formats, allow_pickle=False):

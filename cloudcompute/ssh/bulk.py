@@ -25,7 +25,9 @@ LOG = logging.getLogger(__name__)
 
 # Node-side halves of upload/download: stream and hash in one pass with the
 # node's python3 (hashlib uses OpenSSL; coreutils' sha256sum is several times slower).
-REMOTE_PUT = ("import hashlib,sys\nh=hashlib.sha256()\nwith open(sys.argv[1],'wb') as f:\n"
+REMOTE_PUT = ("import hashlib,os,sys\nh=hashlib.sha256()\n"
+              "os.makedirs(os.path.dirname(sys.argv[1]) or '.',exist_ok=True)\n"
+              "with open(sys.argv[1],'wb') as f:\n"
               " for b in iter(lambda: sys.stdin.buffer.read(1<<20), b''):\n"
               "  h.update(b); f.write(b)\nprint(h.hexdigest())")
 REMOTE_GET = ("import hashlib,sys\nh=hashlib.sha256()\nout=sys.stdout.buffer\n"
@@ -40,6 +42,16 @@ def put_command(path: str) -> List[str]:
 
 def get_command(path: str) -> List[str]:
     return ["python3", "-c", REMOTE_GET, path]
+
+
+def check_download(node: str, path: str, data: bytes, node_err: bytes,
+                   expected: Optional[str]) -> None:
+    """``data`` must hash to what the node computed (last 64 characters of its
+    stderr) and, if given, to ``expected``; the local hash is computed once."""
+    got = hashlib.sha256(data).hexdigest()
+    for want in (node_err.decode().strip()[-64:], expected):
+        if want is not None and got != want:
+            raise IntegrityError(node, "download of %s" % path, want, got)
 
 
 def available() -> bool:
@@ -84,8 +96,9 @@ class OpenSSHBulk:
                                   "(OpenSSH: %s)" % err.splitlines()[-1])
         raise SSHError(self.name, "ssh failed: %s" % err[-500:])
 
-    def upload(self, path: str, data: bytes) -> None:
-        """Send ``data`` while hashing it here; the node hashes what it wrote."""
+    def upload(self, path: str, data: bytes) -> str:
+        """Send ``data`` while hashing it here; the node hashes what it wrote.
+        Returns the sha256 both sides agreed on."""
         cmd = self.base + [self.target, " ".join(shlex.quote(a) for a in put_command(path))]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
@@ -108,16 +121,14 @@ class OpenSSHBulk:
         if proc.returncode != 0 or got != want:
             raise IntegrityError(self.name, "upload of %s" % path, want,
                                  got or err.decode("utf-8", "replace").strip())
+        return want
 
-    def download(self, path: str) -> bytes:
+    def download(self, path: str, sha256: Optional[str] = None) -> bytes:
         proc = self._run(get_command(path), None)
         if proc.returncode != 0:
             raise SSHError(self.name, "cannot read %s: %s"
                            % (path, proc.stderr.decode("utf-8", "replace").strip()))
-        want = proc.stderr.decode().strip()[-64:]
-        got = hashlib.sha256(proc.stdout).hexdigest()
-        if got != want:
-            raise IntegrityError(self.name, "download of %s" % path, want, got)
+        check_download(self.name, path, proc.stdout, proc.stderr, sha256)
         return proc.stdout
 
     def close(self) -> None:

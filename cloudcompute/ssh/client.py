@@ -194,8 +194,9 @@ class NodeConnection:
                                               self.key_file, self.host_keys, self.port)
         return self._bulk_ssh
 
-    def upload(self, path: str, data: bytes) -> None:
-        """Write ``data`` to ``path`` on the node; the node hashes it as it writes."""
+    def upload(self, path: str, data: bytes) -> str:
+        """Write ``data`` to ``path`` on the node (parent directories made); the node
+        hashes it as it writes. Returns the sha256 both sides agreed on."""
         fast = self._bulk()
         if fast is not None:
             return fast.upload(path, data)
@@ -213,12 +214,14 @@ class NodeConnection:
         if code != 0 or got != want:
             raise IntegrityError(self.name, "upload of %s" % path, want,
                                  got or err.decode("utf-8", "replace").strip())
+        return want
 
-    def download(self, path: str) -> bytes:
-        """The bytes of ``path`` on the node, checked against the node's sha256."""
+    def download(self, path: str, sha256: Optional[str] = None) -> bytes:
+        """The bytes of ``path`` on the node, checked against the node's sha256
+        (and against ``sha256`` when the caller knows what to expect)."""
         fast = self._bulk()
         if fast is not None:
-            return fast.download(path)
+            return fast.download(path, sha256)
         chan = self.client.get_transport().open_session(timeout=self.connect_timeout)
         try:
             chan.exec_command(quote_command(get_command(path)))
@@ -230,10 +233,7 @@ class NodeConnection:
         if code != 0:
             raise SSHError(self.name, "cannot read %s: %s"
                            % (path, err.decode("utf-8", "replace").strip()))
-        want = err.decode().strip()[-64:]
-        got = hashlib.sha256(out).hexdigest()
-        if got != want:
-            raise IntegrityError(self.name, "download of %s" % path, want, got)
+        bulk.check_download(self.name, path, out, err, sha256)
         return out
 
     # -- commands ------------------------------------------------------
