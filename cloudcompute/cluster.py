@@ -15,6 +15,9 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
+from keystoneauth1 import exceptions as ks_exc
+from openstack import exceptions as os_exc
+
 from cloudcompute import config, tags
 from cloudcompute.config import ClusterSpec
 from cloudcompute.exceptions import (CloudComputeError, HostKeyMismatch, ProvisioningError,
@@ -100,8 +103,14 @@ class Cluster(JobsMixin):
             except BaseException as exc:
                 LOG.error("bringing up %s failed (%s); rolling back", self.name,
                           exc.__class__.__name__)
-                self._rollback(exc)
-                raise
+                err = exc
+                if isinstance(exc, (os_exc.SDKException, ks_exc.ClientException)):
+                    err = ProvisioningError("cloud API error while bringing up %s: %s"
+                                            % (self.name, exc))
+                self._rollback(err)
+                if err is exc:
+                    raise
+                raise err from exc
         return self
 
     def _up(self) -> None:
@@ -177,6 +186,8 @@ class Cluster(JobsMixin):
 
     def _rollback(self, cause: BaseException) -> None:
         if self.state is None:
+            if isinstance(cause, ProvisioningError):
+                cause.rolled_back = True  # nothing had been created
             return
         try:
             self.down()

@@ -5,10 +5,11 @@ Each policy sets stop, wait and a retry predicate, and logs before sleeping.
 """
 from __future__ import annotations
 
+import email.utils
 import logging
 import socket
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import tenacity
 from keystoneauth1 import exceptions as ks_exc
@@ -35,11 +36,39 @@ def is_transient_api_error(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, socket.timeout))
 
 
+def retry_after(exc: Optional[BaseException], cap: float = 30.0) -> Optional[float]:
+    """Seconds the server asked us to wait (Retry-After), capped; None if it did not."""
+    response = getattr(exc, "response", None)
+    value = getattr(response, "headers", {}).get("Retry-After") if response is not None else None
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return max(0.0, min(seconds, cap))
+
+
+class wait_retry_after(tenacity.wait.wait_base):
+    """Honour a Retry-After header; otherwise fall back to ``fallback``."""
+
+    def __init__(self, fallback: Any):
+        self.fallback = fallback
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        outcome = retry_state.outcome
+        seconds = retry_after(outcome.exception() if outcome is not None else None)
+        return self.fallback(retry_state) if seconds is None else seconds
+
+
 def api_call(attempts: int = 5, max_wait: float = 8.0) -> Any:
     """Retry an idempotent cloud call (GET, DELETE, find) on transient faults."""
     return tenacity.retry(
         stop=tenacity.stop_after_attempt(attempts),
-        wait=tenacity.wait_random_exponential(multiplier=0.5, max=max_wait),
+        wait=wait_retry_after(tenacity.wait_random_exponential(multiplier=0.5, max=max_wait)),
         retry=tenacity.retry_if_exception(is_transient_api_error),
         before_sleep=tenacity.before_sleep_log(LOG, logging.WARNING),
         sleep=_sleep,
@@ -50,6 +79,32 @@ def api_call(attempts: int = 5, max_wait: float = 8.0) -> Any:
 def call(fn: Callable[..., Any], *args: Any, attempts: int = 5, **kwargs: Any) -> Any:
     """Run ``fn(*args, **kwargs)`` under the idempotent API call policy."""
     return api_call(attempts)(fn)(*args, **kwargs)
+
+
+def create_checked(create: Callable[[], Any], find: Callable[[], Any],
+                   attempts: int = 4) -> Any:
+    """Run a non-idempotent create; before each retry, look for what an earlier
+    attempt may have made (its answer lost) and return that instead."""
+    tried = []
+
+    def attempt() -> Any:
+        if tried:
+            existing = find()
+            if existing is not None:
+                LOG.info("an earlier create attempt had succeeded; using %s",
+                         getattr(existing, "id", existing))
+                return existing
+        tried.append(1)
+        return create()
+
+    return tenacity.retry(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=wait_retry_after(tenacity.wait_random_exponential(multiplier=0.5, max=4.0)),
+        retry=tenacity.retry_if_exception(is_transient_api_error),
+        before_sleep=tenacity.before_sleep_log(LOG, logging.WARNING),
+        sleep=_sleep,
+        reraise=True,
+    )(attempt)()
 
 
 def ssh_connect(deadline: float, is_transient: Callable[[BaseException], bool]) -> Any:

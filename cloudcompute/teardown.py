@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Set
 
 from openstack import exceptions as os_exc
 
@@ -44,6 +44,24 @@ class Teardown:
         self.timeout = timeout
         self.errors: List[str] = []
         self.timings: Dict[str, float] = {}
+
+    def _recorded(self, kind: str, lister: Callable[..., Any]) -> Set[str]:
+        """Ids in the state file, plus those of creates whose answer never came
+        (an intent without an id), looked up by their unique name."""
+        ids = set(_ids(self.st, kind))
+        for name, e in self.st.resources[kind].items():
+            if e.get("id"):
+                continue
+            if kind == "floating_ips":
+                found = [r for r in retry.call(lambda e=e: list(lister(
+                    port_id=e.get("port_id")))) if e.get("port_id")]
+            else:
+                found = [r for r in retry.call(lambda n=name: list(lister(name=n)))
+                         if r.name == name]
+            for r in found[:1]:
+                self.st.record(kind, name, r.id)
+                ids.add(r.id)
+        return ids
 
     def _delete(self, what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
         try:
@@ -86,7 +104,8 @@ class Teardown:
 
     def servers(self) -> None:
         compute = self.conn.compute
-        ids = set(_ids(self.st, "servers")) | set(_tagged(compute.servers, self.cid))
+        ids = self._recorded("servers", compute.servers) | set(
+            _tagged(compute.servers, self.cid))
         self._delete_all("server", compute.delete_server, ids)
         while ids:
             present = set(_tagged(compute.servers, self.cid))
@@ -105,7 +124,7 @@ class Teardown:
 
     def network_side(self) -> None:
         net = self.conn.network
-        fips = set(_ids(self.st, "floating_ips")) | set(_tagged(net.ips, self.cid))
+        fips = self._recorded("floating_ips", net.ips) | set(_tagged(net.ips, self.cid))
         self._delete_all("floating IP", net.delete_ip, fips)
         for name, e in list(self.st.resources["router_interfaces"].items()):
             if e.get("router_id") and e.get("subnet_id"):
@@ -118,21 +137,21 @@ class Teardown:
                     self.errors.append("router interface %s: %s" % (name, exc))
                     continue
             self.st.forget("router_interfaces", name)
-        routers = set(_ids(self.st, "routers")) | set(_tagged(net.routers, self.cid))
+        routers = self._recorded("routers", net.routers) | set(_tagged(net.routers, self.cid))
         for rid in routers:
             self._delete("router %s" % rid, net.delete_router, rid, ignore_missing=True)
-        networks = set(_ids(self.st, "networks")) | set(_tagged(net.networks, self.cid))
+        networks = self._recorded("networks", net.networks) | set(_tagged(net.networks, self.cid))
         for nid in networks:
             for port in retry.call(lambda n=nid: list(net.ports(network_id=n))):
                 if port.device_owner != "network:dhcp":
                     self._delete("port %s" % port.id, net.delete_port, port.id,
                                  ignore_missing=True)
-        subnets = set(_ids(self.st, "subnets")) | set(_tagged(net.subnets, self.cid))
+        subnets = self._recorded("subnets", net.subnets) | set(_tagged(net.subnets, self.cid))
         for sid in subnets:
             self._delete("subnet %s" % sid, net.delete_subnet, sid, ignore_missing=True)
         for nid in networks:
             self._delete("network %s" % nid, net.delete_network, nid, ignore_missing=True)
-        sgs = set(_ids(self.st, "security_groups")) | set(
+        sgs = self._recorded("security_groups", net.security_groups) | set(
             _tagged(net.security_groups, self.cid))
         for gid in sgs:
             self._delete("security group %s" % gid, net.delete_security_group, gid,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -26,6 +26,29 @@ def _describe(st: ClusterState) -> str:
 
 def _tag(conn: Any, resource: Any, st: ClusterState) -> None:
     retry.call(conn.network.set_tags, resource, tags.tags(st.cluster_id))
+
+
+def _first(lister: Callable[..., Any], **filters: Any) -> Any:
+    return next(iter(retry.call(lambda: list(lister(**filters)))), None)
+
+
+def _create(create: Callable[..., Any], lister: Callable[..., Any], **args: Any) -> Any:
+    """Create a named resource; a retry first looks for it by name."""
+    return retry.create_checked(lambda: create(**args),
+                                lambda: _first(lister, name=args["name"]))
+
+
+def _create_rule(conn: Any, **args: Any) -> Any:
+    """A security-group rule; a retry first looks for an identical one."""
+    def find() -> Any:
+        keys = ("direction", "ethertype", "protocol", "port_range_min",
+                "remote_ip_prefix", "remote_group_id")
+        for r in retry.call(lambda: list(conn.network.security_group_rules(
+                security_group_id=args["security_group_id"]))):
+            if all(getattr(r, k, None) == args.get(k) for k in keys):
+                return r
+        return None
+    return retry.create_checked(lambda: conn.network.create_security_group_rule(**args), find)
 
 
 def create_keypair(conn: Any, st: ClusterState, key_file: Optional[str]) -> Tuple[str, str]:
@@ -53,7 +76,9 @@ def create_keypair(conn: Any, st: ClusterState, key_file: Optional[str]) -> Tupl
             serialization.Encoding.OpenSSH,
             serialization.PublicFormat.OpenSSH).decode()
     st.intend("keypairs", name)
-    kp = conn.compute.create_keypair(name=name, public_key=public)
+    kp = retry.create_checked(
+        lambda: conn.compute.create_keypair(name=name, public_key=public),
+        lambda: retry.call(conn.compute.find_keypair, name, ignore_missing=True))
     st.record("keypairs", name, kp.id or name)
     with st.locked():
         st.data["ssh"]["key_file"] = key_path
@@ -66,21 +91,22 @@ def create_security_group(conn: Any, st: ClusterState) -> Any:
     """A group that admits all traffic between its members; SSH comes later."""
     name = tags.resource_name(st.cluster_id)
     st.intend("security_groups", name)
-    sg = conn.network.create_security_group(name=name, description=_describe(st))
+    sg = _create(conn.network.create_security_group, conn.network.security_groups,
+                 name=name, description=_describe(st))
     st.record("security_groups", name, sg.id)
     _tag(conn, sg, st)
     for ethertype in ("IPv4", "IPv6"):
-        conn.network.create_security_group_rule(
-            security_group_id=sg.id, direction="ingress", ethertype=ethertype,
-            remote_group_id=sg.id, description="cluster-internal traffic")
+        _create_rule(conn, security_group_id=sg.id, direction="ingress",
+                     ethertype=ethertype, remote_group_id=sg.id,
+                     description="cluster-internal traffic")
     return sg
 
 
 def allow_ssh(conn: Any, sg_id: str, cidr: str) -> None:
     """Open TCP 22 from ``cidr`` only."""
     ethertype = "IPv6" if ":" in cidr else "IPv4"
-    conn.network.create_security_group_rule(
-        security_group_id=sg_id, direction="ingress", ethertype=ethertype,
+    _create_rule(
+        conn, security_group_id=sg_id, direction="ingress", ethertype=ethertype,
         protocol="tcp", port_range_min=22, port_range_max=22,
         remote_ip_prefix=cidr, description="SSH from the cloudcompute client")
 
@@ -99,23 +125,28 @@ def create_network(conn: Any, st: ClusterState, cidr: str,
     """Network, subnet and (with an external network) a router; return the network id."""
     name = tags.resource_name(st.cluster_id)
     st.intend("networks", name)
-    net = conn.network.create_network(name=name, description=_describe(st))
+    net = _create(conn.network.create_network, conn.network.networks,
+                  name=name, description=_describe(st))
     st.record("networks", name, net.id)
     _tag(conn, net, st)
     st.intend("subnets", name, network_id=net.id)
-    subnet = conn.network.create_subnet(name=name, network_id=net.id, ip_version=4,
-                                        cidr=cidr, description=_describe(st))
+    subnet = _create(conn.network.create_subnet, conn.network.subnets, name=name,
+                     network_id=net.id, ip_version=4, cidr=cidr, description=_describe(st))
     st.record("subnets", name, subnet.id, network_id=net.id)
     _tag(conn, subnet, st)
     if external_network_id:
         st.intend("routers", name)
-        router = conn.network.create_router(
-            name=name, description=_describe(st),
+        router = _create(
+            conn.network.create_router, conn.network.routers, name=name,
+            description=_describe(st),
             external_gateway_info={"network_id": external_network_id})
         st.record("routers", name, router.id)
         _tag(conn, router, st)
         st.intend("router_interfaces", name, router_id=router.id, subnet_id=subnet.id)
-        conn.network.add_interface_to_router(router, subnet_id=subnet.id)
+        retry.create_checked(
+            lambda: conn.network.add_interface_to_router(router, subnet_id=subnet.id),
+            lambda: _first(conn.network.ports, device_id=router.id,
+                           fixed_ips="subnet_id=%s" % subnet.id))
         st.record("router_interfaces", name, subnet.id, router_id=router.id,
                   subnet_id=subnet.id)
     return net.id

@@ -128,20 +128,9 @@ class ServerBuilder:
         return node
 
     def _create_checked(self, name: str, args: Dict[str, Any]) -> Any:
-        """Create, retrying transient faults only after checking the name is free."""
-        attempts = 4
-        for attempt in range(1, attempts + 1):
-            try:
-                return self.conn.compute.create_server(**args)
-            except os_exc.SDKException as exc:
-                if not retry.is_transient_api_error(exc) or attempt == attempts:
-                    raise
-                LOG.warning("create of %s failed (%s); checking before retrying", name, exc)
-                retry.SLEEP(min(2.0 ** attempt * 0.25, 4.0))
-                existing = self._find_by_name(name)
-                if existing is not None:
-                    return existing
-        raise AssertionError("unreachable")
+        """Create; a retry first checks that an earlier attempt made nothing."""
+        return retry.create_checked(lambda: self.conn.compute.create_server(**args),
+                                    lambda: self._find_by_name(name))
 
     def _find_by_name(self, name: str) -> Optional[Any]:
         for s in retry.call(self.conn.compute.servers,
@@ -233,9 +222,12 @@ class ServerBuilder:
             raise ProvisioningError("server %s has no port for a floating IP" % node.name,
                                     self.st.resources)
         self.st.intend("floating_ips", node.name, port_id=ports[0].id)
-        fip = self.conn.network.create_ip(
-            floating_network_id=self.plan.external_network_id, port_id=ports[0].id,
-            description="cloudcompute cluster %s" % self.st.cluster_id)
+        fip = retry.create_checked(
+            lambda: self.conn.network.create_ip(
+                floating_network_id=self.plan.external_network_id, port_id=ports[0].id,
+                description="cloudcompute cluster %s" % self.st.cluster_id),
+            lambda: next(iter(retry.call(lambda: list(self.conn.network.ips(
+                port_id=ports[0].id)))), None))
         self.st.record("floating_ips", node.name, fip.id,
                        address=fip.floating_ip_address, port_id=ports[0].id)
         retry.call(self.conn.network.set_tags, fip, tags.tags(self.st.cluster_id))

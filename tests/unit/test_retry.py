@@ -68,3 +68,53 @@ def test_non_transient_is_not_retried(monkeypatch):
     with pytest.raises(os_exc.HttpException):
         retry.call(bad)
     assert n == [1]
+
+
+def http_error_after(code, value):
+    resp = FakeResponse(code)
+    resp.headers["Retry-After"] = value
+    return os_exc.HttpException(message="x", response=resp)
+
+
+def test_retry_after_is_honoured_and_capped(monkeypatch):
+    sleeps = []
+    monkeypatch.setattr(retry, "SLEEP", sleeps.append)
+    calls = iter([http_error_after(429, "1.5"), http_error_after(503, "3600"), "ok"])
+
+    def limited():
+        v = next(calls)
+        if isinstance(v, Exception):
+            raise v
+        return v
+    assert retry.call(limited) == "ok"
+    assert sleeps == [1.5, 30.0]
+    assert retry.retry_after(http_error_after(429, "soon")) is None
+    assert retry.retry_after(http_error(503)) is None
+
+
+def test_create_checked_finds_what_a_lost_answer_created(monkeypatch):
+    monkeypatch.setattr(retry, "SLEEP", lambda s: None)
+    made = []
+
+    def create():
+        made.append("server")  # created on the cloud, but the answer is lost
+        raise ks_exc.ConnectFailure("reset")
+    found = retry.create_checked(create, lambda: made[0] if made else None)
+    assert found == "server" and made == ["server"]
+
+
+def test_create_checked_retries_when_nothing_was_made(monkeypatch):
+    monkeypatch.setattr(retry, "SLEEP", lambda s: None)
+    calls = iter([http_error(503), "made"])
+
+    def create():
+        v = next(calls)
+        if isinstance(v, Exception):
+            raise v
+        return v
+    looked = []
+    assert retry.create_checked(create, lambda: looked.append(1)) == "made"
+    assert looked == [1]
+    with pytest.raises(os_exc.HttpException):
+        retry.create_checked(lambda: (_ for _ in ()).throw(http_error(400)),
+                             lambda: pytest.fail("no lookup for a permanent error"))

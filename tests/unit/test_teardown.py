@@ -105,3 +105,14 @@ def test_what_cannot_be_deleted_is_named_and_kept(tmp_path):
     kept = ClusterState.load("c", str(tmp_path))
     assert kept.resources["security_groups"]["cc-c-1"]["id"] == "g1"
     assert kept.resources["servers"] == {}
+
+
+def test_a_create_whose_answer_was_lost_is_found_by_name(tmp_path):
+    log = []
+    conn = fake_conn(log, security_group=["cc-c-1"], server=["c-1-w-0"])
+    st = state(tmp_path)
+    st.intend("security_groups", "cc-c-1")  # created, but the id never came back
+    st.intend("servers", "c-1-w-0")
+    Teardown(conn, st).run()
+    assert ("security_group", "cc-c-1") in log and ("server", "c-1-w-0") in log
+    assert not (tmp_path / "c.json").exists()
