@@ -17,6 +17,7 @@ import openstack
 from keystoneauth1 import exceptions as ks_exc
 from openstack import exceptions as os_exc
 
+from cloudcompute import retry
 from cloudcompute.exceptions import CloudAuthError, ConfigError
 
 LOG = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ def connect(cloud: Optional[str] = None,
             conn = openstack.connect(cloud=cloud, **kwargs)
         except os_exc.ConfigException as exc:
             raise ConfigError("cloud %r: %s" % (cloud, exc)) from exc
-    try:
+    def authorize() -> None:
         try:
             conn.authorize()
         except os_exc.SDKException as exc:
@@ -187,6 +188,9 @@ def connect(cloud: Optional[str] = None,
             if isinstance(inner, ks_exc.ClientException):
                 raise inner from exc
             raise
+
+    try:
+        retry.call(authorize, attempts=3)
     except ks_exc.Unauthorized as exc:
         raise CloudAuthError("cloud %s refused the credentials: %s"
                              % (_cloud_name(conn, cloud), exc), cloud) from exc
@@ -201,7 +205,7 @@ def connect(cloud: Optional[str] = None,
         raise CloudAuthError("cloud %s: %s" % (_cloud_name(conn, cloud), exc), cloud) from exc
     except ks_exc.MissingRequiredOptions as exc:
         raise ConfigError("cloud %s: %s" % (_cloud_name(conn, cloud), exc)) from exc
-    except os_exc.SDKException as exc:
+    except (os_exc.SDKException, ks_exc.ClientException) as exc:
         raise CloudAuthError("cloud %s: %s" % (_cloud_name(conn, cloud), exc), cloud) from exc
     return conn
 

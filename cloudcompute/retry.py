@@ -31,6 +31,8 @@ def is_transient_api_error(exc: BaseException) -> bool:
     """True for API faults worth retrying on an idempotent call."""
     if isinstance(exc, (ks_exc.ConnectFailure, ks_exc.RetriableConnectionFailure)):
         return True
+    if isinstance(exc, ks_exc.HttpError):
+        return getattr(exc, "http_status", None) in TRANSIENT_HTTP
     if isinstance(exc, os_exc.HttpException):
         return getattr(exc, "status_code", None) in TRANSIENT_HTTP
     return isinstance(exc, (ConnectionError, socket.timeout))

@@ -41,11 +41,12 @@ def _create(create: Callable[..., Any], lister: Callable[..., Any], **args: Any)
 def _create_rule(conn: Any, **args: Any) -> Any:
     """A security-group rule; a retry first looks for an identical one."""
     def find() -> Any:
-        keys = ("direction", "ethertype", "protocol", "port_range_min",
-                "remote_ip_prefix", "remote_group_id")
+        keys = {"direction": "direction", "ethertype": "ether_type",
+                "protocol": "protocol", "port_range_min": "port_range_min",
+                "remote_ip_prefix": "remote_ip_prefix", "remote_group_id": "remote_group_id"}
         for r in retry.call(lambda: list(conn.network.security_group_rules(
                 security_group_id=args["security_group_id"]))):
-            if all(getattr(r, k, None) == args.get(k) for k in keys):
+            if all(getattr(r, attr, None) == args.get(k) for k, attr in keys.items()):
                 return r
         return None
     return retry.create_checked(lambda: conn.network.create_security_group_rule(**args), find)

@@ -4,11 +4,19 @@ A missing or unreachable cloud fails the tests; it never skips them.
 Every test that creates resources checks afterwards, through an admin
 connection of its own, that none of them is left.
 """
+import contextlib
+import copy
+import json
 import os
+import urllib.parse
 import uuid
 
 import openstack
+import openstack.config
 import pytest
+import yaml
+
+from tests.functional.faultproxy import FaultProxy
 
 CLOUD = os.environ.get("OS_CLOUD", "devstack")
 
@@ -67,3 +75,115 @@ def leftovers(admin, project_id, marker):
 
 def keypairs_with(conn, marker):
     return [k.name for k in conn.compute.keypairs() if marker in k.name]
+
+
+# -- the fault campaign ------------------------------------------------------
+# A test that takes the ``fault`` fixture is one case of the campaign: it names
+# the case and what is expected, states what it observed, and afterwards an
+# admin listing counts what the case left behind. The session writes every
+# case to fault-results.json and fault-results.md ($CC_FAULT_RESULTS_DIR or
+# the current directory).
+RESULTS = []
+
+
+class FaultCase:
+    def __init__(self, marker):
+        self.marker = marker
+        self.name = self.category = self.expected = None
+        self.observed = ""
+
+    def __call__(self, name, category, expected):
+        self.name, self.category, self.expected = name, category, expected
+        return self
+
+    @contextlib.contextmanager
+    def raises(self, exc_type, match=None):
+        """pytest.raises that also records the exception as the observation."""
+        with pytest.raises(exc_type, match=match) as info:
+            yield info
+        first = str(info.value).strip().splitlines()[0] if str(info.value).strip() else ""
+        self.observed = "%s: %s" % (type(info.value).__name__, first[:300])
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture
+def fault(request, conn, admin_conn, unique):
+    case = FaultCase(unique)
+    yield case
+    left = (leftovers(admin_conn, conn.current_project_id, unique)
+            + ["keypair " + k for k in keypairs_with(conn, unique)])
+    rep = getattr(request.node, "rep_call", None)
+    passed = bool(rep and rep.passed) and not left
+    observed = case.observed
+    if rep is not None and rep.failed:
+        crash = getattr(rep.longrepr, "reprcrash", None)
+        observed = "FAILED: %s" % (crash.message.splitlines()[0] if crash else rep.longrepr)
+    RESULTS.append({"case": case.name or request.node.name, "category": case.category,
+                    "expected": case.expected, "observed": observed,
+                    "leaked": len(left), "passed": passed})
+    assert not left, "fault case %s left %s" % (case.name, left)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not RESULTS:
+        return
+    out = os.environ.get("CC_FAULT_RESULTS_DIR", os.getcwd())
+    with open(os.path.join(out, "fault-results.json"), "w") as f:
+        json.dump(RESULTS, f, indent=1)
+    cats = sorted({r["category"] or "?" for r in RESULTS})
+    lines = ["# Fault campaign results", "",
+             "%d cases, %d passed, %d resources leaked, %d failed." % (
+                 len(RESULTS), sum(r["passed"] for r in RESULTS),
+                 sum(r["leaked"] for r in RESULTS), sum(not r["passed"] for r in RESULTS)),
+             "", "| category | cases | passed | leaked |", "|---|---|---|---|"]
+    for c in cats:
+        rs = [r for r in RESULTS if (r["category"] or "?") == c]
+        lines.append("| %s | %d | %d | %d |" % (c, len(rs), sum(r["passed"] for r in rs),
+                                                sum(r["leaked"] for r in rs)))
+    lines += ["", "| case | category | expected | observed | leaked | passed |",
+              "|---|---|---|---|---|---|"]
+    for r in RESULTS:
+        cells = [str(r[k]).replace("|", "\\|").replace("\n", " ") for k in
+                 ("case", "category", "expected", "observed", "leaked")]
+        lines.append("| %s | %s |" % (" | ".join(cells), "yes" if r["passed"] else "**NO**"))
+    with open(os.path.join(out, "fault-results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="session")
+def fault_proxy():
+    """The proxy in front of every endpoint of the cloud."""
+    admin = _connect(CLOUD + "-admin")
+    ports = sorted({urllib.parse.urlsplit(e.url).port for e in admin.identity.endpoints()})
+    proxy = FaultProxy(seed=20261126).start(ports)
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def proxied(fault_proxy, tmp_path, monkeypatch):
+    """A clouds.yaml whose cloud ``<OS_CLOUD>-faults`` talks through the proxy.
+
+    Returns (cloud name, proxy); the proxy starts each test without rules.
+    """
+    cfg = openstack.config.OpenStackConfig()
+    clouds = {}
+    for name in (CLOUD, CLOUD + "-admin"):
+        clouds[name] = copy.deepcopy(cfg.cloud_config["clouds"][name])
+    faulty = copy.deepcopy(clouds[CLOUD])
+    url = urllib.parse.urlsplit(faulty["auth"]["auth_url"])
+    faulty["auth"]["auth_url"] = url._replace(
+        netloc="%s:%d" % (url.hostname, fault_proxy.ports[url.port])).geturl()
+    clouds[CLOUD + "-faults"] = faulty
+    path = tmp_path / "clouds.yaml"
+    path.write_text(yaml.safe_dump({"clouds": clouds}))
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(path))
+    fault_proxy.reset(seed=20261126)
+    yield CLOUD + "-faults", fault_proxy
+    fault_proxy.reset()
