@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import logging
 import os
@@ -93,7 +94,7 @@ class ClusterState:
 
     def save(self) -> None:
         d = os.path.dirname(self.path)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".%s.tmp-" % self.name, suffix=".json")
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(self.data, f, indent=1, sort_keys=True)
@@ -107,7 +108,10 @@ class ClusterState:
             raise
 
     def remove(self) -> None:
-        for p in (self.path, self.path + ".lock"):
+        """Delete the state file, its lock and any temp file a killed writer left."""
+        d = os.path.dirname(self.path)
+        stale = glob.glob(os.path.join(glob.escape(d), ".%s.tmp-*.json" % glob.escape(self.name)))
+        for p in [self.path, self.path + ".lock"] + stale:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
 

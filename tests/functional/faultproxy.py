@@ -8,7 +8,8 @@ match, every Kth match, or at random from a seeded generator, at most
 ``times`` times) and *what* to do: answer with a status (optionally with
 Retry-After), reset the connection, delay, or forward first and then lose
 the answer (``forward=True``), as when a create succeeds but its response
-never arrives.
+never arrives; ``delay`` with ``forward=True`` delays the answer instead of
+the request.
 """
 from __future__ import annotations
 
@@ -188,13 +189,16 @@ class FaultProxy:
                 with proxy._lock:
                     proxy.log.append((self.command, upstream, self.path, what))
                 if rule is not None and rule.action == "delay":
-                    time.sleep(rule.delay)
-                    rule = None
-                if rule is not None and rule.forward:
+                    if not rule.forward:  # slow request; else a slow answer, below
+                        time.sleep(rule.delay)
+                        rule = None
+                elif rule is not None and rule.forward:
                     self._forward(body)
-                if rule is not None:
+                if rule is not None and rule.action != "delay":
                     return self._reset() if rule.action == "reset" else self._status(rule)
                 resp, data = self._forward(body)
+                if rule is not None:
+                    time.sleep(rule.delay)
                 if self.command != "HEAD":
                     data = proxy.rewrite(data)
                 self.send_response(resp.status, resp.reason)

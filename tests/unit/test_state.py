@@ -43,3 +43,11 @@ def test_unreadable_file_is_skipped_in_all(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     ClusterState.create("ok", {"name": "ok", "cluster_id": "a"}, str(tmp_path))
     assert [s.name for s in ClusterState.all(str(tmp_path))] == ["ok"]
+
+
+def test_remove_also_deletes_what_a_killed_writer_left(tmp_path):
+    st = ClusterState.create("c", {"name": "c", "cluster_id": "c-1"}, str(tmp_path))
+    (tmp_path / ".c.tmp-abc123.json").write_text("{")  # SIGKILL between write and rename
+    (tmp_path / ".other.tmp-x.json").write_text("{")
+    st.remove()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-x.json"]
