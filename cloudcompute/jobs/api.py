@@ -157,15 +157,17 @@ class JobsMixin:
         return raw
 
 
+def _transfer_transient(exc: BaseException) -> bool:
+    from cloudcompute.exceptions import IntegrityError
+    from cloudcompute.ssh.client import is_transient
+    return isinstance(exc, IntegrityError) or is_transient(exc)
+
+
 def _write_verified(conn: Any, path: str, raw: bytes) -> None:
     from cloudcompute import retry
-    from cloudcompute.exceptions import IntegrityError
-    retry.transfer(is_transient=lambda e: isinstance(e, (IntegrityError, OSError, EOFError)))(
-        conn.upload)(path, raw)
+    retry.transfer(is_transient=_transfer_transient)(conn.upload)(path, raw)
 
 
 def _read_verified(conn: Any, path: str) -> bytes:
     from cloudcompute import retry
-    from cloudcompute.exceptions import IntegrityError
-    return retry.transfer(is_transient=lambda e: isinstance(e, (IntegrityError, EOFError)))(
-        conn.download)(path)
+    return retry.transfer(is_transient=_transfer_transient)(conn.download)(path)

@@ -27,7 +27,7 @@ from cloudcompute.exceptions import (CloudComputeError, EnvironmentMismatch, Int
 from cloudcompute.jobs import payload
 from cloudcompute.jobs import worker as wire
 from cloudcompute.ssh import bulk
-from cloudcompute.ssh.client import NodeConnection, quote_command, send_all
+from cloudcompute.ssh.client import NodeConnection, is_transient, quote_command, send_all
 
 LOG = logging.getLogger(__name__)
 WORKER_SOURCE = open(wire.__file__, "rb").read()
@@ -222,11 +222,12 @@ class Executor:
                task_id: Optional[str] = None) -> TaskResult:
         """Run ``fn(*args, **kwargs)`` on ``node``; raise the task's error as ours."""
         task_id = task_id or self._task_id()
-        w = self.worker(node)
-        request, blobs = self._request(w, fn, args, kwargs or {}, allow_pickle, task_id)
         conn = self.connections[node]
         for attempt in range(2):
             try:
+                w = self.worker(node)
+                request, blobs = self._request(w, fn, args, kwargs or {}, allow_pickle,
+                                               task_id)
                 sent = self._stage(conn, request, blobs) if bulk.available() else blobs
                 header, rblobs = w.call(request, sent)
                 break
@@ -234,6 +235,16 @@ class Executor:
                 if attempt:
                     raise
                 LOG.warning("checksum mismatch for %s on %s; sending again", task_id, node)
+            except (SSHError, OSError, EOFError, paramiko.SSHException) as exc:
+                if not is_transient(exc):
+                    raise
+                self._drop_worker(node)
+                if attempt:
+                    raise NodeLost(node, "connection lost twice during %s: %s"
+                                   % (task_id, exc), [task_id]) from exc
+                # At-least-once, as map's retries on another node: run it again.
+                LOG.warning("connection to %s lost during %s (%s); reconnecting",
+                            node, task_id, exc)
         if not header.get("ok"):
             if header.get("killed"):
                 raise TaskKilled(node, task_id, header["killed"],
@@ -334,6 +345,10 @@ class Executor:
     def _mark_dead(self, node: str, exc: BaseException) -> None:
         LOG.warning("node %s marked dead: %s", node, exc)
         self.dead[node] = str(exc)
+        self._drop_worker(node)
+
+    def _drop_worker(self, node: str) -> None:
+        """Forget the node's worker and close its connection (reopened on next use)."""
         w = self.workers.pop(node, None)
         if w is not None:
             try:

@@ -127,7 +127,7 @@ class OpenSSHBulk:
         proc = self._run(get_command(path), None)
         if proc.returncode != 0:
             raise SSHError(self.name, "cannot read %s: %s"
-                           % (path, proc.stderr.decode("utf-8", "replace").strip()))
+                           % (path, proc.stderr.decode("utf-8", "replace").strip()), fatal=True)
         check_download(self.name, path, proc.stdout, proc.stderr, sha256)
         return proc.stdout
 

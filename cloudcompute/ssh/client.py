@@ -8,6 +8,7 @@ refused, never trusted on first use.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -16,7 +17,7 @@ import shlex
 import socket
 import threading
 import time
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import paramiko
 
@@ -194,12 +195,24 @@ class NodeConnection:
                                               self.key_file, self.host_keys, self.port)
         return self._bulk_ssh
 
+    @contextlib.contextmanager
+    def _bulk_reset_on_loss(self) -> Iterator[None]:
+        """A lost connection also takes the ControlMaster: start afresh next time."""
+        try:
+            yield
+        except SSHError as exc:
+            if not exc.fatal and self._bulk_ssh is not None:
+                self._bulk_ssh.close()
+                self._bulk_ssh = None
+            raise
+
     def upload(self, path: str, data: bytes) -> str:
         """Write ``data`` to ``path`` on the node (parent directories made); the node
         hashes it as it writes. Returns the sha256 both sides agreed on."""
         fast = self._bulk()
         if fast is not None:
-            return fast.upload(path, data)
+            with self._bulk_reset_on_loss():
+                return fast.upload(path, data)
         want = hashlib.sha256(data).hexdigest()
         chan = self.client.get_transport().open_session(timeout=self.connect_timeout)
         try:
@@ -221,7 +234,8 @@ class NodeConnection:
         (and against ``sha256`` when the caller knows what to expect)."""
         fast = self._bulk()
         if fast is not None:
-            return fast.download(path, sha256)
+            with self._bulk_reset_on_loss():
+                return fast.download(path, sha256)
         chan = self.client.get_transport().open_session(timeout=self.connect_timeout)
         try:
             chan.exec_command(quote_command(get_command(path)))
@@ -230,9 +244,11 @@ class NodeConnection:
             code = chan.recv_exit_status()
         finally:
             chan.close()
+        if code == -1:  # no exit status: the connection went away
+            raise SSHError(self.name, "connection lost while reading %s" % path)
         if code != 0:
             raise SSHError(self.name, "cannot read %s: %s"
-                           % (path, err.decode("utf-8", "replace").strip()))
+                           % (path, err.decode("utf-8", "replace").strip()), fatal=True)
         bulk.check_download(self.name, path, out, err, sha256)
         return out
 
