@@ -65,3 +65,7 @@ def file_sha256(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def returns_set():
+    return {1, 2, 3}
