@@ -178,13 +178,14 @@ class Teardown:
     def verify(self) -> List[str]:
         """What the cloud still holds for this cluster, by tag and by state (once each)."""
         left = {r.id: "%s %s (%s)" % (kind, r.name or r.id, r.id) for kind, lister in (
-            ("server", self.conn.compute.servers), ("floating_ip", self.conn.network.ips),
+            ("server", self.conn.compute.servers), ("floating IP", self.conn.network.ips),
             ("router", self.conn.network.routers), ("network", self.conn.network.networks),
             ("subnet", self.conn.network.subnets),
-            ("security_group", self.conn.network.security_groups))
+            ("security group", self.conn.network.security_groups))
             for r in _tagged(lister, self.cid).values()}
         for kind in self.st.resources:
+            label = kind[:-1].replace("_", " ").replace("floating ip", "floating IP")
             for name, e in self.st.resources[kind].items():
                 left.setdefault(e.get("id") or name, "%s %s (%s)" % (
-                    kind[:-1], name, e.get("id") or "id unknown"))
+                    label, name, e.get("id") or "id unknown"))
         return sorted(left.values())

@@ -4,6 +4,8 @@
 
     up NAME        create a cluster (flags or --spec FILE.yaml/.toml) and leave it running
     run NAME FILE:FUNC [INPUT ...] [-o DIR]   map FUNC over the inputs on the cluster
+    put NAME LOCAL REMOTE [--node N]...       copy a file to the nodes (sha256 checked)
+    get NAME REMOTE LOCAL [--node N]          copy a file from a node (sha256 checked)
     status NAME    nodes, addresses, host key fingerprints, timings
     list           clusters known locally and found in the cloud by tag
     ssh NAME [NODE] [-- COMMAND ...]          a shell or a command, host key verified
@@ -27,6 +29,7 @@ import tempfile
 from typing import Any, Dict, List, Optional
 
 from cloudcompute import config
+from cloudcompute.cli.progress import byte_bar, progress_bar
 from cloudcompute.exceptions import (CloudComputeError, ConfigError, PreflightError,
                                      StateError)
 
@@ -69,6 +72,16 @@ def _parser() -> argparse.ArgumentParser:
     ssh.add_argument("name")
     ssh.add_argument("node", nargs="?")
     ssh.set_defaults(cmd=[])  # the words after "--" (split off in main)
+    put = sub.add_parser("put", help="copy a local file to the nodes (sha256 checked)")
+    put.add_argument("name")
+    put.add_argument("local")
+    put.add_argument("remote", help="path on the node, relative to the login user's home")
+    put.add_argument("--node", action="append", help="only this node (repeatable)")
+    get = sub.add_parser("get", help="copy a file from a node (sha256 checked)")
+    get.add_argument("name")
+    get.add_argument("remote")
+    get.add_argument("local")
+    get.add_argument("--node", help="the node to read from (default: the first)")
     logs = sub.add_parser("logs", help="console logs of the servers")
     logs.add_argument("name")
     logs.add_argument("node", nargs="?")
@@ -204,29 +217,6 @@ def emit(args: argparse.Namespace, data: Any, rows: Optional[List[List[Any]]] = 
         print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=False)).rstrip())
 
 
-class progress_bar:
-    """A tqdm bar on a terminal; plain log lines otherwise (CI, pipes)."""
-
-    def __init__(self, total: int, unit: str):
-        self.total, self.unit, self.done, self.bar = total, unit, 0, None
-        if sys.stderr.isatty() and importlib.util.find_spec("tqdm"):
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, unit=unit, file=sys.stderr)
-
-    def __enter__(self):
-        def tick(message: str) -> None:
-            self.done += 1
-            if self.bar is not None:
-                self.bar.update(1)
-            else:
-                LOG.warning("[%d/%d] %s", self.done, self.total, message)
-        return tick
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _cluster(args: argparse.Namespace):
     from cloudcompute.cluster import Cluster
     return Cluster.attach(args.name, cloud=args.os_cloud)
@@ -264,6 +254,45 @@ def cmd_run(args):
     finally:
         c.close_connections()
     emit(args, {"outputs": paths}, [[p] for p in paths], ["output"])
+
+
+def cmd_put(args):
+    if not os.path.isfile(args.local):
+        raise UsageError("no such file: %s" % args.local)
+    c = _cluster(args)
+    nodes = _nodes(c, args.node)
+    size = os.path.getsize(args.local)
+    try:
+        with byte_bar(size * len(nodes), "put %s" % os.path.basename(args.local)) as moved:
+            c.put(args.local, args.remote, nodes=nodes, progress=moved)
+    finally:
+        c.close_connections()
+    emit(args, {"remote": args.remote, "nodes": nodes, "bytes": size},
+         [[n, args.remote, size] for n in nodes], ["node", "remote", "bytes"])
+
+
+def cmd_get(args):
+    c = _cluster(args)
+    node = _nodes(c, [args.node] if args.node else None)[0]
+    try:
+        size = c.connection(node).run(["stat", "-c", "%s", args.remote], warn=True)
+        if not size.ok:
+            raise UsageError("%s: no file %s" % (node, args.remote))
+        with byte_bar(int(size.stdout), "get %s" % os.path.basename(args.remote)) as moved:
+            c.get(args.remote, args.local, node=node, progress=moved)
+    finally:
+        c.close_connections()
+    emit(args, {"local": args.local, "node": node, "bytes": int(size.stdout)},
+         [[node, args.local, int(size.stdout)]], ["node", "local", "bytes"])
+
+
+def _nodes(c: Any, wanted: Optional[List[str]]) -> List[str]:
+    names = c.node_names()
+    for n in wanted or []:
+        if n not in names:
+            raise UsageError("cluster %s has no node %r (nodes: %s)"
+                             % (c.name, n, ", ".join(names)))
+    return list(wanted or names)
 
 
 def cmd_status(args):
@@ -339,8 +368,9 @@ def cmd_gc(args):
          ["name", "cluster id", "reason", "resources", "action"])
 
 
-COMMANDS = {"up": cmd_up, "run": cmd_run, "status": cmd_status, "list": cmd_list,
-            "ssh": cmd_ssh, "logs": cmd_logs, "down": cmd_down, "gc": cmd_gc}
+COMMANDS = {"up": cmd_up, "run": cmd_run, "put": cmd_put, "get": cmd_get,
+            "status": cmd_status, "list": cmd_list, "ssh": cmd_ssh, "logs": cmd_logs,
+            "down": cmd_down, "gc": cmd_gc}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -117,8 +117,11 @@ class JobsMixin:
 
     # -- files and arrays ----------------------------------------------
     def put(self, data: Union[str, Any], remote_path: str,
-            nodes: Optional[Sequence[str]] = None) -> None:
-        """Copy a local file (path) or a NumPy array (saved as .npy) to the nodes."""
+            nodes: Optional[Sequence[str]] = None,
+            progress: Optional[Callable[[int], None]] = None) -> None:
+        """Copy a local file (path) or a NumPy array (saved as .npy) to the nodes.
+
+        ``progress(n)`` is called as each chunk of n bytes leaves (any thread)."""
         import io
 
         import numpy as np
@@ -138,16 +141,19 @@ class JobsMixin:
             raise TypeError("put takes a file path or a NumPy array, not %s"
                             % type(data).__name__)
         for n in nodes or self.node_names():
-            _write_verified(self.connection(n), remote_path, raw)
+            _write_verified(self.connection(n), remote_path, raw, progress)
 
     def get(self, remote_path: str, local_path: Optional[str] = None,
-            node: Optional[str] = None) -> Any:
-        """Fetch a file from a node: saved to ``local_path``, or a .npy loaded as an array."""
+            node: Optional[str] = None,
+            progress: Optional[Callable[[int], None]] = None) -> Any:
+        """Fetch a file from a node: saved to ``local_path``, or a .npy loaded as an array.
+
+        ``progress(n)`` is called as each chunk of n bytes arrives."""
         import io
 
         import numpy as np
         conn = self.connection(node or self.node_names()[0])
-        raw = _read_verified(conn, remote_path)
+        raw = _read_verified(conn, remote_path, progress)
         if local_path:
             with open(local_path, "wb") as f:
                 f.write(raw)
@@ -163,11 +169,12 @@ def _transfer_transient(exc: BaseException) -> bool:
     return isinstance(exc, IntegrityError) or is_transient(exc)
 
 
-def _write_verified(conn: Any, path: str, raw: bytes) -> None:
+def _write_verified(conn: Any, path: str, raw: bytes, progress: Any = None) -> None:
     from cloudcompute import retry
-    retry.transfer(is_transient=_transfer_transient)(conn.upload)(path, raw)
+    retry.transfer(is_transient=_transfer_transient)(conn.upload)(path, raw, progress)
 
 
-def _read_verified(conn: Any, path: str) -> bytes:
+def _read_verified(conn: Any, path: str, progress: Any = None) -> bytes:
     from cloudcompute import retry
-    return retry.transfer(is_transient=_transfer_transient)(conn.download)(path)
+    return retry.transfer(is_transient=_transfer_transient)(conn.download)(
+        path, progress=progress)

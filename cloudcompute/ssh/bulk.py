@@ -9,6 +9,8 @@ with the cluster's key only. Set ``CLOUDCOMPUTE_BULK=paramiko`` to turn it off.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -16,9 +18,11 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from cloudcompute.exceptions import HostKeyMismatch, IntegrityError, SSHError
+
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 LOG = logging.getLogger(__name__)
 
@@ -81,12 +85,6 @@ class OpenSSHBulk:
                      "-o", "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com,"
                            "chacha20-poly1305@openssh.com,aes128-ctr"]
 
-    def _run(self, argv: List[str], data: Optional[bytes]) -> subprocess.CompletedProcess:
-        cmd = self.base + [self.target, " ".join(shlex.quote(a) for a in argv)]
-        proc = subprocess.run(cmd, input=data, capture_output=True)
-        self._check(proc.returncode, proc.stderr)
-        return proc
-
     def _check(self, returncode: int, stderr: bytes) -> None:
         if returncode != 255:
             return
@@ -96,7 +94,8 @@ class OpenSSHBulk:
                                   "(OpenSSH: %s)" % err.splitlines()[-1])
         raise SSHError(self.name, "ssh failed: %s" % err[-500:])
 
-    def upload(self, path: str, data: bytes) -> str:
+    def upload(self, path: str, data: bytes,
+               progress: Optional[Callable[[int], None]] = None) -> str:
         """Send ``data`` while hashing it here; the node hashes what it wrote.
         Returns the sha256 both sides agreed on."""
         cmd = self.base + [self.target, " ".join(shlex.quote(a) for a in put_command(path))]
@@ -109,6 +108,8 @@ class OpenSSHBulk:
                 chunk = view[off:off + (4 << 20)]
                 h.update(chunk)
                 proc.stdin.write(chunk)
+                if progress is not None:
+                    progress(len(chunk))
             proc.stdin.close()
         except BrokenPipeError:
             pass
@@ -123,13 +124,32 @@ class OpenSSHBulk:
                                  got or err.decode("utf-8", "replace").strip())
         return want
 
-    def download(self, path: str, sha256: Optional[str] = None) -> bytes:
-        proc = self._run(get_command(path), None)
+    def download(self, path: str, sha256: Optional[str] = None,
+                 progress: Optional[Callable[[int], None]] = None) -> bytes:
+        cmd = self.base + [self.target, " ".join(shlex.quote(a) for a in get_command(path))]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        with contextlib.suppress(OSError):  # fewer, larger reads
+            fcntl.fcntl(proc.stdout.fileno(), F_SETPIPE_SZ, 1 << 20)
+        chunks = []
+        # The node writes to stderr only at the end (its hash) or on error.
+        while True:
+            chunk = proc.stdout.read1(4 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if progress is not None:
+                progress(len(chunk))
+        err = proc.stderr.read()
+        proc.wait()
+        self._check(proc.returncode, err)
         if proc.returncode != 0:
             raise SSHError(self.name, "cannot read %s: %s"
-                           % (path, proc.stderr.decode("utf-8", "replace").strip()), fatal=True)
-        check_download(self.name, path, proc.stdout, proc.stderr, sha256)
-        return proc.stdout
+                           % (path, err.decode("utf-8", "replace").strip()), fatal=True)
+        data = b"".join(chunks)
+        del chunks
+        check_download(self.name, path, data, err, sha256)
+        return data
 
     def close(self) -> None:
         subprocess.run(self.base + ["-O", "exit", self.target], capture_output=True)

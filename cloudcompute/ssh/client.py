@@ -17,7 +17,7 @@ import shlex
 import socket
 import threading
 import time
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import paramiko
 
@@ -206,18 +206,18 @@ class NodeConnection:
                 self._bulk_ssh = None
             raise
 
-    def upload(self, path: str, data: bytes) -> str:
+    def upload(self, path: str, data: bytes, progress: Progress = None) -> str:
         """Write ``data`` to ``path`` on the node (parent directories made); the node
         hashes it as it writes. Returns the sha256 both sides agreed on."""
         fast = self._bulk()
         if fast is not None:
             with self._bulk_reset_on_loss():
-                return fast.upload(path, data)
+                return fast.upload(path, data, progress)
         want = hashlib.sha256(data).hexdigest()
         chan = self.client.get_transport().open_session(timeout=self.connect_timeout)
         try:
             chan.exec_command(quote_command(put_command(path)))
-            send_all(chan, data)
+            send_all(chan, data, progress)
             chan.shutdown_write()
             out, err = _drain(chan, None)
             code = chan.recv_exit_status()
@@ -229,18 +229,19 @@ class NodeConnection:
                                  got or err.decode("utf-8", "replace").strip())
         return want
 
-    def download(self, path: str, sha256: Optional[str] = None) -> bytes:
+    def download(self, path: str, sha256: Optional[str] = None,
+                 progress: Progress = None) -> bytes:
         """The bytes of ``path`` on the node, checked against the node's sha256
         (and against ``sha256`` when the caller knows what to expect)."""
         fast = self._bulk()
         if fast is not None:
             with self._bulk_reset_on_loss():
-                return fast.download(path, sha256)
+                return fast.download(path, sha256, progress)
         chan = self.client.get_transport().open_session(timeout=self.connect_timeout)
         try:
             chan.exec_command(quote_command(get_command(path)))
             chan.shutdown_write()
-            out, err = _drain(chan, None)
+            out, err = _drain(chan, None, progress)
             code = chan.recv_exit_status()
         finally:
             chan.close()
@@ -280,7 +281,11 @@ class NodeConnection:
         return result
 
 
-def send_all(chan: paramiko.Channel, data: bytes) -> None:
+Progress = Optional[Callable[[int], None]]
+"""Called with the number of bytes moved since the last call."""
+
+
+def send_all(chan: paramiko.Channel, data: bytes, progress: Progress = None) -> None:
     """Send without the copies sendall makes of its (shrinking) input."""
     view = memoryview(data).cast("B")
     while len(view):
@@ -288,14 +293,20 @@ def send_all(chan: paramiko.Channel, data: bytes) -> None:
         if sent <= 0:
             raise EOFError("channel closed while sending")
         view = view[sent:]
+        if progress is not None:
+            progress(sent)
 
 
-def _drain(chan: paramiko.Channel, deadline: Optional[float]) -> Tuple[bytes, bytes]:
+def _drain(chan: paramiko.Channel, deadline: Optional[float],
+           progress: Progress = None) -> Tuple[bytes, bytes]:
     """Read stdout and stderr until the command exits (or the deadline passes)."""
     out, err = bytearray(), bytearray()
     while True:
         while chan.recv_ready():
-            out += chan.recv(1 << 20)
+            chunk = chan.recv(1 << 20)
+            out += chunk
+            if progress is not None:
+                progress(len(chunk))
         while chan.recv_stderr_ready():
             err += chan.recv_stderr(1 << 16)
         # SSH delivers a command's output before its exit status.

@@ -65,6 +65,16 @@ def test_cli_up_run_ssh_logs_down(conn, admin_conn, unique, state_dir, tmp_path)
                 str(tmp_path / "b.npy"), "-o", str(out))
         assert r.returncode == 0, r.stderr[-3000:]
         assert np.array_equal(np.load(out / "a.npy"), np.arange(10.0) * 2)
+        blob = tmp_path / "blob.bin"
+        blob.write_bytes(os.urandom(3 << 20))
+        r = cli("-f", "json", "put", unique, str(blob), "in/blob.bin")
+        assert r.returncode == 0 and json.loads(r.stdout)["bytes"] == 3 << 20, r.stderr
+        assert "100%% (%d of %d bytes)" % (6 << 20, 6 << 20) in r.stderr  # 2 nodes, no tty
+        back = tmp_path / "back.bin"
+        r = cli("get", unique, "in/blob.bin", str(back), "--node", doc["nodes"][1]["name"])
+        assert r.returncode == 0 and back.read_bytes() == blob.read_bytes(), r.stderr
+        r = cli("get", unique, "in/nothing", str(back))
+        assert r.returncode == 2 and "no file in/nothing" in r.stderr
         r = cli("ssh", unique, "--", "sh", "-c", "echo $((6*7)); exit 3")
         assert r.stdout == "42\n" and r.returncode == 3
         logs = json.loads(cli("-f", "json", "logs", unique).stdout)
@@ -86,13 +96,18 @@ def test_cli_up_run_ssh_logs_down(conn, admin_conn, unique, state_dir, tmp_path)
     (["up", "x1", "--flavor", "nope"], "unknown flavor 'nope'"),
     (["run", "x1", "nofunction"], "FILE.py:NAME"),
 ])
-def test_cli_bad_input_is_one_line_and_exit_2(args, message, state_dir, tmp_path):
+def test_cli_bad_input_is_one_line_and_exit_2(args, message, state_dir, tmp_path, fault):
+    fault("CLI: cloudcompute %s" % " ".join(args), "input",
+          "exit 2, one-line error containing %r, no traceback" % message)
     r = cli(*args)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert message in r.stderr and "Traceback" not in r.stderr
+    fault.observed = "exit 2: " + r.stderr.strip().splitlines()[0]
 
 
-def test_cli_unknown_cloud_and_malformed_spec(state_dir, tmp_path):
+def test_cli_unknown_cloud_and_malformed_spec(state_dir, tmp_path, fault):
+    fault("CLI: unknown --os-cloud; spec file that is not YAML; unknown spec field",
+          "input", "exit 2 and a one-line error each")
     r = run([sys.executable, "-m", "cloudcompute.cli", "--os-cloud", "no-such-cloud", "list"])
     assert r.returncode == 2 and "cloud 'no-such-cloud'" in r.stderr
     bad = tmp_path / "spec.yaml"
@@ -102,6 +117,7 @@ def test_cli_unknown_cloud_and_malformed_spec(state_dir, tmp_path):
     bad.write_text("nodez: 3\n")
     r = cli("up", "x1", "--spec", str(bad))
     assert r.returncode == 2 and "unknown field(s) nodez" in r.stderr
+    fault.observed = "exit 2 each: unknown cloud, not valid YAML, unknown field(s) nodez"
 
 
 def readme_blocks(lang):
@@ -143,4 +159,44 @@ def test_readme_cli_block_runs(state_dir, tmp_path):
                        env=env, capture_output=True, timeout=300)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     assert np.array_equal(np.load(tmp_path / "out" / "a.npy"), np.arange(3.0) * 2)
+    assert np.array_equal(np.load(tmp_path / "a-back.npy"), np.arange(3.0))
     assert '"cluster_id": "demo-' in r.stdout
+
+
+def test_readme_quick_start_demo_runs(state_dir):
+    """The first Quick start command, as written. (The second, tools/test.sh, is
+    the command that runs this suite: .ci/run runs it verbatim.)"""
+    block = [b for b in readme_blocks("sh") if "tools/demo.sh" in b][0]
+    lines = [ln.split("#", 1)[0].strip() for ln in block.strip().splitlines()]
+    assert lines == ["./tools/demo.sh", "./tools/test.sh"]
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TOX_", "VIRTUAL_ENV", "PYTEST_")) and k != "PYTHONPATH"}
+    r = run(["bash", "-c", lines[0]], env=env, timeout=1200)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    assert "pi ~= 3.14" in r.stdout and "| teardown           |" in r.stdout
+    left = [ln for ln in r.stdout.splitlines()
+            if ln.startswith("resources left in the cloud for cluster quickstart-")]
+    assert len(left) == 1 and left[0].endswith(": 0"), r.stdout[-2000:]
+
+
+def test_readme_local_cloud_block_runs():
+    block = [b for b in readme_blocks("sh") if "openstack server list" in b][0]
+    r = run(["bash", "-euo", "pipefail", "-c", block])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "" or "ID" in r.stdout
+
+
+def test_readme_clouds_yaml_block_is_valid(tmp_path, monkeypatch):
+    import openstack.config
+    import yaml
+
+    from cloudcompute.config import cloud_settings
+    block = readme_blocks("yaml")[0]
+    path = tmp_path / "clouds.yaml"
+    path.write_text(block)
+    monkeypatch.delenv("OS_CLIENT_CONFIG_FILE", raising=False)
+    assert "mycloud" in yaml.safe_load(block)["clouds"]
+    region = openstack.config.OpenStackConfig(config_files=[str(path)]).get_one("mycloud")
+    assert region.config["auth_type"] == "v3applicationcredential"
+    settings = cloud_settings(type("Conn", (), {"config": region})())
+    assert settings["floating_ips"] == "auto" and settings["ssh_user"] == "debian"

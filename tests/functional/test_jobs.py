@@ -58,19 +58,23 @@ def test_200mib_round_trip_keeps_every_byte(cluster):
     assert cluster.run(jf.checksum, a[:1000]) == jf.checksum(a[:1000])
 
 
-def test_remote_exception_carries_node_and_traceback(cluster):
-    with pytest.raises(RemoteTaskError) as err:
+def test_remote_exception_carries_node_and_traceback(cluster, fault):
+    fault("remote task raises KeyError during map", "ssh",
+          "RemoteTaskError with node, task and remote traceback")
+    with fault.raises(RemoteTaskError) as err:
         cluster.map(jf.fails, [1, 2])
     e = err.value
     assert e.exc_type == "KeyError" and e.node in cluster.node_names()
     assert "jobfuncs.py" in e.traceback and "missing-" in e.traceback
 
 
-def test_oom_kill_is_reported_as_such(cluster):
+def test_oom_kill_is_reported_as_such(cluster, fault):
+    fault("remote task killed by SIGKILL as the OOM killer does", "ssh",
+          "TaskKilled, signal 9, 'out of memory?'; worker survives")
     node = cluster.node_names()[0]
     # the OOM killer's signal, sent by the task to itself (a real OOM on the
     # shared rig host would hit other processes too)
-    with pytest.raises(TaskKilled) as err:
+    with fault.raises(TaskKilled) as err:
         cluster.run(jf.kill_self, node=node)
     assert err.value.signal == 9 and "out of memory" in str(err.value)
     # the worker survives a killed task
@@ -105,7 +109,9 @@ def test_put_and_get_files_and_arrays(cluster, tmp_path, monkeypatch, bulk):
 
 
 def test_node_deleted_during_map_loses_and_duplicates_nothing(conn, admin_conn, unique,
-                                                             state_dir):
+                                                             state_dir, fault):
+    fault("node deleted during map(30 tasks) on 3 nodes", "ssh",
+          "its tasks move to the other nodes; every result once, in order")
     with Cluster(ClusterSpec(name=unique, nodes=3), cloud=CLOUD) as c:
         victim = c.nodes[1]
         timer = threading.Timer(1.0, lambda: conn.compute.delete_server(victim.server_id))
@@ -114,16 +120,19 @@ def test_node_deleted_during_map_loses_and_duplicates_nothing(conn, admin_conn, 
         timer.join()
         assert results == [x * x for x in range(30)]
         assert victim.name in c.executor().dead
+        fault.observed = "30 correct results; %s marked lost" % victim.name
     assert leftovers(admin_conn, conn.current_project_id, unique) == []
     assert keypairs_with(conn, unique) == []
 
 
-def test_swapped_host_key_is_refused(conn, unique, state_dir):
+def test_swapped_host_key_is_refused(conn, unique, state_dir, fault):
+    fault("node's SSH host key replaced after boot", "security",
+          "HostKeyMismatch, fatal, no command sent")
     with Cluster(ClusterSpec(name=unique, nodes=1), cloud=CLOUD) as c:
         node = c.nodes[0]
         c.close_connections()
         _swap_host_key_on_rig(node.server_id)
-        with pytest.raises(HostKeyMismatch) as err:
+        with fault.raises(HostKeyMismatch) as err:
             c.run(jf.echo, 1)
         assert err.value.node == node.name and err.value.fatal
 

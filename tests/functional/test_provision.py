@@ -41,31 +41,40 @@ def test_three_nodes_up_ssh_down(conn, admin_conn, unique, state_dir):
     assert os.listdir(state_dir) == []
 
 
-def test_failed_spawn_is_replaced(conn, admin_conn, unique, state_dir):
+def test_failed_spawn_is_replaced(conn, admin_conn, unique, state_dir, fault):
+    fault("spawn ERROR once on 1 of 2 nodes", "compute",
+          "the failed server is deleted and replaced; cluster comes up with 2 nodes")
     spec = ClusterSpec(name=unique, groups=[
         NodeGroup("ok", 1), NodeGroup("flaky", 1, metadata={
             "cc_fault": "spawn_error_once", "cc_fault_key": unique})])
     with Cluster(spec, cloud=CLOUD) as c:
         names = [n.name for n in c.nodes]
         assert any(n.endswith("-r1") for n in names) and len(names) == 2
+        fault.observed = "up with %s" % ", ".join(sorted(names))
     assert_nothing_left(conn, admin_conn, unique)
 
 
-def test_failed_spawn_without_replacements_rolls_back(conn, admin_conn, unique, state_dir):
+def test_failed_spawn_without_replacements_rolls_back(conn, admin_conn, unique, state_dir,
+                                                      fault):
+    fault("spawn ERROR on 1 of 3 nodes, no replacements allowed", "compute",
+          "ServerFault with Nova's fault text; all 3 rolled back")
     spec = ClusterSpec(name=unique, max_replacements=0, groups=[
         NodeGroup("ok", 2), NodeGroup("bad", 1, metadata={"cc_fault": "spawn_error"})])
-    with pytest.raises(ServerFault) as err:
+    with fault.raises(ServerFault) as err:
         Cluster(spec, cloud=CLOUD).up()
     assert "spawn_error" in err.value.fault and err.value.rolled_back
     assert_nothing_left(conn, admin_conn, unique)
     assert os.listdir(state_dir) == []
 
 
-def test_min_nodes_drops_the_failed_node(conn, admin_conn, unique, state_dir):
+def test_min_nodes_drops_the_failed_node(conn, admin_conn, unique, state_dir, fault):
+    fault("spawn ERROR on 1 of 3 nodes with min_nodes=2", "compute",
+          "the failed node is dropped; cluster comes up with 2")
     spec = ClusterSpec(name=unique, max_replacements=0, min_nodes=2, groups=[
         NodeGroup("ok", 2), NodeGroup("bad", 1, metadata={"cc_fault": "spawn_error"})])
     with Cluster(spec, cloud=CLOUD) as c:
         assert sorted(n.group for n in c.nodes) == ["ok", "ok"]
+        fault.observed = "up with 2 nodes of group ok"
     assert_nothing_left(conn, admin_conn, unique)
 
 
@@ -86,9 +95,11 @@ def test_bad_input_fails_before_anything_is_created(conn, admin_conn, unique, st
     assert os.listdir(state_dir) == []
 
 
-def test_bad_credentials_are_an_auth_error(conn):
+def test_bad_credentials_are_an_auth_error(conn, fault):
+    fault("wrong password; auth URL nobody listens on", "input",
+          "CloudAuthError: refused the credentials / cannot reach the auth URL")
     auth = dict(conn.config.config["auth"], password="wrong")
-    with pytest.raises(CloudAuthError, match="refused the credentials"):
+    with fault.raises(CloudAuthError, match="refused the credentials"):
         connect(auth=auth, auth_type="password", identity_api_version="3")
     with pytest.raises(CloudAuthError, match="cannot reach the auth URL"):
         connect(auth=dict(auth, auth_url="http://127.0.0.1:9/v3"), auth_type="password")
@@ -143,7 +154,9 @@ def test_attach_from_another_process_and_down(conn, admin_conn, unique, state_di
         ClusterState.load(unique)
 
 
-def test_two_clusters_from_two_processes(conn, admin_conn, unique, state_dir):
+def test_two_clusters_from_two_processes(conn, admin_conn, unique, state_dir, fault):
+    fault("two clusters from two processes; one torn down while the other runs",
+          "concurrency", "disjoint servers; the other cluster keeps working")
     a, b = _child(unique + "a", "detach"), _child(unique + "b", "detach")
     for p in (a, b):
         out, _ = p.communicate(timeout=180)
@@ -156,6 +169,7 @@ def test_two_clusters_from_two_processes(conn, admin_conn, unique, state_dir):
     assert len([s for s in conn.compute.servers() if (unique + "b") in s.name]) == 2
     cb.down()
     assert_nothing_left(conn, admin_conn, unique)
+    fault.observed = "a down, b still answered; then b down"
     assert json.dumps(os.listdir(state_dir)) == "[]"
 
 

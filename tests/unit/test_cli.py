@@ -77,3 +77,19 @@ def test_main_maps_errors_to_exit_codes(capsys, monkeypatch, tmp_path):
     assert cli.main(["status", "missing"]) == 2
     err = capsys.readouterr().err
     assert "no cluster named 'missing'" in err and "Traceback" not in err
+
+
+def test_byte_progress_without_a_terminal_logs_every_tenth(caplog):
+    from cloudcompute.cli.progress import byte_bar
+    with caplog.at_level("WARNING", logger="cloudcompute.cli"):
+        with byte_bar(1000, "put x") as moved:
+            for _ in range(40):
+                moved(25)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "put x: 10% (100 of 1000 bytes)"
+    assert lines[-1] == "put x: 100% (1000 of 1000 bytes)" and len(lines) == 10
+
+
+def test_put_of_a_missing_file_is_usage_error(capsys):
+    assert cli.main(["put", "c1", "/no/such/file", "x"]) == 2
+    assert "no such file: /no/such/file" in capsys.readouterr().err

@@ -44,7 +44,9 @@ def log(msg):
 
 
 def connect(user, password, project):
+    # The caller's OS_CLOUD / clouds.yaml / OS_* must not leak into these connections.
     return openstack.connect(
+        load_yaml_config=False, load_envvars=False,
         auth_url=KS, username=user, password=password, project_name=project,
         user_domain_id="default", project_domain_id="default",
         region_name="RegionOne", identity_api_version="3")
