@@ -6,6 +6,7 @@ import os
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 from cloudcompute.exceptions import CloudComputeError, StateError
+from cloudcompute.jobs import worker as wire
 from cloudcompute.jobs.executor import Executor, TaskResult
 from cloudcompute.jobs.partition import concat, split
 
@@ -136,7 +137,7 @@ class JobsMixin:
             buf = io.BytesIO()
             np.lib.format.write_array_header_1_0(
                 buf, np.lib.format.header_data_from_array_1_0(arr))
-            raw = buf.getvalue() + memoryview(arr).cast("B")
+            raw = [buf.getvalue(), memoryview(arr).cast("B")]  # sent back to back
         else:
             raise TypeError("put takes a file path or a NumPy array, not %s"
                             % type(data).__name__)
@@ -149,9 +150,6 @@ class JobsMixin:
         """Fetch a file from a node: saved to ``local_path``, or a .npy loaded as an array.
 
         ``progress(n)`` is called as each chunk of n bytes arrives."""
-        import io
-
-        import numpy as np
         conn = self.connection(node or self.node_names()[0])
         raw = _read_verified(conn, remote_path, progress)
         if local_path:
@@ -159,8 +157,8 @@ class JobsMixin:
                 f.write(raw)
             return local_path
         if remote_path.endswith(".npy"):
-            return np.load(io.BytesIO(raw), allow_pickle=False)
-        return raw
+            return wire.load_npy(raw)
+        return bytes(raw)
 
 
 def _transfer_transient(exc: BaseException) -> bool:

@@ -254,8 +254,7 @@ class Executor:
                                   header.get("message", ""), header.get("traceback", ""))
         desc = header["result"]
         for idx, st in header.get("staged", {}).items():
-            rblobs[int(idx)] = conn.download(st["path"], sha256=st["sha256"])
-            conn.run(["rm", "-f", st["path"]])
+            rblobs[int(idx)] = conn.download(st["path"], sha256=st["sha256"], remove=True)
         try:
             value = wire.decode(desc, rblobs[desc["blob"]], allow_pickle)
         except wire.WireError as exc:

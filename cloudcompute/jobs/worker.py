@@ -177,11 +177,30 @@ def _plain(np, arr):
     return arr
 
 
+def load_npy(blob):
+    """An .npy image as an array (never unpickling); a writable buffer (bytearray)
+    becomes the array's memory without a copy."""
+    import numpy as np
+    fmt = np.lib.format
+    if isinstance(blob, bytearray):
+        head = io.BytesIO(bytes(memoryview(blob)[:65536]))
+        version = fmt.read_magic(head)
+        if version in ((1, 0), (2, 0)):
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read(head)
+            if not dtype.hasobject:
+                count = 1
+                for n in shape:
+                    count *= n
+                arr = np.frombuffer(blob, dtype=dtype, count=count, offset=head.tell())
+                return arr.reshape(shape, order="F" if fortran else "C")
+    return np.load(io.BytesIO(blob), allow_pickle=False)
+
+
 def decode(desc, blob, allow_pickle=False):
     fmt = desc["format"]
     if fmt == "npy":
-        import numpy as np
-        return np.load(io.BytesIO(blob), allow_pickle=False)
+        return load_npy(blob)
     if fmt == "json":
         return json.loads(blob)
     if fmt == "arrow":
@@ -284,7 +303,11 @@ def _child(req, blobs, wfd):
         sys.stdout.flush()
         sys.stderr.flush()
         desc, blob = encode(value, req["result_formats"], allow)
-        write_frame(out, {"op": "result", "ok": True, "result": dict(desc, blob=0)}, [blob])
+        header = {"op": "result", "ok": True, "result": dict(desc, blob=0)}
+        staged = stage_blob(req, blob)
+        if staged:
+            header["staged"], blob = staged, b""
+        write_frame(out, header, [blob])
     except BaseException as exc:  # report every failure, SystemExit included
         sys.stdout.flush()
         sys.stderr.flush()
@@ -397,33 +420,34 @@ class _Stub:
 
 
 def unstage(req, blobs):
-    """Large blobs may arrive as files (sent by the client's bulk transfer)."""
+    """Large blobs may arrive as files, sent by the client's bulk transfer, whose
+    node side already checked them against the client's sha256 as it wrote."""
     for idx, st in req.get("staged", {}).items():
         try:
             with open(st["path"], "rb") as f:
-                data = f.read()
+                data = bytearray(os.fstat(f.fileno()).st_size)
+                got = f.readinto(data)
             os.unlink(st["path"])
         except OSError as exc:
             raise WireError("staged blob %s: %s" % (st["path"], exc)) from exc
-        got = hashlib.sha256(data).hexdigest()
-        if got != st["sha256"]:
-            raise WireError("staged blob %s: sha256 %s != %s" % (st["path"], got, st["sha256"]))
+        if got != st["size"]:
+            raise WireError("staged blob %s: %d bytes, expected %d"
+                            % (st["path"], got, st["size"]))
         blobs[int(idx)] = data
 
 
-def stage_result(req, header, rblobs):
-    """Leave a large result in a file for the client's bulk transfer to fetch."""
+def stage_blob(req, blob):
+    """In the task's process: leave a large result in a file for the client's bulk
+    transfer (which checks it against this sha256); None if it is small."""
     limit = req.get("stage_over")
-    if not limit or not rblobs or len(rblobs[0]) <= limit:
-        return header, rblobs
-    data = rblobs[0]
-    digest = hashlib.sha256(data).hexdigest()
-    path = os.path.join(req["stage_dir"], "result-" + digest)
+    if not limit or len(blob) <= limit:
+        return None
+    digest = hashlib.sha256(blob).hexdigest()
+    path = os.path.join(req["stage_dir"], "result-%d-%s" % (os.getpid(), digest[:16]))
     os.makedirs(req["stage_dir"], exist_ok=True)
     with open(path, "wb") as f:
-        f.write(data)
-    header["staged"] = {"0": {"path": path, "sha256": digest, "size": len(data)}}
-    return header, [b""]
+        f.write(blob)
+    return {"0": {"path": path, "sha256": digest, "size": len(blob)}}
 
 
 def main():
@@ -463,7 +487,7 @@ def main():
                 continue
             header, rblobs = run_task(req, blobs, send)
             header["id"] = req["id"]
-            send(*stage_result(req, header, rblobs))
+            send(header, rblobs)
         elif op == "ping":
             send({"op": "pong", "id": req.get("id")})
         elif op == "exit":

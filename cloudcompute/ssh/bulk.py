@@ -18,7 +18,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 from cloudcompute.exceptions import HostKeyMismatch, IntegrityError, SSHError
 
@@ -29,33 +29,76 @@ LOG = logging.getLogger(__name__)
 
 # Node-side halves of upload/download: stream and hash in one pass with the
 # node's python3 (hashlib uses OpenSSL; coreutils' sha256sum is several times slower).
-REMOTE_PUT = ("import hashlib,os,sys\nh=hashlib.sha256()\n"
+REMOTE_PUT = ("import hashlib,os,sys,fcntl\nh=hashlib.sha256()\n"
+              "try: fcntl.fcntl(0,1031,1<<20)\nexcept OSError: pass\n"
               "os.makedirs(os.path.dirname(sys.argv[1]) or '.',exist_ok=True)\n"
               "with open(sys.argv[1],'wb') as f:\n"
-              " for b in iter(lambda: sys.stdin.buffer.read(1<<20), b''):\n"
+              " for b in iter(lambda: sys.stdin.buffer.read1(4<<20), b''):\n"
               "  h.update(b); f.write(b)\nprint(h.hexdigest())")
-REMOTE_GET = ("import hashlib,sys\nh=hashlib.sha256()\nout=sys.stdout.buffer\n"
+
+# Download: an 8-byte size, then the bytes; the hash goes to stderr at the end.
+# Flags (argv[2]): "r" removes the file once open; "n" skips the node's hash,
+# for files whose sha256 the client already knows (it checks that instead).
+REMOTE_GET = ("import hashlib,os,sys,fcntl\nh=hashlib.sha256()\nout=sys.stdout.buffer\n"
+              "fl=sys.argv[2] if len(sys.argv)>2 else ''\n"
+              "try: fcntl.fcntl(1,1031,1<<20)\nexcept OSError: pass\n"
               "with open(sys.argv[1],'rb') as f:\n"
-              " for b in iter(lambda: f.read(1<<20), b''):\n  h.update(b); out.write(b)\n"
-              "out.flush()\nsys.stderr.write(h.hexdigest())")
+              " 'r' in fl and os.unlink(sys.argv[1])\n"
+              " out.write(os.fstat(f.fileno()).st_size.to_bytes(8,'big'))\n"
+              " for b in iter(lambda: f.read(4<<20), b''):\n"
+              "  'n' in fl or h.update(b); out.write(b)\n"
+              "out.flush()\n'n' in fl or sys.stderr.write(h.hexdigest())")
+Buffers = Union[bytes, bytearray, memoryview, Sequence[Any]]
+"""What upload sends: one buffer, or several sent back to back (no joined copy)."""
+
+
+def parts_of(data: Buffers) -> List[memoryview]:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = [data]
+    return [memoryview(p).cast("B") for p in data]
+
+
+def read_sized(read_into: Callable[[memoryview], int], name: str, path: str,
+               progress: Optional[Callable[[int], None]] = None) -> bytearray:
+    """Read the size prefix, then exactly that many bytes into one new buffer."""
+    head = bytearray(8)
+    _fill(read_into, memoryview(head), name, path, None)
+    buf = bytearray(int.from_bytes(head, "big"))
+    _fill(read_into, memoryview(buf), name, path, progress)
+    return buf
+
+
+def _fill(read_into: Callable[[memoryview], int], view: memoryview, name: str, path: str,
+          progress: Optional[Callable[[int], None]]) -> None:
+    off = 0
+    while off < len(view):
+        n = read_into(view[off:off + (4 << 20)])
+        if not n:
+            raise SSHError(name, "connection lost while reading %s (%d of %d bytes)"
+                           % (path, off, len(view)))
+        off += n
+        if progress is not None:
+            progress(n)
 
 
 def put_command(path: str) -> List[str]:
     return ["python3", "-c", REMOTE_PUT, path]
 
 
-def get_command(path: str) -> List[str]:
-    return ["python3", "-c", REMOTE_GET, path]
+def get_command(path: str, expected: Optional[str] = None, remove: bool = False) -> List[str]:
+    """The node side of a download; with ``expected`` the node does not hash."""
+    flags = ("n" if expected else "") + ("r" if remove else "")
+    return ["python3", "-c", REMOTE_GET, path] + ([flags] if flags else [])
 
 
 def check_download(node: str, path: str, data: bytes, node_err: bytes,
                    expected: Optional[str]) -> None:
-    """``data`` must hash to what the node computed (last 64 characters of its
-    stderr) and, if given, to ``expected``; the local hash is computed once."""
+    """``data`` must hash to ``expected`` if given, else to what the node computed
+    (last 64 characters of its stderr); the local hash is computed once."""
     got = hashlib.sha256(data).hexdigest()
-    for want in (node_err.decode().strip()[-64:], expected):
-        if want is not None and got != want:
-            raise IntegrityError(node, "download of %s" % path, want, got)
+    want = expected or node_err.decode("utf-8", "replace").strip()[-64:]
+    if got != want:
+        raise IntegrityError(node, "download of %s" % path, want, got)
 
 
 def available() -> bool:
@@ -94,7 +137,7 @@ class OpenSSHBulk:
                                   "(OpenSSH: %s)" % err.splitlines()[-1])
         raise SSHError(self.name, "ssh failed: %s" % err[-500:])
 
-    def upload(self, path: str, data: bytes,
+    def upload(self, path: str, data: Buffers,
                progress: Optional[Callable[[int], None]] = None) -> str:
         """Send ``data`` while hashing it here; the node hashes what it wrote.
         Returns the sha256 both sides agreed on."""
@@ -102,14 +145,16 @@ class OpenSSHBulk:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
         h = hashlib.sha256()
-        view = memoryview(data).cast("B")
+        with contextlib.suppress(OSError):  # fewer, larger writes
+            fcntl.fcntl(proc.stdin.fileno(), F_SETPIPE_SZ, 1 << 20)
         try:
-            for off in range(0, len(view), 4 << 20):
-                chunk = view[off:off + (4 << 20)]
-                h.update(chunk)
-                proc.stdin.write(chunk)
-                if progress is not None:
-                    progress(len(chunk))
+            for view in parts_of(data):
+                for off in range(0, len(view), 4 << 20):
+                    chunk = view[off:off + (4 << 20)]
+                    h.update(chunk)
+                    proc.stdin.write(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
             proc.stdin.close()
         except BrokenPipeError:
             pass
@@ -125,29 +170,28 @@ class OpenSSHBulk:
         return want
 
     def download(self, path: str, sha256: Optional[str] = None,
-                 progress: Optional[Callable[[int], None]] = None) -> bytes:
-        cmd = self.base + [self.target, " ".join(shlex.quote(a) for a in get_command(path))]
+                 progress: Optional[Callable[[int], None]] = None,
+                 remove: bool = False) -> bytearray:
+        cmd = self.base + [self.target, " ".join(
+            shlex.quote(a) for a in get_command(path, sha256, remove))]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+                                stderr=subprocess.PIPE, bufsize=0)
         with contextlib.suppress(OSError):  # fewer, larger reads
             fcntl.fcntl(proc.stdout.fileno(), F_SETPIPE_SZ, 1 << 20)
-        chunks = []
-        # The node writes to stderr only at the end (its hash) or on error.
-        while True:
-            chunk = proc.stdout.read1(4 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            if progress is not None:
-                progress(len(chunk))
+        data: Optional[bytearray] = None
+        try:
+            # The node writes to stderr only at the end (its hash) or on error.
+            data = read_sized(proc.stdout.readinto, self.name, path, progress)
+        except SSHError:
+            pass  # the exit status and stderr below say why
         err = proc.stderr.read()
         proc.wait()
         self._check(proc.returncode, err)
         if proc.returncode != 0:
             raise SSHError(self.name, "cannot read %s: %s"
                            % (path, err.decode("utf-8", "replace").strip()), fatal=True)
-        data = b"".join(chunks)
-        del chunks
+        if data is None:  # exit 0, but not every byte came
+            raise SSHError(self.name, "connection lost while reading %s" % path)
         check_download(self.name, path, data, err, sha256)
         return data
 

@@ -206,18 +206,22 @@ class NodeConnection:
                 self._bulk_ssh = None
             raise
 
-    def upload(self, path: str, data: bytes, progress: Progress = None) -> str:
+    def upload(self, path: str, data: bulk.Buffers, progress: Progress = None) -> str:
         """Write ``data`` to ``path`` on the node (parent directories made); the node
         hashes it as it writes. Returns the sha256 both sides agreed on."""
         fast = self._bulk()
         if fast is not None:
             with self._bulk_reset_on_loss():
                 return fast.upload(path, data, progress)
-        want = hashlib.sha256(data).hexdigest()
+        h = hashlib.sha256()
+        for part in bulk.parts_of(data):
+            h.update(part)
+        want = h.hexdigest()
         chan = self.client.get_transport().open_session(timeout=self.connect_timeout)
         try:
             chan.exec_command(quote_command(put_command(path)))
-            send_all(chan, data, progress)
+            for part in bulk.parts_of(data):
+                send_all(chan, part, progress)
             chan.shutdown_write()
             out, err = _drain(chan, None)
             code = chan.recv_exit_status()
@@ -230,28 +234,39 @@ class NodeConnection:
         return want
 
     def download(self, path: str, sha256: Optional[str] = None,
-                 progress: Progress = None) -> bytes:
-        """The bytes of ``path`` on the node, checked against the node's sha256
-        (and against ``sha256`` when the caller knows what to expect)."""
+                 progress: Progress = None, remove: bool = False) -> bytearray:
+        """The bytes of ``path`` on the node, checked against ``sha256`` when the
+        caller knows it, else against the node's own hash. ``remove`` deletes
+        the file on the node as the read begins."""
         fast = self._bulk()
         if fast is not None:
             with self._bulk_reset_on_loss():
-                return fast.download(path, sha256, progress)
+                return fast.download(path, sha256, progress, remove)
         chan = self.client.get_transport().open_session(timeout=self.connect_timeout)
+
+        def read_into(view: memoryview) -> int:
+            got = chan.recv(len(view))
+            view[:len(got)] = got
+            return len(got)
+        data: Optional[bytearray] = None
         try:
-            chan.exec_command(quote_command(get_command(path)))
+            chan.exec_command(quote_command(get_command(path, sha256, remove)))
             chan.shutdown_write()
-            out, err = _drain(chan, None, progress)
+            try:
+                data = bulk.read_sized(read_into, self.name, path, progress)
+            except SSHError:
+                pass  # the exit status and stderr below say why
+            _, err = _drain(chan, None)
             code = chan.recv_exit_status()
         finally:
             chan.close()
-        if code == -1:  # no exit status: the connection went away
+        if code == -1 or (code == 0 and data is None):  # the connection went away
             raise SSHError(self.name, "connection lost while reading %s" % path)
         if code != 0:
             raise SSHError(self.name, "cannot read %s: %s"
                            % (path, err.decode("utf-8", "replace").strip()), fatal=True)
-        bulk.check_download(self.name, path, out, err, sha256)
-        return out
+        bulk.check_download(self.name, path, data, err, sha256)
+        return data
 
     # -- commands ------------------------------------------------------
     def run(self, argv: Union[str, Sequence[str]], warn: bool = False,

@@ -154,23 +154,25 @@ def test_staged_blobs_are_read_checked_and_removed(tmp_path):
     path = tmp_path / "arg"
     path.write_bytes(data)
     blobs = [b"", b"keep"]
-    req = {"staged": {"0": {"path": str(path), "sha256": hashlib.sha256(data).hexdigest()}}}
+    req = {"staged": {"0": {"path": str(path), "sha256": hashlib.sha256(data).hexdigest(),
+                            "size": 1000}}}
     wire.unstage(req, blobs)
-    assert blobs == [data, b"keep"] and not path.exists()
-    path.write_bytes(b"tampered")
-    with pytest.raises(wire.WireError, match="sha256"):
+    assert blobs == [bytearray(data), b"keep"] and not path.exists()
+    assert isinstance(blobs[0], bytearray)  # so that .npy arguments load without a copy
+    path.write_bytes(b"truncated")
+    with pytest.raises(wire.WireError, match="9 bytes, expected 1000"):
         wire.unstage(req, blobs)
     with pytest.raises(wire.WireError, match="No such file"):
         wire.unstage(req, blobs)
 
 
 def test_large_results_are_left_in_a_file(tmp_path):
-    header, blobs = wire.stage_result({"stage_over": 10, "stage_dir": str(tmp_path)},
-                                      {"ok": True}, [b"y" * 11])
-    st = header["staged"]["0"]
-    assert blobs == [b""] and open(st["path"], "rb").read() == b"y" * 11
-    assert wire.stage_result({"stage_over": 10}, {"ok": True}, [b"small"])[1] == [b"small"]
-    assert wire.stage_result({}, {"ok": True}, [b"z" * 100])[1] == [b"z" * 100]
+    import hashlib
+    st = wire.stage_blob({"stage_over": 10, "stage_dir": str(tmp_path)}, b"y" * 11)["0"]
+    assert open(st["path"], "rb").read() == b"y" * 11 and st["size"] == 11
+    assert st["sha256"] == hashlib.sha256(b"y" * 11).hexdigest()
+    assert wire.stage_blob({"stage_over": 10}, b"small") is None
+    assert wire.stage_blob({}, b"z" * 100) is None
 
 
 def test_worker_process_end_to_end(tmp_path):
@@ -212,3 +214,29 @@ def test_driving_code_is_inert_on_a_node():
         assert list(c.map(len, [1])) == []
     assert "client-side" in repr(c) and finder.find_spec("numpy") is None
     assert importlib.util is not None
+
+
+def test_load_npy_uses_a_bytearray_without_copy_and_never_unpickles():
+    import io
+
+    import numpy as np
+    import pytest
+
+    from cloudcompute.jobs.worker import load_npy
+    for a in (np.arange(12.0).reshape(3, 4), np.asfortranarray(np.arange(12).reshape(3, 4)),
+              np.zeros((2, 0)), np.array(5), np.array(["ab", "c"])):
+        buf = io.BytesIO()
+        np.save(buf, a)
+        raw = bytearray(buf.getvalue())
+        got = load_npy(raw)
+        assert np.array_equal(got, a) and got.dtype == a.dtype and got.flags.writeable
+        assert load_npy(bytes(raw)).shape == a.shape
+    buf = io.BytesIO()
+    np.save(buf, np.arange(4.0))
+    raw = bytearray(buf.getvalue())
+    load_npy(raw)[0] = 42.0  # the array is the buffer's memory
+    assert np.frombuffer(raw, dtype="<f8", count=1, offset=len(raw) - 32)[0] == 42.0
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="allow_pickle"):
+        load_npy(bytearray(buf.getvalue()))
