@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set
 
 import paramiko
 
@@ -80,6 +80,7 @@ class RemoteWorker:
         self.log_handler = log_handler
         self.chan: Optional[paramiko.Channel] = None
         self.hello: Dict[str, Any] = {}
+        self.modules: Set[str] = set()  # hashes of module sources this worker holds
         self._lock = threading.Lock()
 
     @property
@@ -102,6 +103,7 @@ class RemoteWorker:
 
     def start(self) -> Dict[str, Any]:
         path = self.ensure_shipped()
+        self.modules = set()
         chan = self.conn.client.get_transport().open_session(timeout=30)
         chan.exec_command(quote_command([self.python, "-u", path]))
         self.chan = chan
@@ -210,7 +212,8 @@ class Executor:
                  kwargs: Dict[str, Any], allow_pickle: bool, task_id: str):
         blobs = payload.Blobs()
         formats = [f for f in w.hello["formats"] if f != "pickle" or allow_pickle]
-        fn_spec = payload.function_spec(fn, blobs, allow_pickle, w.hello["versions"], w.node)
+        fn_spec = payload.function_spec(fn, blobs, allow_pickle, w.hello["versions"], w.node,
+                                        sent=w.modules)
         a, kw = payload.encode_args(args, kwargs, blobs, formats, allow_pickle)
         result_formats = [f for f in wire.formats_here() if f != "pickle" or allow_pickle]
         return ({"op": "task", "id": task_id, "fn": fn_spec, "args": a, "kwargs": kw,
@@ -230,6 +233,8 @@ class Executor:
                                                task_id)
                 sent = self._stage(conn, request, blobs) if bulk.available() else blobs
                 header, rblobs = w.call(request, sent)
+                if "blob" in request["fn"] and "sha256" in request["fn"]:
+                    w.modules.add(request["fn"]["sha256"])
                 break
             except IntegrityError:
                 if attempt:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
+import os
 import sys
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from cloudcompute.exceptions import EnvironmentMismatch, SerializationError
 from cloudcompute.jobs import worker as wire
@@ -29,39 +30,60 @@ class Blobs:
         return len(self.items) - 1
 
 
-def _module_source(fn: Callable[..., Any]) -> Optional[Tuple[str, str, str]]:
-    """(module name, filename, source) of a module-level function, if it has one."""
+_SOURCES: Dict[Tuple[str, int, int], Tuple[bytes, str]] = {}
+
+
+def _read_source(filename: str) -> Optional[Tuple[bytes, str]]:
+    """(source, sha256) of a module file, read again only when it changes."""
+    try:
+        st = os.stat(filename)
+        key = (filename, st.st_mtime_ns, st.st_size)
+        if key not in _SOURCES:
+            with open(filename, "rb") as f:
+                source = f.read()
+            source.decode("utf-8")
+            _SOURCES[key] = (source, hashlib.sha256(source).hexdigest())
+        return _SOURCES[key]
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _module_source(fn: Callable[..., Any]) -> Optional[Tuple[str, str, bytes, str]]:
+    """(module name, filename, source, sha256) of a module-level function, if any."""
     if not inspect.isfunction(fn) or "<locals>" in fn.__qualname__ or fn.__name__ == "<lambda>":
         return None
     module = sys.modules.get(fn.__module__)
     filename = getattr(module, "__file__", None)
     if not filename or not filename.endswith(".py"):
         return None
-    try:
-        with open(filename, encoding="utf-8") as f:
-            source = f.read()
-    except OSError:
+    found = _read_source(filename)
+    if found is None:
         return None
     name = fn.__module__
     if name == "__main__":
         spec = getattr(module, "__spec__", None)
         name = spec.name if spec is not None else "cc_main_" + hashlib.sha256(
             filename.encode()).hexdigest()[:8]
-    return name, filename, source
+    return name, filename, found[0], found[1]
 
 
 def function_spec(fn: Callable[..., Any], blobs: Blobs, allow_pickle: bool,
                   node_versions: Optional[Mapping[str, Any]] = None,
-                  node: str = "?") -> Dict[str, Any]:
-    """Describe ``fn`` for the worker; raise SerializationError if it cannot go."""
+                  node: str = "?", sent: Optional[Set[str]] = None) -> Dict[str, Any]:
+    """Describe ``fn`` for the worker; raise SerializationError if it cannot go.
+
+    A module's source travels once per worker: ``sent`` holds the hashes that
+    worker already has."""
     if not callable(fn):
         raise SerializationError("%r is not callable" % (fn,))
     found = _module_source(fn)
     if found is not None:
-        module, filename, source = found
-        return {"kind": "ref", "module": module, "filename": filename,
-                "qualname": fn.__qualname__, "blob": blobs.add(source.encode()),
-                "sha256": hashlib.sha256(source.encode()).hexdigest()}
+        module, filename, source, sha = found
+        spec = {"kind": "ref", "module": module, "filename": filename,
+                "qualname": fn.__qualname__, "sha256": sha}
+        if sent is None or sha not in sent:
+            spec["blob"] = blobs.add(source)
+        return spec
     if not allow_pickle:
         raise SerializationError(
             "%s is not a module-level function, so it can only be sent by value with "

@@ -2,9 +2,10 @@
 
 This one file is shipped to each node (once: its sha256 names the
 directory) and started as ``python3 worker.py``. It keeps numpy and pandas
-imported, reads framed requests on stdin and answers on stdout. Each task
-runs in a forked child, so that the worker stays warm, a crash or the OOM
-killer takes only the task, and the child's peak memory is measured.
+imported, reads framed requests on stdin and answers on stdout. Tasks run in
+a child forked from the warm worker (one after another, re-forked after a
+crash), so that a crash or the OOM killer takes only the task, and each
+task's peak memory is measured.
 
 The client imports the same file for the framing and the codecs, so both
 ends always agree. It must run on the node's own Python (3.9 or newer) and
@@ -35,10 +36,10 @@ class WireError(Exception):
 
 
 # ---------------------------------------------------------------- framing
-def write_frame(out, header, blobs=()):
+def write_frame(out, header, blobs=(), digests=True):
     blobs = [bytes(b) if not isinstance(b, (bytes, memoryview)) else b for b in blobs]
-    header = dict(header, blobs=[{"size": len(b), "sha256": hashlib.sha256(b).hexdigest()}
-                                 for b in blobs])
+    header = dict(header, blobs=[dict({"size": len(b)}, **(
+        {"sha256": hashlib.sha256(b).hexdigest()} if digests else {})) for b in blobs])
     raw = json.dumps(header, separators=(",", ":")).encode()
     parts = [_HDR.pack(len(raw)), raw]
     for b in blobs:
@@ -62,7 +63,7 @@ def _read_exact(inp, n):
     return buf
 
 
-def read_frame(inp):
+def read_frame(inp, verify=True):
     (n,) = _HDR.unpack(_read_exact(inp, _HDR.size))
     if n > MAX_HEADER:
         raise WireError("header of %d bytes is too large" % n)
@@ -73,9 +74,10 @@ def read_frame(inp):
         if size != desc["size"]:
             raise WireError("blob size %d != announced %d" % (size, desc["size"]))
         data = _read_exact(inp, size)
-        got = hashlib.sha256(data).hexdigest()
-        if got != desc["sha256"]:
-            raise WireError("sha256 mismatch: %s != %s" % (got, desc["sha256"]))
+        if verify or "sha256" in desc:
+            got = hashlib.sha256(data).hexdigest()
+            if got != desc.get("sha256"):
+                raise WireError("sha256 mismatch: %s != %s" % (got, desc.get("sha256")))
         blobs.append(data)
     return header, blobs
 
@@ -268,19 +270,32 @@ def versions():
 
 
 # ---------------------------------------------------------------- tasks
-_MODULES = {}
+_CODE = {}  # sha256 of a shipped module's source -> its code object
+
+
+def remember_module(spec, blobs):
+    """In the worker: compile a shipped module once; later tasks name it by hash."""
+    if spec.get("kind") != "ref" or spec["sha256"] in _CODE or "blob" not in spec:
+        return
+    try:
+        _CODE[spec["sha256"]] = compile(blobs[spec["blob"]],
+                                        spec.get("filename", spec["module"]), "exec")
+    except (SyntaxError, ValueError):
+        pass  # the task's own process reports it
 
 
 def _load_function(spec, blobs):
     if spec["kind"] == "ref":
-        key = (spec["module"], spec["sha256"])
-        mod = _MODULES.get(key)
-        if mod is None:
-            mod = types.ModuleType(spec["module"])
-            mod.__file__ = spec.get("filename", "<cloudcompute:%s>" % spec["module"])
-            sys.modules[spec["module"]] = mod
-            exec(compile(blobs[spec["blob"]], mod.__file__, "exec"), mod.__dict__)
-            _MODULES[key] = mod
+        mod = types.ModuleType(spec["module"])
+        mod.__file__ = spec.get("filename", "<cloudcompute:%s>" % spec["module"])
+        sys.modules[spec["module"]] = mod
+        code = _CODE.get(spec["sha256"])
+        if code is None:
+            if "blob" not in spec:
+                raise WireError("module %s (%s) was never sent to this worker"
+                                % (spec["module"], spec["sha256"][:12]))
+            code = _CODE[spec["sha256"]] = compile(blobs[spec["blob"]], mod.__file__, "exec")
+        exec(code, mod.__dict__)
         obj = mod
         for part in spec["qualname"].split("."):
             obj = getattr(obj, part)
@@ -291,76 +306,172 @@ def _load_function(spec, blobs):
     raise WireError("unknown function kind %r" % spec["kind"])
 
 
-def _child(req, blobs, wfd):
-    """In the forked child: run the task, write one result frame to wfd."""
-    out = os.fdopen(wfd, "wb")
+def _peak_rss_kb(reset=False):
+    """This process's peak RSS (VmHWM); ``reset`` starts a new peak (Linux)."""
+    try:
+        if reset:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            return 0
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _run_one(req, blobs):
+    """In the task process: run one task; return its result frame's parts."""
     allow = req.get("allow_pickle", False)
     try:
+        unstage(req, blobs)
         fn = _load_function(req["fn"], blobs)
         args = [decode(d, blobs[d["blob"]], allow) for d in req["args"]]
         kwargs = {k: decode(d, blobs[d["blob"]], allow) for k, d in req["kwargs"].items()}
         value = fn(*args, **kwargs)
-        sys.stdout.flush()
-        sys.stderr.flush()
         desc, blob = encode(value, req["result_formats"], allow)
         header = {"op": "result", "ok": True, "result": dict(desc, blob=0)}
         staged = stage_blob(req, blob)
         if staged:
             header["staged"], blob = staged, b""
-        write_frame(out, header, [blob])
+        return header, [blob]
     except BaseException as exc:  # report every failure, SystemExit included
+        return {"op": "result", "ok": False, "exc_type": type(exc).__name__,
+                "message": str(exc), "traceback": traceback.format_exc()}, []
+
+
+def _task_loop(req_in, res_out):
+    """The task process: one task at a time, for the life of the worker."""
+    inp = os.fdopen(req_in, "rb")
+    out = os.fdopen(res_out, "wb")
+    while True:
+        try:
+            req, blobs = read_frame(inp, verify=False)
+        except EOFError:
+            return
+        _peak_rss_kb(reset=True)
+        header, rblobs = _run_one(req, blobs)
         sys.stdout.flush()
         sys.stderr.flush()
-        write_frame(out, {"op": "result", "ok": False, "exc_type": type(exc).__name__,
-                          "message": str(exc), "traceback": traceback.format_exc()})
-    out.close()
+        header["peak_rss_kb"] = _peak_rss_kb()
+        write_frame(out, header, rblobs, digests=False)
+
+
+class TaskProcess:
+    """A child forked once from the warm worker that runs tasks one after another.
+
+    Forking per task cost several milliseconds here; a crash, ``os._exit`` or
+    the OOM killer still takes only this process, and the next task gets a
+    new one. Its stdout and stderr are streamed back as log frames."""
+
+    def __init__(self):
+        self.pid = None
+
+    def _start(self):
+        req_r, req_w = os.pipe()
+        res_r, res_w = os.pipe()
+        out_r, out_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)  # not the worker's channel
+                os.dup2(out_w, 1)
+                os.dup2(out_w, 2)
+                lo, hi = sorted((req_r, res_w))  # close everything else
+                os.closerange(3, lo)
+                os.closerange(lo + 1, hi)
+                os.closerange(hi + 1, max(hi + 1, os.sysconf("SC_OPEN_MAX")))
+                sys.stdout = os.fdopen(1, "w", buffering=1)
+                sys.stderr = os.fdopen(2, "w", buffering=1)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                _task_loop(req_r, res_w)
+            finally:
+                os._exit(0)
+        for fd in (req_r, res_w, out_w):
+            os.close(fd)
+        self.pid = pid
+        self.req = os.fdopen(req_w, "wb")
+        self.res, self.out = res_r, out_r
+
+    def _stop(self):
+        """After the process died (or to end it): close its pipes, reap it."""
+        for f in (self.req,):
+            try:
+                f.close()
+            except OSError:
+                pass
+        for fd in (self.res, self.out):
+            os.close(fd)
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = None
+        return status
+
+    def run(self, req, blobs, send):
+        if self.pid is None:
+            self._start()
+        t0 = time.monotonic()
+        try:
+            write_frame(self.req, req, blobs, digests=False)
+        except BrokenPipeError:
+            pass  # it died; the status below says how
+        result = bytearray()
+        need = None
+        while need is None or len(result) < need:
+            ready, _, _ = select.select([self.res, self.out], [], [])
+            if self.out in ready:
+                self._forward(req, send)
+            if self.res in ready:
+                chunk = os.read(self.res, 1 << 20)
+                if not chunk:
+                    return self._died(t0)
+                result += chunk
+                need = _frame_length(result)
+        while select.select([self.out], [], [], 0)[0]:  # output written before the result
+            if not self._forward(req, send):
+                break
+        header, rblobs = read_frame(io.BytesIO(bytes(result)), verify=False)
+        header["duration"] = time.monotonic() - t0
+        return header, rblobs
+
+    def _forward(self, req, send):
+        chunk = os.read(self.out, 1 << 20)
+        if chunk:
+            send({"op": "log", "id": req["id"], "text": chunk.decode("utf-8", "replace")})
+        return bool(chunk)
+
+    def _died(self, t0):
+        while select.select([self.out], [], [], 0)[0] and os.read(self.out, 1 << 20):
+            pass
+        status = self._stop()
+        meta = {"op": "result", "ok": False, "duration": time.monotonic() - t0,
+                "peak_rss_kb": 0}
+        if os.WIFSIGNALED(status):
+            return dict(meta, killed=os.WTERMSIG(status)), []
+        return dict(meta, exc_type="WorkerError", traceback="",
+                    message="task exited (%d) without a result" % os.WEXITSTATUS(status)), []
+
+
+def _frame_length(buf):
+    """Total length of the frame at the start of ``buf``, once its header is in."""
+    if len(buf) < _HDR.size:
+        return None
+    (n,) = _HDR.unpack_from(buf)
+    if len(buf) < _HDR.size + n:
+        return None
+    header = json.loads(bytes(buf[_HDR.size:_HDR.size + n]))
+    return _HDR.size + n + sum(_LEN.size + b["size"] for b in header.get("blobs", []))
+
+
+_TASKS = TaskProcess()
 
 
 def run_task(req, blobs, send):
-    """Fork, stream the child's output, collect its result and peak memory."""
-    rfd, wfd = os.pipe()
-    ofd_r, ofd_w = os.pipe()
-    t0 = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(rfd)
-            os.close(ofd_r)
-            os.dup2(ofd_w, 1)
-            os.dup2(ofd_w, 2)
-            os.close(ofd_w)
-            sys.stdout = os.fdopen(1, "w", buffering=1)
-            sys.stderr = os.fdopen(2, "w", buffering=1)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            _child(req, blobs, wfd)
-        finally:
-            os._exit(0)
-    os.close(wfd)
-    os.close(ofd_w)
-    result = bytearray()
-    open_fds = {rfd, ofd_r}
-    while open_fds:
-        ready, _, _ = select.select(list(open_fds), [], [])
-        for fd in ready:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                open_fds.discard(fd)
-                os.close(fd)
-            elif fd == rfd:
-                result += chunk
-            else:
-                send({"op": "log", "id": req["id"], "text": chunk.decode("utf-8", "replace")})
-    _, status, usage = os.wait4(pid, 0)
-    meta = {"duration": time.monotonic() - t0, "peak_rss_kb": usage.ru_maxrss}
-    if os.WIFSIGNALED(status):
-        return dict(meta, op="result", ok=False, killed=os.WTERMSIG(status)), []
-    if not result:
-        return dict(meta, op="result", ok=False, exc_type="WorkerError",
-                    message="task exited (%d) without a result" % os.WEXITSTATUS(status),
-                    traceback=""), []
-    header, rblobs = read_frame(io.BytesIO(bytes(result)))
-    header.update(meta)
-    return header, rblobs
+    """Run one task in the task process; stream its output; its result and peak memory."""
+    return _TASKS.run(req, blobs, send)
 
 
 class _ClientOnlyFinder:
@@ -436,6 +547,18 @@ def unstage(req, blobs):
         blobs[int(idx)] = data
 
 
+def _staged_missing(req):
+    """Why a staged argument cannot be used (checked before the task starts)."""
+    for st in req.get("staged", {}).values():
+        try:
+            size = os.stat(st["path"]).st_size
+        except OSError as exc:
+            return "staged blob %s: %s" % (st["path"], exc.strerror)
+        if size != st["size"]:
+            return "staged blob %s: %d bytes, expected %d" % (st["path"], size, st["size"])
+    return None
+
+
 def stage_blob(req, blob):
     """In the task's process: leave a large result in a file for the client's bulk
     transfer (which checks it against this sha256); None if it is small."""
@@ -480,11 +603,11 @@ def main():
             continue
         op = req.get("op")
         if op == "task":
-            try:
-                unstage(req, blobs)
-            except WireError as exc:
-                send({"op": "wire_error", "id": req.get("id"), "message": str(exc)})
+            missing = _staged_missing(req)
+            if missing:
+                send({"op": "wire_error", "id": req.get("id"), "message": missing})
                 continue
+            remember_module(req.get("fn", {}), blobs)
             header, rblobs = run_task(req, blobs, send)
             header["id"] = req["id"]
             send(header, rblobs)

@@ -240,3 +240,50 @@ def test_load_npy_uses_a_bytearray_without_copy_and_never_unpickles():
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="allow_pickle"):
         load_npy(bytearray(buf.getvalue()))
+
+
+def test_module_source_travels_once_per_worker(tmp_path):
+    """Later tasks name the module by hash; a process that never got it says so."""
+    first, second = payload.Blobs(), payload.Blobs()
+    spec1 = payload.function_spec(module_level, first, allow_pickle=False)
+    spec2 = payload.function_spec(module_level, second, allow_pickle=False,
+                                  sent={spec1["sha256"]})
+    assert "blob" in spec1 and "blob" not in spec2 and second.items == []
+    wire._CODE.clear()
+
+    def task(spec, blobs):
+        args, kwargs = payload.encode_args([1], {}, blobs, ALL, False)
+        return {"id": "t", "fn": spec, "args": args, "kwargs": kwargs,
+                "result_formats": ALL}, blobs.items
+    fresh = wire.TaskProcess()
+    header, _ = fresh.run(*task(spec2, payload.Blobs()), lambda m: None)
+    assert not header["ok"] and "never sent" in header["message"]
+    tp = wire.TaskProcess()
+    for spec, blobs in ((spec1, first), (spec2, payload.Blobs())):
+        header, rblobs = tp.run(*task(spec, blobs), lambda m: None)
+        assert header["ok"] and wire.decode(header["result"], rblobs[0]) == 2
+    for p in (fresh, tp):
+        p._stop()
+
+
+def test_task_process_survives_crashes_and_measures_each_task():
+    tp = wire.TaskProcess()
+    blobs = payload.Blobs()
+    spec = payload.function_spec(crash, blobs, allow_pickle=False)
+    args, _ = payload.encode_args([1], {}, blobs, ALL, False)
+    logs = []
+    header, _ = tp.run({"id": "c", "fn": spec, "args": args, "kwargs": {},
+                        "result_formats": ALL}, blobs.items, logs.append)
+    assert header["killed"] == 9 and tp.pid is None
+    pids = set()
+    for i in range(3):
+        b = payload.Blobs()
+        spec = payload.function_spec(module_level, b, allow_pickle=False)
+        args, _ = payload.encode_args([i], {}, b, ALL, False)
+        header, rblobs = tp.run({"id": "t%d" % i, "fn": spec, "args": args, "kwargs": {},
+                                 "result_formats": ALL}, b.items, logs.append)
+        assert header["ok"] and wire.decode(header["result"], rblobs[0]) == i + 1
+        assert header["peak_rss_kb"] > 0
+        pids.add(tp.pid)
+    assert len(pids) == 1  # one process ran all three
+    tp._stop()
