@@ -46,6 +46,23 @@ def unique():
     return "t" + uuid.uuid4().hex[:8]
 
 
+@contextlib.contextmanager
+def shared_cluster(tmp_path_factory, prefix, nodes):
+    """A cluster for a whole test module, with a state directory of its own."""
+    from cloudcompute import Cluster, ClusterSpec
+    old = os.environ.get("CLOUDCOMPUTE_STATE_DIR")
+    os.environ["CLOUDCOMPUTE_STATE_DIR"] = str(tmp_path_factory.mktemp(prefix + "-state"))
+    try:
+        with Cluster(ClusterSpec(name="%s%d" % (prefix, os.getpid()), nodes=nodes),
+                     cloud=CLOUD) as c:
+            yield c
+    finally:
+        if old is None:
+            os.environ.pop("CLOUDCOMPUTE_STATE_DIR", None)
+        else:
+            os.environ["CLOUDCOMPUTE_STATE_DIR"] = old
+
+
 @pytest.fixture
 def state_dir(tmp_path, monkeypatch):
     d = tmp_path / "state"

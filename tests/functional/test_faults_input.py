@@ -13,23 +13,15 @@ from cloudcompute import Cluster, ClusterSpec, Timeouts, connect, gc
 from cloudcompute.exceptions import (CloudComputeError, ConfigError, EnvironmentMismatch,
                                      PreflightError, SerializationError)
 from tests.functional import jobfuncs as jf
-from tests.functional.conftest import CLOUD
+from tests.functional.conftest import CLOUD, shared_cluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
 def one(tmp_path_factory):
-    old = os.environ.get("CLOUDCOMPUTE_STATE_DIR")
-    os.environ["CLOUDCOMPUTE_STATE_DIR"] = str(tmp_path_factory.mktemp("input-faults"))
-    try:
-        with Cluster(ClusterSpec(name="inpf%d" % os.getpid(), nodes=1), cloud=CLOUD) as c:
-            yield c
-    finally:
-        if old is None:
-            os.environ.pop("CLOUDCOMPUTE_STATE_DIR", None)
-        else:
-            os.environ["CLOUDCOMPUTE_STATE_DIR"] = old
+    with shared_cluster(tmp_path_factory, "inpf", 1) as c:
+        yield c
 
 
 BAD_SPECS = [

@@ -16,7 +16,7 @@ from cloudcompute import Cluster, ClusterSpec, NodeGroup, Timeouts
 from cloudcompute.exceptions import (NodeLost, RemoteTaskError, ServerFault, TaskKilled,
                                      WaitTimeout)
 from tests.functional import jobfuncs as jf
-from tests.functional.conftest import CLOUD
+from tests.functional.conftest import CLOUD, shared_cluster
 
 RIG = os.environ.get("CC_AIO_STATE", "/var/lib/cloudcompute-aio")
 
@@ -45,16 +45,8 @@ def cut_later(server_id, delay, box):
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    old = os.environ.get("CLOUDCOMPUTE_STATE_DIR")
-    os.environ["CLOUDCOMPUTE_STATE_DIR"] = str(tmp_path_factory.mktemp("ssh-faults"))
-    try:
-        with Cluster(ClusterSpec(name="sshf%d" % os.getpid(), nodes=2), cloud=CLOUD) as c:
-            yield c
-    finally:
-        if old is None:
-            os.environ.pop("CLOUDCOMPUTE_STATE_DIR", None)
-        else:
-            os.environ["CLOUDCOMPUTE_STATE_DIR"] = old
+    with shared_cluster(tmp_path_factory, "sshf", 2) as c:
+        yield c
 
 
 BIG = np.random.default_rng(7).integers(0, 2**62, 48 * 1024 * 1024, dtype=np.int64)  # 384 MiB

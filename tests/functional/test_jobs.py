@@ -15,21 +15,13 @@ from cloudcompute import Cluster, ClusterSpec
 from cloudcompute.exceptions import (HostKeyMismatch, RemoteTaskError, SerializationError,
                                      TaskKilled)
 from tests.functional import jobfuncs as jf
-from tests.functional.conftest import CLOUD, keypairs_with, leftovers
+from tests.functional.conftest import CLOUD, keypairs_with, leftovers, shared_cluster
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    old = os.environ.get("CLOUDCOMPUTE_STATE_DIR")
-    os.environ["CLOUDCOMPUTE_STATE_DIR"] = str(tmp_path_factory.mktemp("jobs-state"))
-    try:
-        with Cluster(ClusterSpec(name="jobs%d" % os.getpid(), nodes=3), cloud=CLOUD) as c:
-            yield c
-    finally:
-        if old is None:
-            os.environ.pop("CLOUDCOMPUTE_STATE_DIR", None)
-        else:
-            os.environ["CLOUDCOMPUTE_STATE_DIR"] = old
+    with shared_cluster(tmp_path_factory, "jobs", 3) as c:
+        yield c
 
 
 def test_monte_carlo_pi_on_three_nodes(cluster):
