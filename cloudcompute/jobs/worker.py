@@ -399,11 +399,10 @@ class TaskProcess:
 
     def _stop(self):
         """After the process died (or to end it): close its pipes, reap it."""
-        for f in (self.req,):
-            try:
-                f.close()
-            except OSError:
-                pass
+        try:
+            self.req.close()
+        except OSError:
+            pass  # a write to the dead process may have failed half-way
         for fd in (self.res, self.out):
             os.close(fd)
         _, status = os.waitpid(self.pid, 0)
