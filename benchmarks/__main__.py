@@ -13,6 +13,7 @@ import time
 
 import openstack
 
+from benchmarks import cloud as cloudbench
 from benchmarks import provisioning as prov
 from benchmarks import transfer
 from cloudcompute import Cluster, ClusterSpec, config
@@ -36,6 +37,23 @@ def run(args):
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                "cloud": cloud, "quick": args.quick, "provisioning": {}, "targets": []}
     targets = results["targets"]
+
+    if not args.skip_provisioning:
+        LOG.warning("the cloud's own figures: one server at a time")
+        own = results["cloud_figures"] = cloudbench.measure(cloud, defaults,
+                                                             reps=3 if args.quick else 7)
+        targets.append(target("cloud: create -> ACTIVE, warm (median)",
+                              own["active_s"]["median"], 3.0, "s", "lower"))
+        targets.append(target("cloud: ACTIVE -> sshd banner, minus the boot delay (median)",
+                              own["ssh_after_active_s"]["median"] - boot_delay, 3.0, "s",
+                              "lower"))
+        targets.append(target("cloud: delete -> gone (median)",
+                              own["delete_s"]["median"], 2.0, "s", "lower"))
+        if own["rss_mib"] is not None:
+            targets.append(target("cloud: RSS of all services", own["rss_mib"], 2560, "MiB",
+                                  "lower"))
+    if args.cloud_only:
+        return results
 
     for n in sizes:
         row = {}
@@ -103,14 +121,23 @@ def write(results, out):
             miss = " (missed by %.0f%%)" % (abs(t["measured"] / t["target"] - 1) * 100)
         lines.append("| %s | %.3g %s | %s | %s%s |" % (t["name"], t["measured"], t["unit"],
                                                        goal, "yes" if t["met"] else "NO", miss))
-    lines += ["", "Payload MB/s (%s MiB):" % results["payload_mib"], "",
-              "| method | MB/s |", "|---|---|"]
-    lines += ["| %s | %.0f |" % kv for kv in sorted(results["payload_mb_s"].items())]
-    lines += ["", "Serialization:", "", "| value | format | MB | encode s | decode s |",
-              "|---|---|---|---|---|"]
-    lines += ["| %s | %s | %.1f | %.3f | %.3f |" % (s["value"], s["format"], s["bytes"] / 1e6,
-                                                    s["encode_s"], s["decode_s"])
-              for s in results["serialization"]]
+    own = results.get("cloud_figures")
+    if own:
+        lines += ["", "The cloud's own figures (%d warm single-server cycles):" % own["reps"],
+                  "", "| step | median s | min s | max s |", "|---|---|---|---|"]
+        lines += ["| %s | %.2f | %.2f | %.2f |" % (k, own[k]["median"], own[k]["min"],
+                                                   own[k]["max"])
+                  for k in ("active_s", "ssh_after_active_s", "delete_s")]
+    if "payload_mb_s" in results:
+        lines += ["", "Payload MB/s (%s MiB):" % results["payload_mib"], "",
+                  "| method | MB/s |", "|---|---|"]
+        lines += ["| %s | %.0f |" % kv for kv in sorted(results["payload_mb_s"].items())]
+    if "serialization" in results:
+        lines += ["", "Serialization:", "", "| value | format | MB | encode s | decode s |",
+                  "|---|---|---|---|---|"]
+        lines += ["| %s | %s | %.1f | %.3f | %.3f |" % (
+            s["value"], s["format"], s["bytes"] / 1e6, s["encode_s"], s["decode_s"])
+            for s in results["serialization"]]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "bench-results.md"), "w") as f:
         f.write(text)
@@ -140,6 +167,8 @@ def _plots(results, out):
 
 
 def _data_plots(results, out, plt):
+    if "payload_mb_s" not in results:
+        return
     fig, ax = plt.subplots(figsize=(7, 4))
     pay = results["payload_mb_s"]
     ax.barh(list(pay), list(pay.values()))
@@ -160,6 +189,8 @@ def main():
     ap.add_argument("--out", default=".")
     ap.add_argument("--skip-provisioning", action="store_true",
                     help="only the data-path benchmarks (payload, fan-out, tasks)")
+    ap.add_argument("--cloud-only", action="store_true",
+                    help="only the cloud's own single-server figures")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     openstack.enable_logging(debug=False)

@@ -16,6 +16,12 @@ def test_bench_quick_writes_results(tmp_path, state_dir):
         assert set(t) == {"name", "measured", "target", "unit", "better", "met"}
         assert t["better"] in ("lower", "higher") and isinstance(t["met"], bool)
     assert data["provisioning"]["1"]["cloudcompute"]["requests"] > 0
+    own = data["cloud_figures"]
+    assert len(own["runs"]) == own["reps"] == 3
+    for key in ("active_s", "ssh_after_active_s", "delete_s"):
+        assert 0 < own[key]["min"] <= own[key]["median"] <= own[key]["max"]
+    assert own["rss_mib"] is None or own["rss_mib"] > 500
+    assert any(t["name"].startswith("cloud: create -> ACTIVE") for t in data["targets"])
     for png in ("bench-provisioning.png", "bench-payload.png", "bench-tasks.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     assert "| target | measured |" in (tmp_path / "bench-results.md").read_text()

@@ -5,6 +5,7 @@ a cloud whose servers are VMs (SSH, console log host keys, user-data, a
 private filesystem, no way out), and that its fault knobs work.
 """
 import base64
+import os
 import re
 import socket
 import subprocess
@@ -225,3 +226,63 @@ def test_fault_no_sshd_and_slow_boot(rig):
     assert not banner(fixed_ip(nossh))
     assert "not started" in rig["conn"].compute.get_server_console_output(nossh)["output"]
     assert rig["conn"].compute.get_server(slow.id).status == "BUILD"
+
+
+AIO_LIB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                       "devstack", "aio", "lib")
+
+
+def test_neutron_loads_networks_with_selectin_and_ports_with_subquery():
+    """cc_neutron_speedup changes exactly the relationships it names."""
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "import cc_neutron_speedup\n"
+            "from neutron.db import models_v2\n"
+            "from neutron.db.migration.models import head\n"
+            "from sqlalchemy.orm import configure_mappers\n"
+            "configure_mappers()\n"
+            "for m in (models_v2.Network, models_v2.Subnet, models_v2.Port):\n"
+            "    for r in m.__mapper__.relationships:\n"
+            "        print(m.__name__, r.key, r.lazy)\n" % AIO_LIB)
+    out = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    lazy = {tuple(line.split()[:2]): line.split()[2] for line in out.splitlines()}
+    for rel in (("Network", "subnets"), ("Network", "segments"), ("Network", "rbac_entries"),
+                ("Subnet", "allocation_pools"), ("Subnet", "routes")):
+        assert lazy[rel] == "selectin", rel
+    for rel in (("Port", "fixed_ips"), ("Port", "allowed_address_pairs"),
+                ("Port", "binding_levels")):
+        assert lazy[rel] == "subquery", rel
+    assert "subquery" not in {v for (cls, _), v in lazy.items() if cls == "Network"}
+
+
+def test_neutron_network_router_and_port_flows(conn, admin_conn, unique):
+    """The flows a cluster and the fault campaign use, on the tuned Neutron."""
+    net = conn.network.create_network(name=unique)
+    try:
+        sub = conn.network.create_subnet(network_id=net.id, cidr="10.42.251.0/24",
+                                         ip_version=4, name=unique)
+        public = conn.network.find_network("public")
+        router = conn.network.create_router(
+            name=unique, external_gateway_info={"network_id": public.id})
+        conn.network.add_interface_to_router(router, subnet_id=sub.id)
+        port = conn.network.create_port(
+            network_id=net.id, name=unique,
+            allowed_address_pairs=[{"ip_address": "10.42.251.200"}])
+        conn.network.set_tags(port, [unique])
+        fip = conn.network.create_ip(floating_network_id=public.id, port_id=port.id)
+
+        assert port.allowed_address_pairs[0]["ip_address"] == "10.42.251.200"
+        assert conn.network.get_port(port.id).tags == [unique]
+        assert conn.network.get_network(net.id).subnet_ids == [sub.id]
+        assert fip.port_id == port.id
+        gw = conn.network.get_router(router.id).external_gateway_info
+        assert gw["network_id"] == public.id and gw["external_fixed_ips"]
+
+        conn.network.delete_ip(fip)
+        conn.network.delete_port(port)
+        conn.network.remove_interface_from_router(router, subnet_id=sub.id)
+        conn.network.delete_router(router)
+        conn.network.delete_subnet(sub)
+    finally:
+        conn.network.delete_network(net, ignore_missing=True)
+    assert leftovers(admin_conn, conn.current_project_id, unique) == []
