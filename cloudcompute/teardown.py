@@ -23,6 +23,11 @@ from cloudcompute.state import ClusterState
 
 LOG = logging.getLogger(__name__)
 
+# A create whose answer never came (interrupted, or the connection dropped)
+# may still be carried out by the cloud after the teardown has looked for
+# it. Teardown keeps looking for such resources by name this long.
+IN_FLIGHT_GRACE = 15.0
+
 
 def _ids(st: ClusterState, kind: str) -> Dict[str, str]:
     return {e["id"]: n for n, e in st.resources[kind].items() if e.get("id")}
@@ -36,11 +41,13 @@ def _tagged(lister: Callable[..., Any], cluster_id: str) -> Dict[str, Any]:
 class Teardown:
     """One teardown run; ``run()`` raises TeardownError naming what is left."""
 
-    def __init__(self, conn: Any, st: ClusterState, timeout: float = 300.0):
+    def __init__(self, conn: Any, st: ClusterState, timeout: float = 300.0,
+                 in_flight_grace: float = IN_FLIGHT_GRACE):
         self.conn = conn
         self.st = st
         self.cid = st.cluster_id
         self.deadline = time.monotonic() + timeout
+        self.grace_end = time.monotonic() + min(in_flight_grace, timeout)
         self.timeout = timeout
         self.errors: List[str] = []
         self.timings: Dict[str, float] = {}
@@ -90,6 +97,16 @@ class Teardown:
         self.timings["servers"] = time.monotonic() - t0
         self.network_side()
         self.keypairs()
+        while self._in_flight() and time.monotonic() < self.grace_end:
+            LOG.info("waiting for creates that were in flight: %s", self._in_flight())
+            retry.SLEEP(1.0)
+            self.servers()
+            self.network_side()
+            self.keypairs()
+        if self._in_flight():  # the grace is over: this pass forgets them
+            self.servers()
+            self.network_side()
+            self.keypairs()
         self.timings["total"] = time.monotonic() - t0
         left = self.verify()
         if left:
@@ -166,13 +183,27 @@ class Teardown:
         for name in names:
             self._delete("keypair %s" % name, self.conn.compute.delete_keypair, name,
                          ignore_missing=True)
-            if retry.call(self.conn.compute.find_keypair, name, ignore_missing=True) is None:
+            entry = self.st.resources["keypairs"].get(name)
+            if retry.call(self.conn.compute.find_keypair, name, ignore_missing=True) is None \
+                    and (entry is None or entry.get("id")
+                         or time.monotonic() >= self.grace_end):
                 self.st.forget("keypairs", name)
+
+    def _in_flight(self) -> List[str]:
+        """Creates recorded as intended whose resource has not been seen yet."""
+        return sorted("%s %s" % (kind, name) for kind, entries in self.st.resources.items()
+                      for name, e in entries.items() if not e.get("id"))
 
     def _forget_missing(self, kind: str, finder: Callable[..., Any]) -> None:
         for name, e in list(self.st.resources[kind].items()):
             rid = e.get("id")
-            if rid is None or retry.call(finder, rid, ignore_missing=True) is None:
+            if rid is None:
+                # Not seen by name yet: the create may still land.
+                if time.monotonic() >= self.grace_end:
+                    LOG.warning("%s %s: its create was in flight and nothing appeared "
+                                "within the grace period; forgetting it", kind, name)
+                    self.st.forget(kind, name)
+            elif retry.call(finder, rid, ignore_missing=True) is None:
                 self.st.forget(kind, name)
 
     def verify(self) -> List[str]:

@@ -116,3 +116,31 @@ def test_a_create_whose_answer_was_lost_is_found_by_name(tmp_path):
     Teardown(conn, st).run()
     assert ("security_group", "cc-c-1") in log and ("server", "c-1-w-0") in log
     assert not (tmp_path / "c.json").exists()
+
+
+def test_a_create_in_flight_that_lands_late_is_waited_for_and_deleted(tmp_path):
+    log = []
+    conn = fake_conn(log)
+    late = Store(log, "security_group", ["cc-c-1"])
+    calls = []
+
+    def listing(**kw):  # carried out after teardown first looked; never tagged
+        calls.append(kw)
+        return late.list() if "name" in kw and len(calls) > 3 else []
+    conn.network.security_groups = listing
+    conn.network.delete_security_group = late.delete
+    conn.network.find_security_group = late.find
+    st = state(tmp_path)
+    st.intend("security_groups", "cc-c-1")
+    Teardown(conn, st, in_flight_grace=5).run()
+    assert ("security_group", "cc-c-1") in log and late.items == {}
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_a_create_in_flight_that_never_lands_is_forgotten_after_the_grace(tmp_path, caplog):
+    log = []
+    st = state(tmp_path)
+    st.intend("security_groups", "cc-c-1")
+    Teardown(fake_conn(log), st, in_flight_grace=0.05).run()
+    assert not (tmp_path / "c.json").exists()
+    assert "nothing appeared within the grace period" in caplog.text
