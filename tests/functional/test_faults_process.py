@@ -57,8 +57,12 @@ def _interrupt(proxy, cloud, unique, state_dir, phase, sig):
     rule, trigger = PHASES[phase]
     if rule:
         proxy.add(**rule)
+    # A shell that starts a job in the background makes it ignore SIGINT, and
+    # children inherit that (a CI runner can be such a job): the child gets the
+    # default disposition back, so that Python turns SIGINT into Ctrl-C.
     proc = subprocess.Popen([sys.executable, "-c", CHILD, unique, cloud],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     out = []
     reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
     reader.start()
