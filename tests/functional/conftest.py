@@ -8,6 +8,7 @@ import contextlib
 import copy
 import json
 import os
+import signal
 import urllib.parse
 import uuid
 
@@ -29,6 +30,15 @@ def _connect(cloud):
         pytest.fail("cloud %r is not usable (%s); start the local cloud with "
                     "devstack/aio/cloud up and set OS_CLIENT_CONFIG_FILE" % (cloud, exc))
     return conn
+
+
+def sigint_default() -> None:
+    """Popen ``preexec_fn``: give the child SIGINT's default disposition back.
+
+    A shell that starts a job in the background makes it ignore SIGINT, and
+    children inherit that (a CI runner can be such a job); with the default
+    back, the child's Python turns SIGINT into KeyboardInterrupt (Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from cloudcompute import Cluster, connect, gc
+from tests.functional.conftest import sigint_default
 
 CHILD = textwrap.dedent("""
     import logging, sys, time
@@ -57,12 +58,9 @@ def _interrupt(proxy, cloud, unique, state_dir, phase, sig):
     rule, trigger = PHASES[phase]
     if rule:
         proxy.add(**rule)
-    # A shell that starts a job in the background makes it ignore SIGINT, and
-    # children inherit that (a CI runner can be such a job): the child gets the
-    # default disposition back, so that Python turns SIGINT into Ctrl-C.
     proc = subprocess.Popen([sys.executable, "-c", CHILD, unique, cloud],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=sigint_default)
     out = []
     reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
     reader.start()

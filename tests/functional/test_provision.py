@@ -13,7 +13,7 @@ from cloudcompute import Cluster, ClusterSpec, NodeGroup, connect
 from cloudcompute.exceptions import (CloudAuthError, ConfigError, PreflightError,
                                      ServerFault, StateError)
 from cloudcompute.state import ClusterState
-from tests.functional.conftest import CLOUD, keypairs_with, leftovers
+from tests.functional.conftest import CLOUD, keypairs_with, leftovers, sigint_default
 
 
 def assert_nothing_left(conn, admin_conn, marker):
@@ -122,7 +122,8 @@ CHILD = textwrap.dedent("""
 
 def _child(name, mode):
     return subprocess.Popen([sys.executable, "-c", CHILD, name, CLOUD, mode],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=sigint_default)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
