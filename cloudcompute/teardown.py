@@ -97,13 +97,11 @@ class Teardown:
         self.timings["servers"] = time.monotonic() - t0
         self.network_side()
         self.keypairs()
-        while self._in_flight() and time.monotonic() < self.grace_end:
+        # Look again for creates that were in flight; the first pass after the
+        # grace period forgets those that never appeared.
+        while self._in_flight() and time.monotonic() < self.deadline:
             LOG.info("waiting for creates that were in flight: %s", self._in_flight())
             retry.SLEEP(1.0)
-            self.servers()
-            self.network_side()
-            self.keypairs()
-        if self._in_flight():  # the grace is over: this pass forgets them
             self.servers()
             self.network_side()
             self.keypairs()
