@@ -61,12 +61,19 @@ def create_keypair(conn: Any, st: ClusterState, key_file: Optional[str]) -> Tupl
     name = tags.resource_name(st.cluster_id)
     if key_file:
         key_path = os.path.abspath(os.path.expanduser(key_file))
-        pub_path = key_path + ".pub"
-        with open(pub_path) as f:
+    else:
+        key_path = os.path.join(os.path.dirname(st.path), "%s.key" % st.name)
+    # Recorded before the key is written, so that a rollback interrupted at
+    # any later point still removes a generated private key.
+    with st.locked():
+        st.data["ssh"]["key_file"] = key_path
+        st.data["ssh"]["generated_key"] = not key_file
+        st.save()
+    if key_file:
+        with open(key_path + ".pub") as f:
             public = f.read().strip()
     else:
         key = ed25519.Ed25519PrivateKey.generate()
-        key_path = os.path.join(os.path.dirname(st.path), "%s.key" % st.name)
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(key.private_bytes(serialization.Encoding.PEM,
@@ -81,10 +88,6 @@ def create_keypair(conn: Any, st: ClusterState, key_file: Optional[str]) -> Tupl
         lambda: conn.compute.create_keypair(name=name, public_key=public),
         lambda: retry.call(conn.compute.find_keypair, name, ignore_missing=True))
     st.record("keypairs", name, kp.id or name)
-    with st.locked():
-        st.data["ssh"]["key_file"] = key_path
-        st.data["ssh"]["generated_key"] = not key_file
-        st.save()
     return name, key_path
 
 
