@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional
 
 import openstack
 
+from benchmarks.provisioning import ids_of
+
 # A poll costs the cloud work (Nova asks Neutron for the server's security
 # groups), so polling much faster than this slows the build it measures.
 # cloudcompute itself polls every 0.5 s.
@@ -96,10 +98,7 @@ def rss_mib() -> Optional[float]:
 def measure(cloud: str, defaults: Dict[str, str], reps: int = 7) -> Dict[str, Any]:
     """Median and range of ``reps`` warm single-server cycles, plus RSS."""
     conn = openstack.connect(cloud=cloud)
-    ids = {"image": conn.image.find_image(defaults["image"], ignore_missing=False).id,
-           "flavor": conn.compute.find_flavor(defaults["flavor"], ignore_missing=False).id,
-           "network": conn.network.find_network(defaults["network"],
-                                                ignore_missing=False).id}
+    ids = ids_of(conn, defaults)
     tag = uuid.uuid4().hex[:6]
     one_server(conn, ids, "bench-cloud-%s-warmup" % tag)
     runs: List[Dict[str, float]] = []

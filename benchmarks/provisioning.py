@@ -48,10 +48,12 @@ def _names(prefix: str, n: int) -> List[str]:
     return ["bench-%s-%s-%d" % (prefix, tag, i) for i in range(n)]
 
 
-def _ids(conn: Any, defaults: Dict[str, str]) -> Dict[str, str]:
-    return {"image": conn.image.find_image(defaults["image"]).id,
-            "flavor": conn.compute.find_flavor(defaults["flavor"]).id,
-            "network": conn.network.find_network(defaults["network"]).id}
+def ids_of(conn: Any, defaults: Dict[str, str]) -> Dict[str, str]:
+    """Image, flavor and network ids of the cloud's defaults (missing: an error)."""
+    return {"image": conn.image.find_image(defaults["image"], ignore_missing=False).id,
+            "flavor": conn.compute.find_flavor(defaults["flavor"], ignore_missing=False).id,
+            "network": conn.network.find_network(defaults["network"],
+                                                 ignore_missing=False).id}
 
 
 def _wait_gone(conn: Any, ids: List[str], timeout: float = 120) -> None:
@@ -70,7 +72,7 @@ def _wait_gone(conn: Any, ids: List[str], timeout: float = 120) -> None:
 def raw_parallel(cloud: str, n: int, defaults: Dict[str, str]) -> Dict[str, Any]:
     """The cloud's own limit: N creates at once, one list per poll, then N deletes."""
     conn, counter = _fresh(cloud)
-    ids = _ids(conn, defaults)
+    ids = ids_of(conn, defaults)
     counter.take()
     t0 = time.monotonic()
     with cf.ThreadPoolExecutor(max_workers=min(n, 8)) as pool:
