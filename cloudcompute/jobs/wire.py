@@ -1,0 +1,294 @@
+"""The wire format of the worker channel and the value codecs, shared by both ends.
+
+Shipped to each node beside the worker (see :mod:`cloudcompute.jobs.protocol`
+for what travels), and imported by the client, so both ends always agree.
+It must run on the node's own Python (3.9 or newer) and import nothing
+beyond the standard library at module level.
+
+Frame: ``!I`` header length, a JSON header, then the blobs the header lists
+in ``blobs`` (each ``!Q`` length + bytes, with its sha256 in the header).
+"""
+import hashlib
+import io
+import json
+import struct
+import sys
+
+_HDR = struct.Struct("!I")
+_LEN = struct.Struct("!Q")
+MAX_HEADER = 64 << 20
+
+
+class WireError(Exception):
+    """A frame was malformed or its checksum did not match."""
+
+
+# ---------------------------------------------------------------- framing
+def write_frame(out, header, blobs=(), digests=True):
+    blobs = [bytes(b) if not isinstance(b, (bytes, memoryview)) else b for b in blobs]
+    header = dict(header, blobs=[dict({"size": len(b)}, **(
+        {"sha256": hashlib.sha256(b).hexdigest()} if digests else {})) for b in blobs])
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    parts = [_HDR.pack(len(raw)), raw]
+    for b in blobs:
+        parts.append(_LEN.pack(len(b)))
+        parts.append(b)
+    for p in parts:
+        out.write(p)
+    out.flush()
+
+
+def _read_exact(inp, n):
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        chunk = inp.read(n - got)
+        if not chunk:
+            raise EOFError("stream closed after %d of %d bytes" % (got, n))
+        view[got:got + len(chunk)] = chunk
+        got += len(chunk)
+    return buf
+
+
+def read_frame(inp, verify=True):
+    (n,) = _HDR.unpack(_read_exact(inp, _HDR.size))
+    if n > MAX_HEADER:
+        raise WireError("header of %d bytes is too large" % n)
+    header = json.loads(_read_exact(inp, n))
+    blobs = []
+    for desc in header.get("blobs", []):
+        (size,) = _LEN.unpack(_read_exact(inp, _LEN.size))
+        if size != desc["size"]:
+            raise WireError("blob size %d != announced %d" % (size, desc["size"]))
+        data = _read_exact(inp, size)
+        if verify or "sha256" in desc:
+            got = hashlib.sha256(data).hexdigest()
+            if got != desc.get("sha256"):
+                raise WireError("sha256 mismatch: %s != %s" % (got, desc.get("sha256")))
+        blobs.append(data)
+    return header, blobs
+
+
+def frame_length(buf):
+    """Total length of the frame at the start of ``buf``, once its header is in."""
+    if len(buf) < _HDR.size:
+        return None
+    (n,) = _HDR.unpack_from(buf)
+    if n > MAX_HEADER:
+        raise WireError("header of %d bytes is too large" % n)
+    if len(buf) < _HDR.size + n:
+        return None
+    header = json.loads(bytes(buf[_HDR.size:_HDR.size + n]))
+    return _HDR.size + n + sum(_LEN.size + b["size"] for b in header.get("blobs", []))
+
+
+def parse_frame(view, verify=True):
+    """(header, blobs) of one whole frame held in memory; blobs are copies.
+    A checksum mismatch raises WireError with the request's ``id``."""
+    (n,) = _HDR.unpack_from(view)
+    header = json.loads(bytes(view[_HDR.size:_HDR.size + n]))
+    off = _HDR.size + n
+    blobs = []
+    for desc in header.get("blobs", []):
+        (size,) = _LEN.unpack_from(view, off)
+        off += _LEN.size
+        if size != desc["size"]:
+            raise WireError("blob size %d != announced %d" % (size, desc["size"]))
+        data = bytearray(view[off:off + size])
+        off += size
+        if verify or "sha256" in desc:
+            got = hashlib.sha256(data).hexdigest()
+            if got != desc.get("sha256"):
+                err = WireError("sha256 mismatch: %s != %s" % (got, desc.get("sha256")))
+                err.id = header.get("id")
+                raise err
+        blobs.append(data)
+    return header, blobs
+
+
+# ---------------------------------------------------------------- codecs
+def _optional(name):
+    """The module if it can be imported (waits for an import under way elsewhere)."""
+    try:
+        return __import__(name)
+    except ImportError:
+        return None
+
+
+def _have(name):
+    return _optional(name) is not None
+
+
+def encode(value, formats, allow_pickle=False):
+    """Return (descriptor, blob). ``formats`` are what the receiver can read."""
+    np = _optional("numpy")
+    pd = _optional("pandas")
+    if np is not None and isinstance(value, np.ndarray) and value.dtype != object \
+            and "npy" in formats:
+        buf = io.BytesIO()
+        np.save(buf, value, allow_pickle=False)
+        return {"format": "npy"}, buf.getbuffer()
+    if pd is not None and isinstance(value, pd.DataFrame):
+        if "arrow" in formats and _have("pyarrow"):
+            import pyarrow as pa
+            table = pa.Table.from_pandas(value, preserve_index=True)
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as w:
+                w.write_table(table)
+            return {"format": "arrow"}, sink.getvalue().to_pybytes()
+        if "npcols" in formats:
+            try:
+                return _encode_npcols(value)
+            except TypeError:
+                if not allow_pickle:
+                    raise
+    if pd is not None and isinstance(value, pd.Series) and "npcols" in formats:
+        desc, blob = encode(value.to_frame(name=value.name if value.name is not None
+                                           else "__series__"), formats, allow_pickle)
+        return dict(desc, series=True), blob
+    try:
+        if "json" in formats:
+            return {"format": "json"}, json.dumps(value, allow_nan=True).encode()
+    except (TypeError, ValueError):
+        pass
+    if allow_pickle and "pickle" in formats:
+        import pickle
+        try:
+            import cloudpickle as cp
+        except ImportError:
+            cp = pickle
+        return {"format": "pickle"}, cp.dumps(value, protocol=4)
+    raise TypeError("a value of type %s cannot be sent safely (arrays, DataFrames and "
+                    "JSON values can); pass allow_pickle=True to allow pickle"
+                    % type(value).__name__)
+
+
+def _encode_npcols(df):
+    """A pickle-free DataFrame format: one .npy per column in an .npz."""
+    import numpy as np
+    import pandas as pd
+    arrays, cols = {}, []
+    frame = df
+    index = {"kind": "range", "start": 0, "stop": len(df), "step": 1}
+    if isinstance(df.index, pd.RangeIndex):
+        index = {"kind": "range", "start": df.index.start, "stop": df.index.stop,
+                 "step": df.index.step, "name": df.index.name}
+    else:
+        frame = df.reset_index()
+        index = {"kind": "columns", "names": [str(n) if n is not None else None
+                                              for n in df.index.names],
+                 "count": df.index.nlevels}
+    for i, (name, col) in enumerate(frame.items()):
+        key = "c%d" % i
+        info = {"name": name if isinstance(name, (str, int, float)) else str(name)}
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            arrays[key] = np.asarray(col.cat.codes)
+            cats = col.cat.categories
+            arrays[key + "_cat"] = _plain(np, np.asarray(cats))
+            info["categorical"] = bool(col.cat.ordered)
+        else:
+            arrays[key] = _plain(np, col.to_numpy())
+            info["dtype"] = str(col.dtype)
+        cols.append(info)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return {"format": "npcols", "columns": cols, "index": index}, buf.getbuffer()
+
+
+def _plain(np, arr):
+    if arr.dtype == object:
+        if all(isinstance(x, str) for x in arr):
+            return arr.astype(str)
+        raise TypeError("column of mixed Python objects cannot be sent without pickle")
+    return arr
+
+
+def load_npy(blob):
+    """An .npy image as an array (never unpickling); a writable buffer (bytearray)
+    becomes the array's memory without a copy."""
+    import numpy as np
+    fmt = np.lib.format
+    if isinstance(blob, bytearray):
+        head = io.BytesIO(bytes(memoryview(blob)[:65536]))
+        version = fmt.read_magic(head)
+        if version in ((1, 0), (2, 0)):
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read(head)
+            if not dtype.hasobject:
+                count = 1
+                for n in shape:
+                    count *= n
+                arr = np.frombuffer(blob, dtype=dtype, count=count, offset=head.tell())
+                return arr.reshape(shape, order="F" if fortran else "C")
+    return np.load(io.BytesIO(blob), allow_pickle=False)
+
+
+def decode(desc, blob, allow_pickle=False):
+    fmt = desc["format"]
+    if fmt == "npy":
+        return load_npy(blob)
+    if fmt == "json":
+        return json.loads(blob)
+    if fmt == "arrow":
+        import pyarrow as pa
+        with pa.ipc.open_stream(pa.BufferReader(blob)) as r:
+            return r.read_all().to_pandas()
+    if fmt == "npcols":
+        df = _decode_npcols(desc, blob)
+        if desc.get("series"):
+            s = df.iloc[:, 0]
+            return s.rename(None) if s.name == "__series__" else s
+        return df
+    if fmt == "pickle":
+        if not allow_pickle:
+            raise WireError("refusing to unpickle a value: pass allow_pickle=True to accept it")
+        import pickle
+        return pickle.loads(blob)
+    raise WireError("unknown format %r" % fmt)
+
+
+def _decode_npcols(desc, blob):
+    import numpy as np
+    import pandas as pd
+    data = np.load(io.BytesIO(blob), allow_pickle=False)
+    columns = {}
+    names = []
+    for i, info in enumerate(desc["columns"]):
+        key = "c%d" % i
+        if "categorical" in info:
+            col = pd.Categorical.from_codes(data[key], data[key + "_cat"],
+                                            ordered=info["categorical"])
+        else:
+            col = data[key]
+            if info.get("dtype") == "object" or col.dtype.kind == "U":
+                col = col.astype(object)
+        columns[i] = col
+        names.append(info["name"])
+    df = pd.DataFrame(columns)
+    df.columns = names
+    idx = desc["index"]
+    if idx["kind"] == "range":
+        df.index = pd.RangeIndex(idx["start"], idx["stop"], idx["step"], name=idx.get("name"))
+    else:
+        keys = list(df.columns[:idx["count"]])
+        df = df.set_index(keys)
+        df.index.names = idx["names"]
+    return df
+
+
+def formats_here():
+    out = ["json", "npy", "npcols", "pickle"]
+    if _have("pyarrow"):
+        out.insert(0, "arrow")
+    return out
+
+
+def versions():
+    info = {"python": "%d.%d.%d" % sys.version_info[:3], "executable": sys.executable}
+    for mod in ("numpy", "pandas", "pyarrow", "cloudpickle"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except ImportError:
+            info[mod] = None
+    return info
