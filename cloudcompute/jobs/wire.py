@@ -7,16 +7,27 @@ beyond the standard library at module level.
 
 Frame: ``!I`` header length, a JSON header, then the blobs the header lists
 in ``blobs`` (each ``!Q`` length + bytes, with its sha256 in the header).
+
+What a node sends is untrusted input: :func:`read_frame` with ``max_blob``
+checks every announced size against its caps before allocating anything, and
+buffers grow only as bytes arrive, so a size that is claimed but never sent
+costs nothing.
 """
 import hashlib
 import io
 import json
+import os
 import struct
 import sys
 
 _HDR = struct.Struct("!I")
 _LEN = struct.Struct("!Q")
 MAX_HEADER = 64 << 20
+"""Cap on a header the client wrote (what a node's worker parses)."""
+MAX_NODE_HEADER = 4 << 20
+"""Cap on a header a node wrote (what the client parses)."""
+_CHUNK = 4 << 20
+"""Reads are at most this large; a blob over it grows by such chunks as they arrive."""
 
 
 class WireError(Exception):
@@ -38,29 +49,89 @@ def write_frame(out, header, blobs=(), digests=True):
     out.flush()
 
 
+def default_max_result_bytes():
+    """The default cap on the bytes one answer from a node may carry: a quarter
+    of this machine's physical memory (``SC_PHYS_PAGES`` x ``SC_PAGE_SIZE``),
+    or 4 GiB where that is unknown."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        total = -1
+    return total // 4 if total > 0 else 4 << 30
+
+
 def _read_exact(inp, n):
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        chunk = inp.read(n - got)
+    """Exactly ``n`` bytes of ``inp`` in a new bytearray, or EOFError.
+
+    Up to ``_CHUNK`` bytes are allocated at once; beyond that the buffer grows
+    as bytes arrive (never to more than what was read plus one chunk)."""
+    if n <= _CHUNK:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            chunk = inp.read(n - got)
+            if not chunk:
+                raise EOFError("stream closed after %d of %d bytes" % (got, n))
+            view[got:got + len(chunk)] = chunk
+            got += len(chunk)
+        return buf
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = inp.read(min(n - len(buf), _CHUNK))
         if not chunk:
-            raise EOFError("stream closed after %d of %d bytes" % (got, n))
-        view[got:got + len(chunk)] = chunk
-        got += len(chunk)
+            raise EOFError("stream closed after %d of %d bytes" % (len(buf), n))
+        buf += chunk
     return buf
 
 
-def read_frame(inp, verify=True):
+def _blob_sizes(header):
+    """The blob sizes a parsed header announces (WireError if it is malformed)."""
+    if not isinstance(header, dict) or not isinstance(header.get("blobs", []), list):
+        raise WireError("frame header is not a JSON object with a list of blobs")
+    sizes = []
+    for i, desc in enumerate(header.get("blobs", [])):
+        size = desc.get("size") if isinstance(desc, dict) else None
+        if type(size) is not int or size < 0:
+            raise WireError("frame header gives blob %d no valid size" % i)
+        sizes.append(size)
+    return sizes
+
+
+def read_frame(inp, verify=True, max_blob=None, max_header=None):
+    """(header, blobs) of the next frame of ``inp``; blobs are bytearrays.
+
+    For a stream from a node, pass ``max_blob`` (e.g.
+    :func:`default_max_result_bytes`): the header length is checked against
+    ``max_header`` (default: ``MAX_NODE_HEADER`` with ``max_blob``, else
+    ``MAX_HEADER``), then every blob size the header announces, and their
+    total, against ``max_blob``, all before a blob's buffer is allocated.
+    A stream that ends early raises EOFError; a cap passed, a malformed
+    header or a checksum mismatch raise WireError."""
+    if max_header is None:
+        max_header = MAX_HEADER if max_blob is None else MAX_NODE_HEADER
     (n,) = _HDR.unpack(_read_exact(inp, _HDR.size))
-    if n > MAX_HEADER:
-        raise WireError("header of %d bytes is too large" % n)
-    header = json.loads(_read_exact(inp, n))
+    if n > max_header:
+        raise WireError("the sender announced a header of %d bytes; the cap is %d"
+                        % (n, max_header))
+    try:
+        header = json.loads(_read_exact(inp, n))
+    except (ValueError, RecursionError) as exc:
+        raise WireError("frame header is not valid JSON: %s" % exc) from None
+    sizes = _blob_sizes(header)
+    if max_blob is not None:
+        for size in sizes:
+            if size > max_blob:
+                raise WireError("the sender announced a blob of %d bytes; the cap "
+                                "(max_result_bytes) is %d" % (size, max_blob))
+        if sum(sizes) > max_blob:
+            raise WireError("the sender announced %d blobs of %d bytes in all; the cap "
+                            "(max_result_bytes) is %d" % (len(sizes), sum(sizes), max_blob))
     blobs = []
-    for desc in header.get("blobs", []):
+    for i, desc in enumerate(header.get("blobs", [])):
         (size,) = _LEN.unpack(_read_exact(inp, _LEN.size))
-        if size != desc["size"]:
-            raise WireError("blob size %d != announced %d" % (size, desc["size"]))
+        if size != sizes[i]:
+            raise WireError("blob size %d != announced %d" % (size, sizes[i]))
         data = _read_exact(inp, size)
         if verify or "sha256" in desc:
             got = hashlib.sha256(data).hexdigest()
