@@ -58,13 +58,38 @@ def parts_of(data: Buffers) -> List[memoryview]:
     return [memoryview(p).cast("B") for p in data]
 
 
+_CHUNK = 4 << 20
+"""Reads are at most this large; a file over it grows by such chunks as they arrive."""
+
+
 def read_sized(read_into: Callable[[memoryview], int], name: str, path: str,
-               progress: Optional[Callable[[int], None]] = None) -> bytearray:
-    """Read the size prefix, then exactly that many bytes into one new buffer."""
+               progress: Optional[Callable[[int], None]] = None,
+               max_bytes: Optional[int] = None) -> bytearray:
+    """Read the 8-byte size prefix, then exactly that many bytes into one new buffer.
+
+    A size over ``max_bytes`` is refused (fatal SSHError) before anything is
+    allocated, and a buffer over ``_CHUNK`` grows as bytes arrive, so a size
+    the node claims but never sends costs nothing."""
     head = bytearray(8)
     _fill(read_into, memoryview(head), name, path, None)
-    buf = bytearray(int.from_bytes(head, "big"))
-    _fill(read_into, memoryview(buf), name, path, progress)
+    size = int.from_bytes(head, "big")
+    if max_bytes is not None and size > max_bytes:
+        raise SSHError(name, "%s: the node announced %d bytes; the cap (max_bytes) is %d"
+                       % (path, size, max_bytes), fatal=True)
+    if size <= _CHUNK:
+        buf = bytearray(size)
+        _fill(read_into, memoryview(buf), name, path, progress)
+        return buf
+    buf = bytearray()
+    scratch = memoryview(bytearray(_CHUNK))
+    while len(buf) < size:
+        n = read_into(scratch[:min(_CHUNK, size - len(buf))])
+        if not n:
+            raise SSHError(name, "connection lost while reading %s (%d of %d bytes)"
+                           % (path, len(buf), size))
+        buf += scratch[:n]
+        if progress is not None:
+            progress(n)
     return buf
 
 
@@ -171,7 +196,9 @@ class OpenSSHBulk:
 
     def download(self, path: str, sha256: Optional[str] = None,
                  progress: Optional[Callable[[int], None]] = None,
-                 remove: bool = False) -> bytearray:
+                 remove: bool = False, max_bytes: Optional[int] = None) -> bytearray:
+        """The bytes of ``path`` on the node; a file over ``max_bytes`` is refused
+        (fatal SSHError) before it is read."""
         cmd = self.base + [self.target, " ".join(
             shlex.quote(a) for a in get_command(path, sha256, remove))]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -181,9 +208,13 @@ class OpenSSHBulk:
         data: Optional[bytearray] = None
         try:
             # The node writes to stderr only at the end (its hash) or on error.
-            data = read_sized(proc.stdout.readinto, self.name, path, progress)
-        except SSHError:
-            pass  # the exit status and stderr below say why
+            data = read_sized(proc.stdout.readinto, self.name, path, progress, max_bytes)
+        except SSHError as exc:
+            if exc.fatal:  # refused: stop the transfer rather than wait for it
+                proc.kill()
+                proc.communicate()
+                raise
+            # else the exit status and stderr below say why
         err = proc.stderr.read()
         proc.wait()
         self._check(proc.returncode, err)

@@ -234,14 +234,16 @@ class NodeConnection:
         return want
 
     def download(self, path: str, sha256: Optional[str] = None,
-                 progress: Progress = None, remove: bool = False) -> bytearray:
+                 progress: Progress = None, remove: bool = False,
+                 max_bytes: Optional[int] = None) -> bytearray:
         """The bytes of ``path`` on the node, checked against ``sha256`` when the
         caller knows it, else against the node's own hash. ``remove`` deletes
-        the file on the node as the read begins."""
+        the file on the node as the read begins. A file over ``max_bytes`` is
+        refused (fatal SSHError) before anything is allocated for it."""
         fast = self._bulk()
         if fast is not None:
             with self._bulk_reset_on_loss():
-                return fast.download(path, sha256, progress, remove)
+                return fast.download(path, sha256, progress, remove, max_bytes=max_bytes)
         chan = self.client.get_transport().open_session(timeout=self.connect_timeout)
 
         def read_into(view: memoryview) -> int:
@@ -253,9 +255,11 @@ class NodeConnection:
             chan.exec_command(quote_command(get_command(path, sha256, remove)))
             chan.shutdown_write()
             try:
-                data = bulk.read_sized(read_into, self.name, path, progress)
-            except SSHError:
-                pass  # the exit status and stderr below say why
+                data = bulk.read_sized(read_into, self.name, path, progress, max_bytes)
+            except SSHError as exc:
+                if exc.fatal:  # refused: closing the channel stops the transfer
+                    raise
+                # else the exit status and stderr below say why
             _, err = _drain(chan, None)
             code = chan.recv_exit_status()
         finally:
