@@ -42,6 +42,8 @@ class CommandResult:
     stdout: str
     stderr: str
     duration: float
+    truncated: bool = False
+    """Output past the drain limit was dropped; stdout/stderr keep its tail."""
 
     @property
     def ok(self) -> bool:
@@ -223,11 +225,11 @@ class NodeConnection:
             for part in bulk.parts_of(data):
                 send_all(chan, part, progress)
             chan.shutdown_write()
-            out, err = _drain(chan, None)
+            out, err, _ = _drain(chan, None)
             code = chan.recv_exit_status()
         finally:
             chan.close()
-        got = out.decode().split()[0] if out.strip() else ""
+        got = out.decode("utf-8", "replace").split()[0] if out.strip() else ""
         if code != 0 or got != want:
             raise IntegrityError(self.name, "upload of %s" % path, want,
                                  got or err.decode("utf-8", "replace").strip())
@@ -260,7 +262,7 @@ class NodeConnection:
                 if exc.fatal:  # refused: closing the channel stops the transfer
                     raise
                 # else the exit status and stderr below say why
-            _, err = _drain(chan, None)
+            _, err, _ = _drain(chan, None)
             code = chan.recv_exit_status()
         finally:
             chan.close()
@@ -284,7 +286,7 @@ class NodeConnection:
             if stdin:
                 chan.sendall(stdin)
             chan.shutdown_write()
-            out, err = _drain(chan, None if timeout is None else t0 + timeout)
+            out, err, truncated = _drain(chan, None if timeout is None else t0 + timeout)
             code = chan.recv_exit_status()
         except socket.timeout as exc:
             raise SSHError(self.name, "command timed out after %ss: %s"
@@ -294,7 +296,7 @@ class NodeConnection:
         result = CommandResult(self.name, command, code,
                                out.decode("utf-8", "replace"),
                                err.decode("utf-8", "replace"),
-                               time.monotonic() - t0)
+                               time.monotonic() - t0, truncated)
         if not warn and not result.ok:
             raise RemoteCommandError(result)
         return result
@@ -316,22 +318,53 @@ def send_all(chan: paramiko.Channel, data: bytes, progress: Progress = None) -> 
             progress(sent)
 
 
+DRAIN_LIMIT = 16 << 20
+"""What :func:`_drain` keeps of a command's stdout, and of its stderr: the tail."""
+
+
+class _Tail:
+    """The last ``limit`` bytes of a stream, and how many were dropped before them."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.buf = bytearray()
+        self.dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.buf += chunk
+        over = len(self.buf) - self.limit
+        if over > 0:
+            del self.buf[:over]  # cheap in CPython: the start advances, nothing moves yet
+            self.dropped += over
+
+    def value(self) -> bytes:
+        if not self.dropped:
+            return bytes(self.buf)
+        return b"[... %d bytes dropped ...]\n" % self.dropped + bytes(self.buf)
+
+
 def _drain(chan: paramiko.Channel, deadline: Optional[float],
-           progress: Progress = None) -> Tuple[bytes, bytes]:
-    """Read stdout and stderr until the command exits (or the deadline passes)."""
-    out, err = bytearray(), bytearray()
+           progress: Progress = None,
+           limit: int = DRAIN_LIMIT) -> Tuple[bytes, bytes, bool]:
+    """Read stdout and stderr until the command exits (or the deadline passes).
+
+    Returns (stdout, stderr, truncated). Each keeps the last ``limit`` bytes;
+    what came before is read and dropped (so the command never blocks on a
+    full channel), and a ``[... N bytes dropped ...]`` line starts the bytes
+    kept."""
+    out, err = _Tail(limit), _Tail(limit)
     while True:
         while chan.recv_ready():
             chunk = chan.recv(1 << 20)
-            out += chunk
+            out.add(chunk)
             if progress is not None:
                 progress(len(chunk))
         while chan.recv_stderr_ready():
-            err += chan.recv_stderr(1 << 16)
+            err.add(chan.recv_stderr(1 << 16))
         # SSH delivers a command's output before its exit status.
         if chan.exit_status_ready() and not chan.recv_ready() \
                 and not chan.recv_stderr_ready():
-            return bytes(out), bytes(err)
+            return out.value(), err.value(), bool(out.dropped or err.dropped)
         if deadline is not None and time.monotonic() > deadline:
             raise socket.timeout()
         select.select([chan], [], [], 0.05)
