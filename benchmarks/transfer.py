@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import remote_funcs as rf
-from cloudcompute.jobs import worker as wire
+from cloudcompute.jobs import wire
 
 
 class OpenSSH:

@@ -35,6 +35,8 @@ class NodeGroup:
     flavor: Optional[str] = None
     image: Optional[str] = None
     metadata: Dict[str, str] = dataclasses.field(default_factory=dict)
+    slots: Optional[int] = None
+    """Tasks each node runs side by side; default: the flavor's vCPUs."""
 
 
 @dataclasses.dataclass
@@ -69,6 +71,8 @@ class ClusterSpec:
     max_replacements: int = 2
     ttl_hours: float = 24.0
     parallel: int = 8
+    slots: Optional[int] = None
+    max_result_bytes: Optional[int] = None
 
     @property
     def total_nodes(self) -> int:
@@ -125,6 +129,11 @@ def validate(spec: ClusterSpec) -> ClusterSpec:
         names.add(g.name)
         g.flavor = g.flavor or spec.flavor
         g.image = g.image or spec.image
+        g.slots = g.slots or spec.slots
+        if g.slots is not None and (not isinstance(g.slots, int) or isinstance(g.slots, bool)
+                                    or g.slots < 1):
+            problems.append("group %s: slots must be an integer >= 1, got %r"
+                            % (g.name, g.slots))
         if not g.flavor:
             problems.append("group %s: flavor is required (name or id)" % g.name)
         if not g.image:
@@ -149,6 +158,10 @@ def validate(spec: ClusterSpec) -> ClusterSpec:
         value = getattr(spec.timeouts, field.name)
         if not isinstance(value, (int, float)) or value <= 0:
             problems.append("timeouts.%s must be a positive number of seconds" % field.name)
+    if spec.max_result_bytes is not None and not (
+            isinstance(spec.max_result_bytes, int) and spec.max_result_bytes > 0):
+        problems.append("max_result_bytes must be a positive number of bytes, got %r"
+                        % (spec.max_result_bytes,))
     if spec.parallel < 1:
         problems.append("parallel must be >= 1")
     if spec.max_replacements < 0:

@@ -143,6 +143,45 @@ class TaskKilled(CloudComputeError):
                          % (task, node, signal, (": " + detail) if detail else ""))
 
 
+class TaskTimeout(CloudComputeError):
+    """A task ran past its ``timeout``; its process on the node was killed."""
+
+    def __init__(self, node: str, task: str, seconds: float):
+        self.node = node
+        self.task = task
+        self.seconds = seconds
+        super().__init__("task %s on %s ran past its timeout of %gs and was killed"
+                         % (task, node, seconds))
+
+
+class MapError(CloudComputeError):
+    """Some tasks of a ``map`` failed.
+
+    ``results`` holds every finished value by position, ``errors`` the
+    exception of each failed position, ``pending`` the positions that never
+    ran (cancelled once the first failure was known)."""
+
+    def __init__(self, total: int, results: Mapping[int, Any],
+                 errors: Mapping[int, BaseException], pending: Sequence[int] = ()):
+        self.total = total
+        self.results = dict(results)
+        self.errors = dict(sorted(errors.items()))
+        self.pending = sorted(pending)
+        first, exc = next(iter(self.errors.items()))
+        super().__init__("%d of %d tasks failed (%d finished, %d not run); first, item %d: %s"
+                         % (len(self.errors), total, len(self.results), len(self.pending),
+                            first, exc))
+
+
+class NodeDataRefused(CloudComputeError):
+    """A node sent something the client refuses to hold or decode (a size over
+    the cap, a format it did not offer, an unsafe member). Nothing was run."""
+
+    def __init__(self, node: str, message: str):
+        self.node = node
+        super().__init__("%s: refused what the node sent: %s" % (node, message))
+
+
 class NodeLost(CloudComputeError):
     """A node stopped answering; ``tasks`` could not be completed elsewhere."""
 

@@ -133,3 +133,18 @@ def transfer(attempts: int = 3,
         sleep=_sleep,
         reraise=True,
     )
+
+
+def task_reexecution(attempts: int, bound: float,
+                     is_loss: Callable[[BaseException], bool]) -> tenacity.Retrying:
+    """Run a task again after its node was lost (or its payload arrived damaged):
+    at most ``attempts`` runs in all, none started after ``bound`` seconds.
+    This is the only place where a task is re-executed; tasks are at-least-once."""
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(attempts) | tenacity.stop_after_delay(bound),
+        wait=tenacity.wait_exponential(multiplier=0.2, max=2.0) + tenacity.wait_random(0, 0.2),
+        retry=tenacity.retry_if_exception(is_loss),
+        before_sleep=tenacity.before_sleep_log(LOG, logging.WARNING),
+        sleep=_sleep,
+        reraise=True,
+    )

@@ -6,7 +6,7 @@ import os
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 from cloudcompute.exceptions import CloudComputeError, StateError
-from cloudcompute.jobs import worker as wire
+from cloudcompute.jobs import wire
 from cloudcompute.jobs.executor import Executor, TaskResult
 from cloudcompute.jobs.partition import concat, split
 
@@ -34,7 +34,9 @@ class JobsMixin:
         if self._executor is None:
             pythons = (self.state.data.get("python") if self.state else None) or {}
             self._executor = Executor({n.name: self.connection(n.name) for n in self.nodes},
-                                      python=pythons)
+                                      python=pythons,
+                                      slots={n.name: n.slots for n in self.nodes},
+                                      max_result_bytes=self.spec.max_result_bytes)
         return self._executor
 
     def prepare(self, requirements: Sequence[str] = (), match_client: bool = False,
@@ -72,25 +74,31 @@ class JobsMixin:
         return [n.name for n in self.nodes]
 
     def run(self, fn: Callable[..., Any], *args: Any, node: Optional[str] = None,
-            allow_pickle: bool = False, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)`` on one node (the first by default); its return value."""
+            allow_pickle: bool = False, timeout: Optional[float] = None,
+            **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` on one node (the first by default); its return value.
+
+        ``timeout`` (seconds) kills the task on its node and raises TaskTimeout;
+        ``node``, ``allow_pickle`` and ``timeout`` are not passed to ``fn``."""
         return self.run_detailed(fn, *args, node=node, allow_pickle=allow_pickle,
-                                 **kwargs).value
+                                 timeout=timeout, **kwargs).value
 
     def run_detailed(self, fn: Callable[..., Any], *args: Any, node: Optional[str] = None,
-                     allow_pickle: bool = False, **kwargs: Any) -> TaskResult:
+                     allow_pickle: bool = False, timeout: Optional[float] = None,
+                     **kwargs: Any) -> TaskResult:
         """As ``run``, with the node, duration and peak memory of the task."""
         node = node or self.node_names()[0]
-        return self.executor().run_on(node, fn, args, kwargs, allow_pickle)
+        return self.executor().run_on(node, fn, args, kwargs, allow_pickle, timeout=timeout)
 
     def run_all(self, fn: Callable[..., Any], *args: Any, allow_pickle: bool = False,
-                **kwargs: Any) -> GroupResult:
+                timeout: Optional[float] = None, **kwargs: Any) -> GroupResult:
         """``fn`` on every node at once; a GroupResult of values or exceptions."""
         import concurrent.futures as cf
         ex = self.executor()
         out = GroupResult()
         with cf.ThreadPoolExecutor(max_workers=len(self.nodes)) as pool:
-            futures = {pool.submit(ex.run_on, n, fn, args, kwargs, allow_pickle): n
+            futures = {pool.submit(ex.run_on, n, fn, args, kwargs, allow_pickle,
+                                   timeout=timeout): n
                        for n in self.node_names()}
             for f, n in futures.items():
                 try:
@@ -101,20 +109,28 @@ class JobsMixin:
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any],
             allow_pickle: bool = False, star: bool = False,
-            progress: Optional[Callable[[TaskResult], None]] = None) -> List[Any]:
-        """``[fn(x) for x in items]`` across the cluster, in order.
+            progress: Optional[Callable[[TaskResult], None]] = None,
+            timeout: Optional[float] = None, return_exceptions: bool = False) -> List[Any]:
+        """``[fn(x) for x in items]`` across every slot of the cluster, in order.
 
-        ``progress`` is called with each TaskResult as it arrives (any thread).
+        ``timeout`` bounds each task (seconds). The first failure stops the rest
+        and raises MapError with every finished value, unless
+        ``return_exceptions`` puts each task's exception in its place.
+        ``progress`` is called with each TaskResult as it arrives.
         """
-        return [r.value for r in self.executor().map(fn, items, allow_pickle, star=star,
-                                                     progress=progress)]
+        return [r.value if isinstance(r, TaskResult) else r
+                for r in self.executor().map(fn, items, allow_pickle, star=star,
+                                             progress=progress, timeout=timeout,
+                                             return_exceptions=return_exceptions)]
 
     def map_partitions(self, fn: Callable[..., Any], data: Any,
-                       partitions: Optional[int] = None, allow_pickle: bool = False) -> Any:
-        """Split an array or DataFrame into ``partitions`` row blocks, apply ``fn`` to
-        each on the cluster, and concatenate the results back in order."""
-        parts = split(data, partitions or len(self.nodes))
-        return concat(self.map(fn, parts, allow_pickle=allow_pickle))
+                       partitions: Optional[int] = None, allow_pickle: bool = False,
+                       timeout: Optional[float] = None) -> Any:
+        """Split an array or DataFrame into ``partitions`` row blocks (default: one
+        per slot), apply ``fn`` to each on the cluster, and concatenate the
+        results back in order."""
+        parts = split(data, partitions or sum(n.slots for n in self.nodes))
+        return concat(self.map(fn, parts, allow_pickle=allow_pickle, timeout=timeout))
 
     # -- files and arrays ----------------------------------------------
     def put(self, data: Union[str, Any], remote_path: str,
@@ -165,11 +181,6 @@ def _transfer_transient(exc: BaseException) -> bool:
     from cloudcompute.exceptions import IntegrityError
     from cloudcompute.ssh.client import is_transient
     return isinstance(exc, IntegrityError) or is_transient(exc)
-
-
-def _write_verified(conn: Any, path: str, raw: bytes, progress: Any = None) -> None:
-    from cloudcompute import retry
-    retry.transfer(is_transient=_transfer_transient)(conn.upload)(path, raw, progress)
 
 
 def _read_verified(conn: Any, path: str, progress: Any = None) -> bytes:

@@ -1,40 +1,43 @@
-"""Running work on a cluster: one warm worker per node, tasks balanced across them.
+"""Running work on a cluster: every slot of every node busy, every wait bounded.
 
-Each node runs :mod:`cloudcompute.jobs.worker` on one long-lived SSH
-channel, so a small task costs a round trip, not a new SSH session and a
-fresh ``import pandas``. ``map`` hands the next task to whichever node is
-free, so a slow node does not hold the others back. A node that drops has
-its task retried elsewhere (up to ``task_retries``); results are kept by
-position, so none is lost or duplicated.
+Each node runs one warm worker (:mod:`.channel`, :mod:`.worker`) with a
+number of *slots*, task processes that run side by side (by default one per
+vCPU of the node's flavor). ``map`` hands the next task to a free slot on
+whichever node has most free, so a slow node does not hold the others back.
+
+A task that outlives its ``timeout`` is killed on its node and raises
+:class:`TaskTimeout`. A node that breaks its channel or misses its
+heartbeats is lost: its tasks run again elsewhere under one tenacity policy
+(:func:`cloudcompute.retry.task_reexecution`), so tasks are at-least-once.
+A failed ``map`` stops what is still queued or running and raises
+:class:`MapError` with every finished value.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import hashlib
+import itertools
 import logging
-import os
-import queue
 import threading
-import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import paramiko
 
-from cloudcompute.exceptions import (CloudComputeError, EnvironmentMismatch, IntegrityError,
-                                     NodeLost,
-                                     RemoteTaskError, SSHError, TaskKilled)
-from cloudcompute.jobs import payload
-from cloudcompute.jobs import worker as wire
+from cloudcompute import retry
+from cloudcompute.exceptions import (CloudComputeError, IntegrityError, MapError,
+                                     NodeDataRefused, NodeLost, RemoteTaskError,
+                                     SerializationError, SSHError, TaskKilled, TaskTimeout)
+from cloudcompute.jobs import payload, project, wire
+from cloudcompute.jobs import protocol as P
+from cloudcompute.jobs import channel
+from cloudcompute.jobs.channel import RemoteWorker
 from cloudcompute.ssh import bulk
-from cloudcompute.ssh.client import NodeConnection, is_transient, quote_command, send_all
+from cloudcompute.ssh.client import NodeConnection, is_transient
 
 LOG = logging.getLogger(__name__)
-WORKER_SOURCE = open(wire.__file__, "rb").read()
-WORKER_SHA = hashlib.sha256(WORKER_SOURCE).hexdigest()
-REMOTE_DIR = ".cloudcompute"
-STAGE_DIR = REMOTE_DIR + "/stage"
+STAGE_DIR = ".cloudcompute/stage"
 STAGE_OVER = 16 << 20  # bytes; larger blobs travel as files through the bulk transfer
+REEXECUTION_BOUND = 600.0  # seconds after a task's first start when no new run starts
 
 
 @dataclasses.dataclass
@@ -47,225 +50,246 @@ class TaskResult:
     peak_rss_kb: int
 
 
-class _ChannelWriter:
-    """File-like writes onto a channel without copying (sendall slices its input)."""
-
-    def __init__(self, chan: paramiko.Channel):
-        self.chan = chan
-
-    def write(self, data: bytes) -> None:
-        send_all(self.chan, data)
-
-    def flush(self) -> None:
-        pass
-
-
-class _ChannelReader:
-    """File-like reads from a channel (paramiko's makefile is slow for large reads)."""
-
-    def __init__(self, chan: paramiko.Channel):
-        self.chan = chan
-
-    def read(self, n: int) -> bytes:
-        return self.chan.recv(min(n, 4 << 20))
+@dataclasses.dataclass
+class Task:
+    """One call to run: ``fn(*args, **kwargs)``, with its limits."""
+    id: str
+    fn: Callable[..., Any]
+    args: Sequence[Any]
+    kwargs: Dict[str, Any]
+    allow_pickle: bool = False
+    timeout: Optional[float] = None
+    project: Optional[project.Project] = None
 
 
-class RemoteWorker:
-    """The warm worker process on one node, driven over one SSH channel."""
+class Cancelled(CloudComputeError):
+    """A task was stopped because its map had already failed."""
 
-    def __init__(self, conn: NodeConnection, python: str = "python3",
-                 log_handler: Optional[Callable[[str, str, str], None]] = None):
-        self.conn = conn
-        self.python = python
-        self.log_handler = log_handler
-        self.chan: Optional[paramiko.Channel] = None
-        self.hello: Dict[str, Any] = {}
-        self.modules: Set[str] = set()  # hashes of module sources this worker holds
-        self._lock = threading.Lock()
 
-    @property
-    def node(self) -> str:
-        return self.conn.name
+class NoLiveNodes(NodeLost):
+    """Every node of a map was lost."""
 
-    def ensure_shipped(self) -> str:
-        """Upload the worker once per content hash; return its remote path."""
-        path = "%s/%s/worker.py" % (REMOTE_DIR, WORKER_SHA[:16])
-        check = self.conn.run(["sh", "-c", 'test -f "$1" && sha256sum "$1"', "sh", path],
-                              warn=True)
-        if check.ok and check.stdout.split()[0] == WORKER_SHA:
-            return path
-        self.conn.run(["mkdir", "-p", os.path.dirname(path)])
-        tmp = path + ".tmp"
-        with self.conn.sftp.open(tmp, "wb") as f:
-            f.write(WORKER_SOURCE)
-        self.conn.run(["mv", tmp, path])
-        return path
 
-    def start(self) -> Dict[str, Any]:
-        path = self.ensure_shipped()
-        self.modules = set()
-        chan = self.conn.client.get_transport().open_session(timeout=30)
-        chan.exec_command(quote_command([self.python, "-u", path]))
-        self.chan = chan
-        self._in = _ChannelReader(chan)
-        self._out = _ChannelWriter(chan)
-        try:
-            header, _ = self._recv()
-        except SSHError as exc:
-            self.chan = None
-            if not self.conn.client.get_transport().is_active():
-                raise
-            # The node answers, but its Python cannot run the worker.
-            raise EnvironmentMismatch(self.node, ["the worker did not start with %s: %s"
-                                                  % (self.python, exc)]) from exc
-        if header.get("op") != "hello":
-            raise SSHError(self.node, "worker did not start: %r" % header)
-        self.hello = header
-        LOG.debug("worker on %s: %s", self.node, header["versions"])
-        return header
+def is_node_loss(exc: BaseException) -> bool:
+    """Faults after which a task runs again: a lost node or a damaged payload."""
+    if isinstance(exc, NoLiveNodes):
+        return False
+    if isinstance(exc, (NodeLost, IntegrityError)):
+        return True
+    if isinstance(exc, CloudComputeError) and not isinstance(exc, SSHError):
+        return False
+    return is_transient(exc)
 
-    def _recv(self):
-        try:
-            return wire.read_frame(self._in)
-        except EOFError as exc:
-            err = b""
-            if self.chan is not None:
-                while self.chan.recv_stderr_ready():
-                    err += self.chan.recv_stderr(1 << 16)
-            raise SSHError(self.node, "worker channel closed: %s %s"
-                           % (exc, err.decode("utf-8", "replace")[-2000:])) from exc
-        except (OSError, paramiko.SSHException) as exc:
-            raise SSHError(self.node, "worker channel failed: %s" % exc) from exc
 
-    def call(self, request: Dict[str, Any], blobs: Sequence[bytes]):
-        """Send one request and wait for its answer, forwarding log frames."""
-        with self._lock:
-            if self.chan is None:
-                self.start()
-            try:
-                wire.write_frame(self._out, request, blobs)
-            except (OSError, paramiko.SSHException, EOFError) as exc:
-                raise SSHError(self.node, "sending to worker failed: %s" % exc) from exc
+class SlotPool:
+    """The free slots of the live nodes; ``acquire`` waits for one (no polling)."""
+
+    def __init__(self, slots: Dict[str, int],
+                 on_lost: Optional[Callable[[str, BaseException], None]] = None):
+        self.free = dict(slots)
+        self.on_lost = on_lost
+        self.closed = False
+        self.cond = threading.Condition()
+
+    def acquire(self, previous: Optional[str] = None) -> str:
+        with self.cond:
             while True:
-                try:
-                    header, rblobs = self._recv()
-                except wire.WireError as exc:
-                    raise IntegrityError(self.node, "result of %s" % request.get("id"),
-                                         "sha256 in header", str(exc)) from exc
-                op = header.get("op")
-                if op == "log":
-                    if self.log_handler:
-                        self.log_handler(self.node, header.get("id", ""), header["text"])
-                    else:
-                        for line in header["text"].rstrip("\n").splitlines():
-                            LOG.info("[%s %s] %s", self.node, header.get("id"), line)
-                    continue
-                if op == "wire_error":
-                    raise IntegrityError(self.node, "payload of %s" % request.get("id"),
-                                         "sent sha256", header.get("message", ""))
-                return header, rblobs
+                if self.closed:
+                    raise Cancelled("map stopped")
+                if not self.free:
+                    raise NoLiveNodes(previous or "?", "no live node left to run on")
+                node = max(self.free, key=lambda n: self.free[n])
+                if self.free[node] > 0:
+                    self.free[node] -= 1
+                    return node
+                self.cond.wait()
+
+    def release(self, node: str) -> None:
+        with self.cond:
+            if node in self.free:
+                self.free[node] += 1
+                self.cond.notify()
+
+    def lost(self, node: str, exc: BaseException) -> None:
+        with self.cond:
+            known = self.free.pop(node, None) is not None
+            self.cond.notify_all()
+        if known and self.on_lost is not None:
+            self.on_lost(node, exc)
 
     def close(self) -> None:
-        if self.chan is not None:
-            try:
-                wire.write_frame(self._out, {"op": "exit"})
-            except (OSError, paramiko.SSHException, EOFError):
-                pass
-            self.chan.close()
-            self.chan = None
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+
+class _OneNode:
+    """Placement for ``run``: always the same node (reconnected after a loss)."""
+
+    def __init__(self, executor: "Executor", node: str):
+        self.executor, self.node = executor, node
+
+    def acquire(self, previous: Optional[str] = None) -> str:
+        return self.node
+
+    def release(self, node: str) -> None:
+        pass
+
+    def lost(self, node: str, exc: BaseException) -> None:
+        self.executor.drop_worker(node)
 
 
 class Executor:
     """Runs functions on the nodes of a cluster."""
 
     def __init__(self, connections: Dict[str, NodeConnection],
-                 python: Optional[Dict[str, str]] = None, task_retries: int = 2):
+                 python: Optional[Dict[str, str]] = None,
+                 slots: Optional[Dict[str, int]] = None, task_retries: int = 2,
+                 max_result_bytes: Optional[int] = None):
         self.connections = connections
         self.python = python or {}
+        self.slots = slots or {}
         self.task_retries = task_retries
+        self.max_result_bytes = max_result_bytes or wire.default_max_result_bytes()
         self.workers: Dict[str, RemoteWorker] = {}
         self.dead: Dict[str, str] = {}
+        self.inflight: Dict[str, str] = {}  # task id -> node
+        self.project_files_sent = 0
+        self.project_bytes_sent = 0
         self._lock = threading.Lock()
-        self._counter = 0
+        self._node_locks: Dict[str, threading.Lock] = {n: threading.Lock() for n in connections}
+        self._ids = itertools.count(1)
 
+    # -- workers -------------------------------------------------------
     def worker(self, node: str) -> RemoteWorker:
-        with self._lock:
+        """The node's running worker, started if needed."""
+        with self._node_locks[node]:
             w = self.workers.get(node)
             if w is None:
-                w = self.workers[node] = RemoteWorker(self.connections[node],
-                                                      self.python.get(node, "python3"))
-        if w.chan is None:
-            w.start()
-        return w
+                w = self.workers[node] = RemoteWorker(
+                    self.connections[node], self.python.get(node, "python3"),
+                    self.slots.get(node), self.max_result_bytes)
+            if not w.alive:
+                w.start()
+            return w
+
+    def drop_worker(self, node: str) -> None:
+        """Forget the node's worker and close its connection (reopened on next use)."""
+        w = self.workers.pop(node, None)
+        if w is not None:
+            w.close()
+        self.connections[node].close()
 
     def close(self) -> None:
-        for w in self.workers.values():
+        for w in list(self.workers.values()):
             w.close()
         self.workers = {}
 
-    def _task_id(self) -> str:
-        with self._lock:
-            self._counter += 1
-            return "t%d" % self._counter
+    def abort(self, why: str) -> None:
+        """Fail everything in flight at once (an interrupt): nothing waits on a node."""
+        for w in list(self.workers.values()):
+            w.abort(why)
 
-    def _request(self, w: RemoteWorker, fn: Callable[..., Any], args: Sequence[Any],
-                 kwargs: Dict[str, Any], allow_pickle: bool, task_id: str):
-        blobs = payload.Blobs()
-        formats = [f for f in w.hello["formats"] if f != "pickle" or allow_pickle]
-        fn_spec = payload.function_spec(fn, blobs, allow_pickle, w.hello["versions"], w.node,
-                                        sent=w.modules)
-        a, kw = payload.encode_args(args, kwargs, blobs, formats, allow_pickle)
-        result_formats = [f for f in wire.formats_here() if f != "pickle" or allow_pickle]
-        return ({"op": "task", "id": task_id, "fn": fn_spec, "args": a, "kwargs": kw,
-                 "allow_pickle": allow_pickle, "result_formats": result_formats},
-                blobs.items)
+    def _start_all(self, nodes: Sequence[str]) -> Dict[str, int]:
+        """Start the workers of ``nodes`` side by side; their slots. A node that
+        cannot be reached is marked dead; any other failure is raised."""
+        out: Dict[str, int] = {}
+        with cf.ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
+            futures = {n: pool.submit(self.worker, n) for n in nodes}
+            for n, f in futures.items():
+                try:
+                    out[n] = f.result().slots
+                except (SSHError, NodeLost, OSError, EOFError, paramiko.SSHException) as exc:
+                    if not is_node_loss(exc):
+                        raise
+                    self._mark_dead(n, exc)
+        return out
+
+    def _mark_dead(self, node: str, exc: BaseException) -> None:
+        LOG.warning("node %s marked dead: %s", node, exc)
+        self.dead[node] = str(exc)
+        self.drop_worker(node)
+
+    # -- one task ------------------------------------------------------
+    def task(self, fn: Callable[..., Any], args: Sequence[Any] = (),
+             kwargs: Optional[Dict[str, Any]] = None, allow_pickle: bool = False,
+             timeout: Optional[float] = None, task_id: Optional[str] = None,
+             shipped: Optional[project.Project] = None) -> Task:
+        """A Task, checked: what cannot be sent is refused before anything is."""
+        if timeout is not None and not timeout > 0:
+            raise ValueError("timeout must be a positive number of seconds, not %r"
+                             % (timeout,))
+        payload.function_spec(fn, payload.Blobs(), allow_pickle)
+        return Task(task_id or "t%d" % next(self._ids), fn, args, kwargs or {},
+                    allow_pickle, timeout,
+                    shipped if shipped is not None else project.for_function(fn))
 
     def run_on(self, node: str, fn: Callable[..., Any], args: Sequence[Any] = (),
                kwargs: Optional[Dict[str, Any]] = None, allow_pickle: bool = False,
-               task_id: Optional[str] = None) -> TaskResult:
-        """Run ``fn(*args, **kwargs)`` on ``node``; raise the task's error as ours."""
-        task_id = task_id or self._task_id()
-        conn = self.connections[node]
-        for attempt in range(2):
-            try:
-                w = self.worker(node)
-                request, blobs = self._request(w, fn, args, kwargs or {}, allow_pickle,
-                                               task_id)
-                sent = self._stage(conn, request, blobs) if bulk.available() else blobs
-                header, rblobs = w.call(request, sent)
-                if "blob" in request["fn"] and "sha256" in request["fn"]:
-                    w.modules.add(request["fn"]["sha256"])
-                break
-            except IntegrityError:
-                if attempt:
-                    raise
-                LOG.warning("checksum mismatch for %s on %s; sending again", task_id, node)
-            except (SSHError, OSError, EOFError, paramiko.SSHException) as exc:
-                if not is_transient(exc):
-                    raise
-                self._drop_worker(node)
-                if attempt:
-                    raise NodeLost(node, "connection lost twice during %s: %s"
-                                   % (task_id, exc), [task_id]) from exc
-                # At-least-once, as map's retries on another node: run it again.
-                LOG.warning("connection to %s lost during %s (%s); reconnecting",
-                            node, task_id, exc)
-        if not header.get("ok"):
-            if header.get("killed"):
-                raise TaskKilled(node, task_id, header["killed"],
-                                 "signal %d%s" % (header["killed"], " (SIGKILL: out of memory?)"
-                                                  if header["killed"] == 9 else ""))
-            raise RemoteTaskError(node, task_id, header.get("exc_type", "?"),
-                                  header.get("message", ""), header.get("traceback", ""))
-        desc = header["result"]
-        for idx, st in header.get("staged", {}).items():
-            rblobs[int(idx)] = conn.download(st["path"], sha256=st["sha256"], remove=True)
+               task_id: Optional[str] = None, timeout: Optional[float] = None) -> TaskResult:
+        """Run ``fn(*args, **kwargs)`` on ``node``; raise the task's error as ours.
+        A dropped connection is reopened once and the task run again."""
+        task = self.task(fn, args, kwargs, allow_pickle, timeout, task_id)
+        return self._execute(task, _OneNode(self, node), attempts=2)
+
+    def _execute(self, task: Task, placement: Union[SlotPool, _OneNode],
+                 attempts: int) -> TaskResult:
+        node: Optional[str] = None
         try:
-            value = wire.decode(desc, rblobs[desc["blob"]], allow_pickle)
-        except wire.WireError as exc:
-            raise CloudComputeError("result of %s on %s: %s" % (task_id, node, exc)) from exc
-        return TaskResult(node, task_id, value, header.get("duration", 0.0),
-                          header.get("peak_rss_kb", 0))
+            for attempt in retry.task_reexecution(attempts, REEXECUTION_BOUND, is_node_loss):
+                with attempt:
+                    node = placement.acquire(node)
+                    try:
+                        return self._attempt(node, task)
+                    except BaseException as exc:
+                        if is_node_loss(exc):
+                            placement.lost(node, exc)
+                        raise
+                    finally:
+                        placement.release(node)
+        except (SSHError, OSError, EOFError, paramiko.SSHException) as exc:
+            if not is_node_loss(exc):
+                raise
+            raise NodeLost(node or "?", "lost while running %s: %s" % (task.id, exc),
+                           [task.id]) from exc
+        raise AssertionError("unreachable: tenacity re-raises the last failure")
+
+    def _attempt(self, node: str, task: Task) -> TaskResult:
+        w = self.worker(node)
+        if task.project is not None and task.project.files:
+            self._sync_project(w, task.project)
+        request, blobs = self._request(w, task)
+        sent = self._stage(w.conn, request, blobs) if bulk.available() else blobs
+        self.inflight[task.id] = node
+        try:
+            future = w.request(request, sent)
+            bound = None if task.timeout is None else task.timeout + channel.SILENCE_LIMIT + 5
+            try:
+                header, rblobs = future.result(timeout=bound)
+            except cf.TimeoutError:
+                w.cancel(task.id)
+                raise TaskTimeout(node, task.id, task.timeout or 0) from None
+        finally:
+            self.inflight.pop(task.id, None)
+        if "blob" in request["fn"] and "sha256" in request["fn"]:
+            w.modules.add(request["fn"]["sha256"])
+        return self._result(w, task, request, header, rblobs)
+
+    def _request(self, w: RemoteWorker, task: Task):
+        blobs = payload.Blobs()
+        formats = [f for f in w.hello["formats"] if f != "pickle" or task.allow_pickle]
+        fn_spec = payload.function_spec(task.fn, blobs, task.allow_pickle,
+                                        w.hello["versions"], w.node, sent=w.modules)
+        a, kw = payload.encode_args(task.args, task.kwargs, blobs, formats, task.allow_pickle)
+        result_formats = [f for f in wire.formats_here() if f != "pickle" or task.allow_pickle]
+        request: Dict[str, Any] = {
+            "op": P.TASK, "id": task.id, "fn": fn_spec, "args": a, "kwargs": kw,
+            "allow_pickle": task.allow_pickle, "result_formats": result_formats}
+        if task.timeout is not None:
+            request["timeout"] = task.timeout
+        if task.project is not None and task.project.files:
+            request["project"] = task.project.digest
+        return request, blobs.items
 
     def _stage(self, conn: NodeConnection, request: Dict[str, Any],
                blobs: List[bytes]) -> List[bytes]:
@@ -283,80 +307,135 @@ class Executor:
                 out[i] = b""
         return out
 
+    def _sync_project(self, w: RemoteWorker, shipped: project.Project) -> None:
+        """Make sure the node holds the project; send only the files it lacks."""
+        with w.project_lock:
+            if shipped.digest in w.projects:
+                return
+            rid = "p%d" % next(self._ids)
+            answer = self._answer(w, w.request({"op": P.PROJECT, "id": rid,
+                                                "digest": shipped.digest,
+                                                "files": shipped.files}))
+            if answer.get("op") == P.NEED:
+                missing = list(answer.get("missing", []))
+                data = [shipped.read(sha) for sha in missing]
+                answer = self._answer(w, w.request({"op": P.OBJECTS, "id": rid,
+                                                    "digest": shipped.digest,
+                                                    "shas": missing}, data))
+                self.project_files_sent += len(data)
+                self.project_bytes_sent += sum(len(d) for d in data)
+                LOG.info("shipped %d project file(s) (%d bytes) from %s to %s",
+                         len(data), sum(len(d) for d in data), shipped.root, w.node)
+            if answer.get("op") != P.READY:
+                raise SerializationError("%s did not take the project at %s: %s"
+                                         % (w.node, shipped.root, answer.get("message")))
+            w.projects.add(shipped.digest)
+
+    def _answer(self, w: RemoteWorker, future: cf.Future) -> Dict[str, Any]:
+        header, _ = future.result(timeout=channel.SILENCE_LIMIT * 6)
+        return header
+
+    def _result(self, w: RemoteWorker, task: Task, request: Dict[str, Any],
+                header: Dict[str, Any], rblobs: List[bytearray]) -> TaskResult:
+        node = w.node
+        if header.get("op") == P.WIRE_ERROR:
+            raise IntegrityError(node, "payload of %s" % task.id, "sent sha256",
+                                 str(header.get("message", "")))
+        if not header.get("ok"):
+            raise _task_error(node, task.id, header)
+        desc = header["result"]
+        for idx, st in (header.get("staged") or {}).items():
+            if int(st.get("size", 0)) > self.max_result_bytes:
+                raise NodeDataRefused(node, "staged result of %d bytes over the cap of %d"
+                                   % (st["size"], self.max_result_bytes))
+            rblobs[int(idx)] = w.conn.download(st["path"], sha256=st["sha256"], remove=True,
+                                               max_bytes=self.max_result_bytes)
+        try:
+            value = wire.decode(desc, rblobs[desc["blob"]], task.allow_pickle,
+                                offered=request["result_formats"])
+        except (wire.WireError, IndexError, KeyError) as exc:
+            raise NodeDataRefused(node, "result of %s: %s" % (task.id, exc)) from exc
+        return TaskResult(node, task.id, value, header.get("duration", 0.0),
+                          header.get("peak_rss_kb", 0))
+
+    # -- many tasks ----------------------------------------------------
     def map(self, fn: Callable[..., Any], items: Iterable[Any], allow_pickle: bool = False,
             nodes: Optional[Sequence[str]] = None, star: bool = False,
-            progress: Optional[Callable[[TaskResult], None]] = None) -> List[TaskResult]:
-        """Run ``fn`` over ``items`` on all nodes, the next item to whichever node is free."""
+            progress: Optional[Callable[[TaskResult], None]] = None,
+            timeout: Optional[float] = None,
+            return_exceptions: bool = False) -> List[Union[TaskResult, BaseException]]:
+        """Run ``fn`` over ``items`` on every slot of the nodes, in order of position.
+
+        A failure stops the rest and raises MapError (finished values kept),
+        unless ``return_exceptions`` puts each exception in its position."""
         items = list(items)
-        nodes = [n for n in (nodes or list(self.connections)) if n not in self.dead]
-        if not nodes:
-            raise CloudComputeError("no live nodes to run on")
-        # Refuse what cannot be sent before anything is sent.
-        payload.function_spec(fn, payload.Blobs(), allow_pickle)
-        todo: "queue.Queue[int]" = queue.Queue()
-        for i in range(len(items)):
-            todo.put(i)
-        results: Dict[int, TaskResult] = {}
-        attempts: Dict[int, int] = {}
-        failure: List[BaseException] = []
-        stop = threading.Event()
-
-        def drive(node: str) -> None:
-            while not stop.is_set():
+        first = self.task(fn, allow_pickle=allow_pickle, timeout=timeout)
+        name = getattr(fn, "__name__", "fn")
+        tasks = [Task("%s#%d" % (name, i), fn, item if star else (item,), {}, allow_pickle,
+                      timeout, first.project) for i, item in enumerate(items)]
+        live = [n for n in (nodes or list(self.connections)) if n not in self.dead]
+        slots = self._start_all(live) if live and tasks else {}
+        if tasks and not slots:
+            raise NoLiveNodes(", ".join(sorted(self.dead)) or "?", "no live nodes to run on",
+                              [t.id for t in tasks])
+        pool = SlotPool(slots, on_lost=self._mark_dead)
+        threads = cf.ThreadPoolExecutor(max_workers=max(1, min(len(tasks), sum(slots.values()),
+                                                               256)),
+                                        thread_name_prefix="cc-map")
+        futures = {threads.submit(self._execute, t, pool, self.task_retries + 1): i
+                   for i, t in enumerate(tasks)}
+        done: Dict[int, TaskResult] = {}
+        errors: Dict[int, BaseException] = {}
+        try:
+            for f in cf.as_completed(futures):
+                i = futures[f]
                 try:
-                    i = todo.get_nowait()
-                except queue.Empty:
-                    if len(results) + len(failure) >= len(items) or not alive_others(node):
-                        return
-                    time.sleep(0.005)
+                    done[i] = f.result()
+                except (Cancelled, cf.CancelledError):
                     continue
-                args = items[i] if star else (items[i],)
-                try:
-                    results[i] = self.run_on(node, fn, args, allow_pickle=allow_pickle,
-                                             task_id="%s#%d" % (getattr(fn, "__name__", "fn"), i))
-                    if progress is not None:
-                        progress(results[i])
-                except (SSHError, NodeLost, OSError, EOFError, paramiko.SSHException) as exc:
-                    attempts[i] = attempts.get(i, 0) + 1
-                    self._mark_dead(node, exc)
-                    if attempts[i] > self.task_retries:
-                        failure.append(NodeLost(node, str(exc), ["item %d" % i]))
-                        stop.set()
-                    else:
-                        LOG.warning("node %s lost during item %d; retrying it elsewhere",
-                                    node, i)
-                        todo.put(i)
-                    return
-                except BaseException as exc:
-                    failure.append(exc)
-                    stop.set()
-                    return
+                except CloudComputeError as exc:
+                    errors[i] = exc
+                    if not return_exceptions and not pool.closed:
+                        self._stop(pool, futures, tasks)
+                    continue
+                if progress is not None:
+                    progress(done[i])
+        except BaseException:
+            pool.close()
+            self.abort("map interrupted")
+            raise
+        finally:
+            threads.shutdown(wait=False, cancel_futures=True)
+        if return_exceptions:
+            return [done[i] if i in done else errors[i] for i in range(len(tasks))]
+        if errors:
+            raise MapError(len(tasks), {i: r.value for i, r in done.items()}, errors,
+                           [i for i in range(len(tasks)) if i not in done and i not in errors])
+        return [done[i] for i in range(len(tasks))]
 
-        def alive_others(node: str) -> bool:
-            return not todo.empty() or any(n not in self.dead for n in nodes if n != node)
+    def _stop(self, pool: SlotPool, futures: Dict[cf.Future, int],
+              tasks: Sequence[Task]) -> None:
+        """After a failure: run nothing new, end what is running."""
+        pool.close()
+        for f in futures:
+            f.cancel()
+        ids = {t.id for t in tasks}
+        for task_id, node in list(self.inflight.items()):
+            w = self.workers.get(node)
+            if task_id in ids and w is not None:
+                w.cancel(task_id)
 
-        with cf.ThreadPoolExecutor(max_workers=len(nodes)) as pool:
-            for f in [pool.submit(drive, n) for n in nodes]:
-                f.result()
-        if failure:
-            raise failure[0]
-        missing = [i for i in range(len(items)) if i not in results]
-        if missing:
-            raise NodeLost(", ".join(sorted(self.dead)) or "?", "every node failed",
-                           ["item %d" % i for i in missing])
-        return [results[i] for i in range(len(items))]
 
-    def _mark_dead(self, node: str, exc: BaseException) -> None:
-        LOG.warning("node %s marked dead: %s", node, exc)
-        self.dead[node] = str(exc)
-        self._drop_worker(node)
+def _task_error(node: str, task_id: str, header: Dict[str, Any]) -> CloudComputeError:
+    """The exception for a task that did not return a value."""
+    if header.get("timed_out") is not None:
+        return TaskTimeout(node, task_id, float(header["timed_out"]))
+    if header.get("cancelled"):
+        return Cancelled("task %s on %s was cancelled" % (task_id, node))
+    if header.get("killed"):
+        sig = header["killed"]
+        return TaskKilled(node, task_id, sig, "signal %s%s" % (
+            sig, " (SIGKILL: out of memory?)" if sig == 9 else ""))
+    return RemoteTaskError(node, task_id, str(header.get("exc_type", "?")),
+                           str(header.get("message", "")), str(header.get("traceback", "")))
 
-    def _drop_worker(self, node: str) -> None:
-        """Forget the node's worker and close its connection (reopened on next use)."""
-        w = self.workers.pop(node, None)
-        if w is not None:
-            try:
-                w.close()
-            except (OSError, paramiko.SSHException):
-                pass
-        self.connections[node].close()

@@ -16,7 +16,7 @@ import sys
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from cloudcompute.exceptions import EnvironmentMismatch, SerializationError
-from cloudcompute.jobs import worker as wire
+from cloudcompute.jobs import wire
 
 
 class Blobs:
@@ -67,6 +67,12 @@ def _module_source(fn: Callable[..., Any]) -> Optional[Tuple[str, str, bytes, st
     return name, filename, found[0], found[1]
 
 
+def _package_of(fn: Callable[..., Any]) -> str:
+    """The package a module's relative imports resolve against."""
+    module = sys.modules.get(fn.__module__)
+    return getattr(module, "__package__", None) or ""
+
+
 def function_spec(fn: Callable[..., Any], blobs: Blobs, allow_pickle: bool,
                   node_versions: Optional[Mapping[str, Any]] = None,
                   node: str = "?", sent: Optional[Set[str]] = None) -> Dict[str, Any]:
@@ -79,8 +85,8 @@ def function_spec(fn: Callable[..., Any], blobs: Blobs, allow_pickle: bool,
     found = _module_source(fn)
     if found is not None:
         module, filename, source, sha = found
-        spec = {"kind": "ref", "module": module, "filename": filename,
-                "qualname": fn.__qualname__, "sha256": sha}
+        spec = {"kind": "ref", "module": module, "package": _package_of(fn),
+                "filename": filename, "qualname": fn.__qualname__, "sha256": sha}
         if sent is None or sha not in sent:
             spec["blob"] = blobs.add(source)
         return spec

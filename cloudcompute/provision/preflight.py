@@ -31,6 +31,7 @@ class ResolvedGroup:
     image_name: str
     image_user: Optional[str]
     metadata: Dict[str, str] = dataclasses.field(default_factory=dict)
+    slots: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -82,7 +83,8 @@ def resolve(conn: Any, spec: ClusterSpec) -> Plan:
             user = getattr(image, "os_admin_user", None) or props.get("os_admin_user")
             groups.append(ResolvedGroup(g.name, g.count, flavor.id, flavor.name,
                                         flavor.vcpus, flavor.ram, image.id,
-                                        image.name, user, dict(g.metadata)))
+                                        image.name, user, dict(g.metadata),
+                                        g.slots or max(1, int(flavor.vcpus or 1))))
     network_id = external_id = None
     if spec.network:
         net = _find(conn.network.find_network, spec.network)

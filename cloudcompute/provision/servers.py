@@ -40,6 +40,8 @@ class NodeInfo:
     keys_injected: bool = True
     status: str = "BUILD"
     timings: Dict[str, float] = dataclasses.field(default_factory=dict)
+    slots: int = 1
+    ram_mb: int = 0
 
     @property
     def address(self) -> Optional[str]:
@@ -107,7 +109,7 @@ class ServerBuilder:
             user_data = self.spec.user_data
         node = NodeInfo(name=name, group=group.name,
                         host_keys=[public] if injected else [],
-                        keys_injected=injected)
+                        keys_injected=injected, slots=group.slots or 1, ram_mb=group.ram)
         self.nodes[name] = node
         self.st.intend("servers", name, group=group.name, host_keys=node.host_keys)
         meta = tags.server_metadata(self.st.cluster_id, self.st.name, group.name,

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from cloudcompute.exceptions import EnvironmentMismatch, SerializationError
-from cloudcompute.jobs import payload, worker as wire
+from cloudcompute.jobs import payload, taskproc, wire, worker
 from cloudcompute.jobs.partition import concat, split
 
 ALL = ["arrow", "json", "npy", "npcols", "pickle"]
@@ -104,8 +104,7 @@ def test_worker_runs_a_task_in_a_child(capfd):
     fn = payload.function_spec(module_level, blobs, allow_pickle=False)
     args, kwargs = payload.encode_args([41], {}, blobs, ALL, False)
     req = {"id": "t1", "fn": fn, "args": args, "kwargs": kwargs, "result_formats": ALL}
-    logs = []
-    header, rblobs = wire.run_task(req, blobs.items, logs.append)
+    header, rblobs, _ = worker.run_here(req, blobs.items)
     assert header["ok"] and wire.decode(header["result"], rblobs[0]) == 42
     assert header["peak_rss_kb"] > 0
 
@@ -122,17 +121,15 @@ def raises(_):
 
 
 @pytest.mark.parametrize("fn,check", [
-    (crash, lambda h, logs: h["killed"] == 9 and "going down" in "".join(
-        m["text"] for m in logs)),
+    (crash, lambda h, logs: h["killed"] == 9 and "going down" in logs),
     (raises, lambda h, logs: h["exc_type"] == "KeyError" and "raise KeyError" in h["traceback"]),
 ])
 def test_worker_reports_failures(fn, check):
     blobs = payload.Blobs()
     spec = payload.function_spec(fn, blobs, allow_pickle=False)
     args, _ = payload.encode_args([1], {}, blobs, ALL, False)
-    logs = []
-    header, _ = wire.run_task({"id": "t", "fn": spec, "args": args, "kwargs": {},
-                               "result_formats": ALL}, blobs.items, logs.append)
+    header, _, logs = worker.run_here({"id": "t", "fn": spec, "args": args, "kwargs": {},
+                                       "result_formats": ALL}, blobs.items)
     assert not header["ok"] and check(header, logs)
 
 
@@ -156,48 +153,65 @@ def test_staged_blobs_are_read_checked_and_removed(tmp_path):
     blobs = [b"", b"keep"]
     req = {"staged": {"0": {"path": str(path), "sha256": hashlib.sha256(data).hexdigest(),
                             "size": 1000}}}
-    wire.unstage(req, blobs)
+    taskproc.unstage(req, blobs)
     assert blobs == [bytearray(data), b"keep"] and not path.exists()
     assert isinstance(blobs[0], bytearray)  # so that .npy arguments load without a copy
     path.write_bytes(b"truncated")
     with pytest.raises(wire.WireError, match="9 bytes, expected 1000"):
-        wire.unstage(req, blobs)
+        taskproc.unstage(req, blobs)
     with pytest.raises(wire.WireError, match="No such file"):
-        wire.unstage(req, blobs)
+        taskproc.unstage(req, blobs)
 
 
 def test_large_results_are_left_in_a_file(tmp_path):
     import hashlib
-    st = wire.stage_blob({"stage_over": 10, "stage_dir": str(tmp_path)}, b"y" * 11)["0"]
+    st = taskproc.stage_blob({"stage_over": 10, "stage_dir": str(tmp_path)}, b"y" * 11)["0"]
     assert open(st["path"], "rb").read() == b"y" * 11 and st["size"] == 11
     assert st["sha256"] == hashlib.sha256(b"y" * 11).hexdigest()
-    assert wire.stage_blob({"stage_over": 10}, b"small") is None
-    assert wire.stage_blob({}, b"z" * 100) is None
+    assert taskproc.stage_blob({"stage_over": 10}, b"small") is None
+    assert taskproc.stage_blob({}, b"z" * 100) is None
 
 
 def test_worker_process_end_to_end(tmp_path):
-    """The shipped worker, as a local process, speaking frames over its pipes."""
+    """The shipped node package, as a local process, speaking frames over its pipes."""
     import subprocess
     import sys
-    proc = subprocess.Popen([sys.executable, wire.__file__], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, cwd=str(tmp_path))
+
+    from cloudcompute.jobs import channel
+    pkg = tmp_path / "pkg" / channel.NODE_PACKAGE
+    pkg.mkdir(parents=True)
+    for name, source in channel.SOURCES.items():
+        (pkg / name).write_bytes(source)
+    proc = subprocess.Popen([sys.executable, "-u", "-c", channel.LAUNCH, str(tmp_path / "pkg"),
+                             "--slots", "3", "--beat", "0.2"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, cwd=str(tmp_path),
+                            env=dict(__import__("os").environ, HOME=str(tmp_path)))
     try:
         hello, _ = wire.read_frame(proc.stdout)
-        assert hello["op"] == "hello" and "npy" in hello["formats"]
+        assert hello["op"] == "hello" and "npy" in hello["formats"] and hello["slots"] == 3
         blobs = payload.Blobs()
         fn = payload.function_spec(module_level, blobs, allow_pickle=False)
         args, kwargs = payload.encode_args([np.arange(3)], {}, blobs, ALL, False)
         req = {"op": "task", "id": "t1", "fn": fn, "args": args, "kwargs": kwargs,
                "result_formats": ALL, "stage_over": 10, "stage_dir": str(tmp_path / "s")}
         wire.write_frame(proc.stdin, req, blobs.items)
+        proc.stdin.flush()
         header, rblobs = wire.read_frame(proc.stdout)
+        while header["op"] == "beat":
+            header, rblobs = wire.read_frame(proc.stdout)
         assert header["ok"] and header["id"] == "t1"
         st = header["staged"]["0"]
         data = open(st["path"], "rb").read()
         assert np.array_equal(wire.decode(header["result"], data), np.arange(3) + 1)
-        wire.write_frame(proc.stdin, {"op": "ping", "id": "p"})
-        assert wire.read_frame(proc.stdout)[0] == {"op": "pong", "id": "p", "blobs": []}
+        assert wire.read_frame(proc.stdout)[0] == {"op": "beat", "blobs": []}  # idle
+        wire.write_frame(proc.stdin, {"op": "nonsense", "id": "x"})
+        proc.stdin.flush()
+        answer = wire.read_frame(proc.stdout)[0]
+        while answer["op"] == "beat":
+            answer = wire.read_frame(proc.stdout)[0]
+        assert answer["op"] == "wire_error" and answer["id"] == "x"
         wire.write_frame(proc.stdin, {"op": "exit"})
+        proc.stdin.flush()
         assert proc.wait(timeout=10) == 0
     finally:
         proc.kill()
@@ -205,7 +219,7 @@ def test_worker_process_end_to_end(tmp_path):
 
 def test_driving_code_is_inert_on_a_node():
     """Module-level use of cloudcompute in a shipped module does nothing on a node."""
-    finder = wire._ClientOnlyFinder()
+    finder = taskproc.ClientOnlyFinder()
     import importlib.util
     spec = finder.find_spec("cloudcompute.config")
     mod = finder.create_module(spec)
@@ -222,7 +236,7 @@ def test_load_npy_uses_a_bytearray_without_copy_and_never_unpickles():
     import numpy as np
     import pytest
 
-    from cloudcompute.jobs.worker import load_npy
+    from cloudcompute.jobs.wire import load_npy
     for a in (np.arange(12.0).reshape(3, 4), np.asfortranarray(np.arange(12).reshape(3, 4)),
               np.zeros((2, 0)), np.array(5), np.array(["ab", "c"])):
         buf = io.BytesIO()
@@ -249,41 +263,15 @@ def test_module_source_travels_once_per_worker(tmp_path):
     spec2 = payload.function_spec(module_level, second, allow_pickle=False,
                                   sent={spec1["sha256"]})
     assert "blob" in spec1 and "blob" not in spec2 and second.items == []
-    wire._CODE.clear()
+    taskproc._CODE.clear()
 
     def task(spec, blobs):
         args, kwargs = payload.encode_args([1], {}, blobs, ALL, False)
         return {"id": "t", "fn": spec, "args": args, "kwargs": kwargs,
                 "result_formats": ALL}, blobs.items
-    fresh = wire.TaskProcess()
-    header, _ = fresh.run(*task(spec2, payload.Blobs()), lambda m: None)
+    header, _, _ = worker.run_here(*task(spec2, payload.Blobs()))
     assert not header["ok"] and "never sent" in header["message"]
-    tp = wire.TaskProcess()
+    taskproc.remember_module(spec1, first.items)  # as the worker does on arrival
     for spec, blobs in ((spec1, first), (spec2, payload.Blobs())):
-        header, rblobs = tp.run(*task(spec, blobs), lambda m: None)
+        header, rblobs, _ = worker.run_here(*task(spec, blobs))
         assert header["ok"] and wire.decode(header["result"], rblobs[0]) == 2
-    for p in (fresh, tp):
-        p._stop()
-
-
-def test_task_process_survives_crashes_and_measures_each_task():
-    tp = wire.TaskProcess()
-    blobs = payload.Blobs()
-    spec = payload.function_spec(crash, blobs, allow_pickle=False)
-    args, _ = payload.encode_args([1], {}, blobs, ALL, False)
-    logs = []
-    header, _ = tp.run({"id": "c", "fn": spec, "args": args, "kwargs": {},
-                        "result_formats": ALL}, blobs.items, logs.append)
-    assert header["killed"] == 9 and tp.pid is None
-    pids = set()
-    for i in range(3):
-        b = payload.Blobs()
-        spec = payload.function_spec(module_level, b, allow_pickle=False)
-        args, _ = payload.encode_args([i], {}, b, ALL, False)
-        header, rblobs = tp.run({"id": "t%d" % i, "fn": spec, "args": args, "kwargs": {},
-                                 "result_formats": ALL}, b.items, logs.append)
-        assert header["ok"] and wire.decode(header["result"], rblobs[0]) == i + 1
-        assert header["peak_rss_kb"] > 0
-        pids.add(tp.pid)
-    assert len(pids) == 1  # one process ran all three
-    tp._stop()

@@ -1,0 +1,159 @@
+"""The executor and the real worker, with nodes that are local processes."""
+import os
+import signal
+import sys
+import threading
+import time
+
+import pytest
+
+from cloudcompute.exceptions import (MapError, NodeLost, RemoteTaskError, TaskKilled,
+                                     TaskTimeout)
+from cloudcompute.jobs import channel
+from cloudcompute.jobs.executor import Executor, SlotPool, TaskResult
+from tests.unit import nodefuncs as nf
+from tests.unit.localnode import LocalNode
+
+
+@pytest.fixture
+def nodes(tmp_path, monkeypatch):
+    monkeypatch.setattr(channel, "SILENCE_LIMIT", 1.5)
+    made = []
+
+    def make(count=1, slots=1):
+        out = {}
+        for i in range(count):
+            node = LocalNode("n%d" % i, tmp_path / ("n%d" % i))
+            made.append(node)
+            out[node.name] = node
+        ex = Executor(out, python={n: sys.executable for n in out},
+                      slots={n: slots for n in out})
+        return ex, out
+    yield make
+    for node in made:
+        node.cleanup()
+
+
+def test_slots_run_tasks_side_by_side(nodes):
+    ex, _ = nodes(1, slots=2)
+    spans = [r.value for r in ex.map(nf.span, [0.4, 0.4])]
+    assert spans[0][0] != spans[1][0]  # two task processes
+    assert spans[0][1] < spans[1][2] and spans[1][1] < spans[0][2]  # they overlapped
+    ex.close()
+
+
+def test_one_slot_runs_one_task_at_a_time(nodes):
+    ex, _ = nodes(1, slots=1)
+    a, b = [r.value for r in ex.map(nf.span, [0.2, 0.2])]
+    assert a[0] == b[0] and (a[2] <= b[1] or b[2] <= a[1])
+    ex.close()
+
+
+def test_map_balances_over_every_slot_and_keeps_order(nodes):
+    ex, _ = nodes(2, slots=2)
+    results = ex.map(nf.add_one, range(40))
+    assert [r.value for r in results] == list(range(1, 41))
+    assert {r.node for r in results} == {"n0", "n1"}
+    ex.close()
+
+
+def test_timeout_kills_the_task_and_what_it_started(nodes, tmp_path):
+    ex, _ = nodes(1, slots=1)
+    pidfile = str(tmp_path / "child.pid")
+    t0 = time.monotonic()
+    with pytest.raises(TaskTimeout) as err:
+        ex.run_on("n0", nf.sleep_forever, [pidfile], timeout=0.5)
+    assert err.value.seconds == 0.5 and err.value.node == "n0"
+    assert time.monotonic() - t0 < 0.5 + 2
+    child = int(open(pidfile).read())
+    time.sleep(0.2)
+    assert not os.path.exists("/proc/%d" % child) or \
+        open("/proc/%d/stat" % child).read().split()[2] == "Z"
+    assert ex.run_on("n0", nf.add_one, [1]).value == 2  # the slot came back
+    ex.close()
+
+
+def test_failed_map_keeps_finished_values_and_stops_the_rest(nodes):
+    ex, _ = nodes(1, slots=2)
+    with pytest.raises(MapError) as err:
+        ex.map(nf.fail_on, range(30))
+    e = err.value
+    assert isinstance(e.errors[3], RemoteTaskError) and e.errors[3].exc_type == "KeyError"
+    assert all(e.results[i] == i * 10 for i in e.results) and e.results
+    assert e.pending and len(e.results) + len(e.errors) + len(e.pending) == 30
+    ex.close()
+
+
+def test_return_exceptions_puts_each_in_its_place(nodes):
+    ex, _ = nodes(1, slots=2)
+    out = ex.map(nf.fail_on, range(6), return_exceptions=True)
+    assert isinstance(out[3], RemoteTaskError)
+    assert [r.value for i, r in enumerate(out) if i != 3] == [0, 10, 20, 40, 50]
+    ex.close()
+
+
+def test_a_crash_takes_only_its_task(nodes):
+    ex, _ = nodes(1, slots=1)
+    logs = []
+    ex.worker("n0").log_handler = lambda node, task, text: logs.append(text)
+    with pytest.raises(TaskKilled) as err:
+        ex.run_on("n0", nf.crash, [1])
+    assert err.value.signal == 9 and "going down" in "".join(logs)
+    assert ex.run_on("n0", nf.add_one, [2]).value == 3
+    ex.close()
+
+
+def test_a_dropped_node_has_its_tasks_run_elsewhere(nodes):
+    ex, local = nodes(2, slots=1)
+    ex.map(nf.add_one, [0, 1])  # both workers up
+    timer = threading.Timer(0.3, local["n1"].kill)
+    timer.start()
+    results = ex.map(nf.span, [0.1] * 12)
+    timer.join()
+    assert len(results) == 12 and all(isinstance(r, TaskResult) for r in results)
+    assert "n1" in ex.dead and results[-1].node == "n0"
+    ex.close()
+
+
+def test_a_hung_node_is_lost_within_the_silence_bound(nodes):
+    ex, local = nodes(1, slots=1)
+    ex.run_on("n0", nf.add_one, [0])
+    local["n0"].kill(signal.SIGSTOP)
+    t0 = time.monotonic()
+    with pytest.raises(NodeLost):
+        ex.run_on("n0", nf.add_one, [1])
+    # two runs (reconnect once), each bounded by the silence limit
+    assert time.monotonic() - t0 < 2 * channel.SILENCE_LIMIT + 3
+    local["n0"].kill(signal.SIGCONT)
+    ex.close()
+
+
+def test_task_output_arrives_before_its_result(nodes):
+    ex, _ = nodes(1, slots=2)
+    seen = []
+    ex.worker("n0").log_handler = lambda node, task, text: seen.append((task, text))
+    ex.map(nf.chatty, range(4))
+    assert sorted(t for t, _ in seen) == ["chatty#%d" % i for i in range(4)]
+    ex.close()
+
+
+def test_slot_pool_waits_without_polling_and_fails_when_nodes_are_gone():
+    pool = SlotPool({"a": 1, "b": 2})
+    got = [pool.acquire() for _ in range(3)]
+    assert sorted(got) == ["a", "b", "b"]
+    waiter = []
+    t = threading.Thread(target=lambda: waiter.append(pool.acquire()))
+    t.start()
+    time.sleep(0.1)
+    assert not waiter
+    pool.release("a")
+    t.join(2)
+    assert waiter == ["a"]
+    lost = []
+    pool.on_lost = lambda node, exc: lost.append(node)
+    pool.lost("a", OSError())
+    pool.lost("b", OSError())
+    pool.lost("b", OSError())
+    assert lost == ["a", "b"]
+    with pytest.raises(NodeLost, match="no live node"):
+        pool.acquire()
