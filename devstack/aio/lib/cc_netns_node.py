@@ -28,12 +28,19 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from typing import Callable, Iterable, Optional, Sequence
 
 import yaml
 
 LOG = logging.getLogger(__name__)
+# Bridges are shared by every instance on a network: creating one, attaching a
+# port to it and deleting it when empty must not interleave between two
+# spawns, or a spawn and a destroy (one was seen deleting the bridge another
+# had just attached to). nova-compute runs them in green threads of one
+# process, and threading's lock is green there.
+BRIDGES = threading.Lock()
 
 KEY_TYPES = ("ed25519", "ecdsa", "rsa")
 FAULTS = ("spawn_error", "spawn_error_once", "no_sshd", "slow_boot")
@@ -320,11 +327,12 @@ class NodeHost:
         ns = spec.netns
         self.run(["ip", "netns", "add", ns])
         for i, vif in enumerate(spec.vifs):
-            self.ensure_bridge(vif)
-            self.run(["ip", "link", "add", vif.host_veth, "type", "veth",
-                      "peer", "name", vif.node_veth])
-            self.run(["ip", "link", "set", vif.host_veth, "master",
-                      vif.bridge, "up"])
+            with BRIDGES:
+                self.ensure_bridge(vif)
+                self.run(["ip", "link", "add", vif.host_veth, "type", "veth",
+                          "peer", "name", vif.node_veth])
+                self.run(["ip", "link", "set", vif.host_veth, "master",
+                          vif.bridge, "up"])
             self.run(["ip", "link", "set", vif.node_veth, "netns", ns])
             eth = "eth%d" % i
             nsx = ["ip", "netns", "exec", ns]
@@ -417,12 +425,13 @@ class NodeHost:
                 time.sleep(0.05)
 
     def remove_bridge_if_empty(self, bridge: str) -> None:
-        try:
-            ports = self.run(["ip", "-o", "link", "show", "master", bridge])
-        except NodeError:
-            return
-        if not ports.strip():
-            self._quiet(["ip", "link", "del", bridge])
+        with BRIDGES:
+            try:
+                ports = self.run(["ip", "-o", "link", "show", "master", bridge])
+            except NodeError:
+                return
+            if not ports.strip():
+                self._quiet(["ip", "link", "del", bridge])
 
     def _quiet(self, cmd: Sequence[str]) -> None:
         try:
