@@ -160,13 +160,14 @@ class Cluster(JobsMixin):
     def _wait_ssh(self, builder: ServerBuilder, nodes: List[NodeInfo], key_file: str,
                   user: str) -> None:
         deadline = time.monotonic() + self.spec.timeouts.ssh
+        stop = threading.Event()
 
         def one(node: NodeInfo) -> None:
             if not node.keys_injected:
                 builder.console_host_keys(node, deadline)
             conn = NodeConnection(node.name, node.address, user, key_file, node.host_keys)
             try:
-                wait_for_ssh(conn, deadline)
+                wait_for_ssh(conn, deadline, stop=stop)
             except HostKeyMismatch:
                 # The cloud may have ignored user-data: trust the console log only.
                 conn.close()
@@ -175,14 +176,20 @@ class Cluster(JobsMixin):
                     raise
                 conn = NodeConnection(node.name, node.address, user, key_file,
                                       node.host_keys)
-                wait_for_ssh(conn, deadline)
+                wait_for_ssh(conn, deadline, stop=stop)
             node.timings["ssh_ready"] = time.monotonic() - builder.t0
             self.progress("ssh", node.name)
             self._connections[node.name] = conn
 
-        with cf.ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
+        # No with-block: its exit would wait for every probe, and Ctrl-C must
+        # reach the rollback at once.
+        pool = cf.ThreadPoolExecutor(max_workers=min(16, len(nodes)))
+        try:
             for f in [pool.submit(one, n) for n in nodes]:
                 f.result()
+        finally:
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _rollback(self, cause: BaseException) -> None:
         if self.state is None:

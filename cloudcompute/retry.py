@@ -8,6 +8,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import socket
+import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -109,10 +110,13 @@ def create_checked(create: Callable[[], Any], find: Callable[[], Any],
     )(attempt)()
 
 
-def ssh_connect(deadline: float, is_transient: Callable[[BaseException], bool]) -> Any:
-    """Retry an SSH connection until ``deadline`` (monotonic) on transient errors."""
+def ssh_connect(deadline: float, is_transient: Callable[[BaseException], bool],
+                stop: Optional[threading.Event] = None) -> Any:
+    """Retry an SSH connection until ``deadline`` (monotonic) on transient errors,
+    or until ``stop`` is set."""
     return tenacity.retry(
-        stop=tenacity.stop_after_delay(max(0.0, deadline - time.monotonic())),
+        stop=tenacity.stop_after_delay(max(0.0, deadline - time.monotonic()))
+        | tenacity.stop_when_event_set(stop or threading.Event()),
         wait=tenacity.wait_exponential(multiplier=0.2, max=2.0)
         + tenacity.wait_random(0, 0.2),
         retry=tenacity.retry_if_exception(is_transient),

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
+from typing import Optional
 
 from cloudcompute import retry
 from cloudcompute.exceptions import SSHError, WaitTimeout
@@ -28,17 +30,21 @@ def banner_probe(address: str, port: int = 22, timeout: float = 3.0) -> bool:
         return False
 
 
-def wait_for_ssh(conn: NodeConnection, deadline: float, poll: float = 0.25) -> float:
-    """Block until ``conn`` logs in and runs ``true``; return seconds waited."""
+def wait_for_ssh(conn: NodeConnection, deadline: float, poll: float = 0.25,
+                 stop: Optional[threading.Event] = None) -> float:
+    """Block until ``conn`` logs in and runs ``true``; return seconds waited.
+    Setting ``stop`` ends the wait early (WaitTimeout), e.g. on Ctrl-C."""
     t0 = time.monotonic()
+    stop = stop or threading.Event()
     while not banner_probe(conn.address, conn.port,
-                           timeout=min(3.0, max(0.1, deadline - time.monotonic()))):
-        if time.monotonic() >= deadline:
-            raise WaitTimeout("SSH banner of %s (%s)" % (conn.name, conn.address),
-                              deadline - t0, [conn.name])
+                           timeout=min(1.0, max(0.1, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline or stop.is_set():
+            raise WaitTimeout("SSH banner of %s (%s)%s" % (
+                conn.name, conn.address, " (stopped)" if stop.is_set() else ""),
+                deadline - t0, [conn.name])
         retry.SLEEP(poll)
     try:
-        retry.ssh_connect(deadline, is_transient)(lambda: conn.run(["true"]))()
+        retry.ssh_connect(deadline, is_transient, stop)(lambda: conn.run(["true"]))()
     except SSHError:
         raise
     except Exception as exc:
