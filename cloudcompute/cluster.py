@@ -127,11 +127,12 @@ class Cluster(JobsMixin):
         st = self.state
         t1 = time.monotonic()
         keypair, key_file = resources.create_keypair(self.conn, st, self.spec.key_file)
+        internal_public = resources.create_internal_key(st)
         sg = resources.create_security_group(self.conn, st)
         network_id = plan.network_id or resources.create_network(
             self.conn, st, self.spec.cidr, plan.external_network_id)
         builder = ServerBuilder(self.conn, st, self.spec, plan, network_id, sg.name, keypair,
-                                self.progress)
+                                self.progress, authorized_keys=[internal_public])
         builder.create_all()
         self.timings["create"] = time.monotonic() - t1
         builder.wait_active()

@@ -109,8 +109,11 @@ class Teardown:
         left = self.verify()
         if left:
             raise TeardownError(left, self.errors)
-        key = self.st.data.get("ssh", {}).get("key_file")
-        if key and self.st.data.get("ssh", {}).get("generated_key"):
+        ssh = self.st.data.get("ssh", {})
+        keys = [ssh.get("internal_key_file")]
+        if ssh.get("generated_key"):
+            keys.append(ssh.get("key_file"))
+        for key in filter(None, keys):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(key)
         self.st.remove()

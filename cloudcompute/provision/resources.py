@@ -11,10 +11,8 @@ import os
 import socket
 from typing import Any, Callable, Optional, Tuple
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
 from cloudcompute import retry, tags
+from cloudcompute.ssh import hostkeys
 from cloudcompute.state import ClusterState
 
 LOG = logging.getLogger(__name__)
@@ -73,22 +71,39 @@ def create_keypair(conn: Any, st: ClusterState, key_file: Optional[str]) -> Tupl
         with open(key_path + ".pub") as f:
             public = f.read().strip()
     else:
-        key = ed25519.Ed25519PrivateKey.generate()
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.OpenSSH,
-                                      serialization.NoEncryption()))
-        os.chmod(key_path, 0o600)
-        public = key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH,
-            serialization.PublicFormat.OpenSSH).decode()
+        private, public = hostkeys.generate_ed25519()
+        write_private_key(key_path, private)
     st.intend("keypairs", name)
     kp = retry.create_checked(
         lambda: conn.compute.create_keypair(name=name, public_key=public),
         lambda: retry.call(conn.compute.find_keypair, name, ignore_missing=True))
     st.record("keypairs", name, kp.id or name)
     return name, key_path
+
+
+def write_private_key(path: str, private: str) -> None:
+    """Write a private key readable by its owner only (0600 from creation on)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(private)
+    os.chmod(path, 0o600)  # O_CREAT's mode does not apply to an existing file
+
+
+def create_internal_key(st: ClusterState) -> str:
+    """Generate the cluster's internal ed25519 key, for SSH between its nodes;
+    return its public line (to be authorized on every node through user-data).
+
+    The private half is written 0600 next to the state file; its path is
+    recorded in the state first, so a rollback at any later point removes it.
+    The nodes receive it only when a fan-out needs it (:mod:`cloudcompute.jobs.fanout`).
+    """
+    path = os.path.join(os.path.dirname(st.path), "%s.internal.key" % st.name)
+    with st.locked():
+        st.data["ssh"]["internal_key_file"] = path
+        st.save()
+    private, public = hostkeys.generate_ed25519()
+    write_private_key(path, private)
+    return public
 
 
 def create_security_group(conn: Any, st: ClusterState) -> Any:

@@ -13,7 +13,7 @@ import dataclasses
 import ipaddress
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from openstack import exceptions as os_exc
 
@@ -77,7 +77,10 @@ class ServerBuilder:
 
     def __init__(self, conn: Any, st: ClusterState, spec: ClusterSpec, plan: Plan,
                  network_id: str, sg_name: str, keypair: str,
-                 progress: Optional[Callable[[str, str], None]] = None):
+                 progress: Optional[Callable[[str, str], None]] = None,
+                 authorized_keys: Sequence[str] = ()):
+        """``authorized_keys``: public key lines authorized on every node through
+        cloud-init user-data (the cluster's internal key), besides the keypair."""
         self.conn = conn
         self.st = st
         self.spec = spec
@@ -85,6 +88,7 @@ class ServerBuilder:
         self.network_id = network_id
         self.sg_name = sg_name
         self.keypair = keypair
+        self.authorized_keys = list(authorized_keys)
         self.nodes: Dict[str, NodeInfo] = {}
         self.replacements = 0
         self.t0 = time.monotonic()
@@ -103,7 +107,8 @@ class ServerBuilder:
 
     def create_one(self, group: ResolvedGroup, name: str) -> NodeInfo:
         private, public = hostkeys.generate_ed25519()
-        user_data = hostkeys.user_data_with_host_key(self.spec.user_data, private, public)
+        user_data = hostkeys.user_data_with_host_key(self.spec.user_data, private, public,
+                                                     self.authorized_keys)
         injected = user_data is not None
         if not injected:
             user_data = self.spec.user_data

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 from cryptography.hazmat.primitives import serialization
@@ -39,12 +39,13 @@ def fingerprint(public_line: str) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
-def user_data_with_host_key(user_data: Optional[str], private: str,
-                            public: str) -> Optional[str]:
-    """Merge ``ssh_keys`` into cloud-config user-data.
+def user_data_with_host_key(user_data: Optional[str], private: str, public: str,
+                            authorized_keys: Sequence[str] = ()) -> Optional[str]:
+    """Merge ``ssh_keys`` (the host key) and ``authorized_keys`` into cloud-config
+    user-data; the caller's own ``ssh_authorized_keys`` are kept, ours follow.
 
     Returns None when the caller's user-data is not cloud-config (a script
-    or a multipart archive): then the key cannot be injected and the console
+    or a multipart archive): then the keys cannot be injected and the console
     log is used instead.
     """
     if user_data and not user_data.lstrip().startswith("#cloud-config"):
@@ -56,6 +57,10 @@ def user_data_with_host_key(user_data: Optional[str], private: str,
     data["ssh_keys"] = dict(data.get("ssh_keys") or {},
                             ed25519_private=private, ed25519_public=public)
     data.setdefault("ssh_deletekeys", True)
+    if authorized_keys:
+        theirs = data.get("ssh_authorized_keys") or []
+        theirs = [theirs] if isinstance(theirs, str) else list(theirs)
+        data["ssh_authorized_keys"] = theirs + [k for k in authorized_keys if k not in theirs]
     return "#cloud-config\n" + yaml.safe_dump(data, default_flow_style=False)
 
 
