@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 from cloudcompute.exceptions import CloudComputeError, StateError
@@ -136,29 +135,15 @@ class JobsMixin:
     def put(self, data: Union[str, Any], remote_path: str,
             nodes: Optional[Sequence[str]] = None,
             progress: Optional[Callable[[int], None]] = None) -> None:
-        """Copy a local file (path) or a NumPy array (saved as .npy) to the nodes.
+        """Copy a local file (path) or a NumPy array (saved as .npy) to the nodes
+        (default: all), each copy checked against the client's sha256.
 
-        ``progress(n)`` is called as each chunk of n bytes leaves (any thread)."""
-        import io
-
-        import numpy as np
-        if isinstance(data, (str, os.PathLike)):
-            with open(data, "rb") as f:
-                raw = f.read()
-        elif isinstance(data, np.ndarray):
-            if data.dtype == object:
-                raise TypeError("put cannot send an object array without pickle")
-            # .npy header + the array's memory: one copy instead of np.save's two
-            arr = data if data.flags.c_contiguous else np.ascontiguousarray(data)
-            buf = io.BytesIO()
-            np.lib.format.write_array_header_1_0(
-                buf, np.lib.format.header_data_from_array_1_0(arr))
-            raw = [buf.getvalue(), memoryview(arr).cast("B")]  # sent back to back
-        else:
-            raise TypeError("put takes a file path or a NumPy array, not %s"
-                            % type(data).__name__)
-        for n in nodes or self.node_names():
-            _write_verified(self.connection(n), remote_path, raw, progress)
+        The client streams it once, to one node; the nodes copy it among
+        themselves (:mod:`cloudcompute.jobs.fanout`). ``progress(n)`` is called
+        as each chunk of n bytes leaves the client (any thread). Raises
+        FanOutError naming the nodes that did not get it."""
+        from cloudcompute.jobs import fanout
+        fanout.put(self, data, remote_path, nodes, progress)
 
     def get(self, remote_path: str, local_path: Optional[str] = None,
             node: Optional[str] = None,

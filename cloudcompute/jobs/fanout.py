@@ -1,0 +1,483 @@
+"""Put one file on many nodes: the client sends it once, the nodes copy it on.
+
+The client streams the file from disk in chunks (memory stays constant
+whatever its size) to one node, hashing it as it goes; then the nodes copy
+it among themselves over their private addresses, doubling the holders each
+round (round k: every node that has the file sends it to one that has not),
+so N nodes take ceil(log2 N) rounds. Every copy is written to a temporary
+file and renamed only once the receiving node's own sha256 of it equals the
+client's. A hop that fails is retried, then that node gets the file straight
+from the client; errors name the node.
+
+Node-to-node SSH uses the cluster's internal key (authorized on every node
+through cloud-init at creation) and a known_hosts file holding every
+member's recorded host key under its fixed IP, both installed in
+``~/.cloudcompute/`` over the client's verified connection. The same files
+serve jobs that need SSH between nodes (MPI): see :func:`intra_ssh_setup`.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import os
+import socket
+import subprocess
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import paramiko
+
+from cloudcompute import retry
+from cloudcompute.exceptions import (CloudComputeError, HostKeyMismatch, IntegrityError,
+                                     SSHError, StateError)
+from cloudcompute.ssh import bulk
+from cloudcompute.ssh.client import is_transient, quote_command, send_all
+
+LOG = logging.getLogger(__name__)
+
+CHUNK = 4 << 20
+INTRA_DIR = ".cloudcompute"
+KEY_NAME, KNOWN_HOSTS_NAME, CONFIG_NAME = "intra_key", "known_hosts", "ssh_config"
+HOP_MIN_RATE = 4e6
+"""Bytes/s below which a node-to-node copy counts as hung (plus a minute)."""
+MISMATCH_EXIT = 3
+
+Progress = Optional[Callable[[int], None]]
+
+# The receiving side of every copy. With a sha256 argument it reads stdin to
+# the end (a node-to-node copy); without, stdin is framed by the client: an
+# 8-byte size, the bytes, then the client's sha256 in hex. Either way the
+# file is written to a temporary name and renamed only if the hashes agree.
+RECEIVE = """import hashlib,os,signal,sys,fcntl
+def bye(*a): sys.exit(4)
+signal.signal(signal.SIGTERM,bye); signal.signal(signal.SIGHUP,bye)
+p=sys.argv[1]; want=sys.argv[2] if len(sys.argv)>2 else ''
+d=os.path.dirname(p) or '.'; os.makedirs(d,exist_ok=True)
+t=os.path.join(d,'.%s.cc-part-%d'%(os.path.basename(p),os.getpid()))
+i=sys.stdin.buffer; h=hashlib.sha256(); left=0
+try: fcntl.fcntl(0,1031,1<<20)
+except OSError: pass
+try:
+ with open(t,'wb') as f:
+  if want:
+   for b in iter(lambda: i.read1(4<<20),b''): h.update(b); f.write(b)
+  else:
+   left=int.from_bytes(i.read(8),'big')
+   while left:
+    b=i.read1(min(left,4<<20))
+    if not b: break
+    h.update(b); f.write(b); left-=len(b)
+   want=i.read(64).decode('ascii','replace')
+ got=h.hexdigest()
+ if left or got!=want:
+  sys.stderr.write('sha256 mismatch: %s (%d bytes missing)\\n'%(got,left)); print(got)
+  sys.exit(3)
+ os.replace(t,p)
+finally:
+ if os.path.exists(t): os.unlink(t)
+print(got)"""
+
+# Writes the files of intra-cluster SSH (a JSON object on stdin), each 0600
+# from creation on and renamed into place; prints the directory.
+INSTALL = """import json,os,sys
+d=os.path.join(os.path.expanduser('~'),%r)
+os.makedirs(d,mode=0o700,exist_ok=True); os.chmod(d,0o700)
+for name,text in sorted(json.load(sys.stdin).items()):
+ p=os.path.join(d,name); t='%%s.tmp-%%d'%%(p,os.getpid())
+ with os.fdopen(os.open(t,os.O_WRONLY|os.O_CREAT|os.O_EXCL,0o600),'w') as f: f.write(text)
+ os.replace(t,p)
+print(d)""" % INTRA_DIR
+
+
+class FanOutError(CloudComputeError):
+    """``put`` reached some nodes only. ``failed``: node -> the exception of
+    its last attempt (the direct upload); ``succeeded``: nodes holding the file."""
+
+    def __init__(self, path: str, failed: Dict[str, BaseException], succeeded: Sequence[str]):
+        self.path = path
+        self.failed = dict(failed)
+        self.succeeded = list(succeeded)
+        super().__init__("put of %s failed on %d node(s): %s" % (path, len(self.failed), "; ".join(
+            "%s (%s: %s)" % (n, type(e).__name__, e) for n, e in sorted(self.failed.items()))))
+
+
+@dataclasses.dataclass(frozen=True)
+class IntraSSH:
+    """How one node reaches the others over SSH, verified both ways.
+
+    Paths are absolute, on that node. ``peers`` maps every member's name to
+    the fixed IP its host key is recorded under in ``known_hosts``.
+    """
+    node: str
+    user: str
+    key_file: str
+    known_hosts: str
+    config_file: str
+    peers: Dict[str, str]
+
+    def ssh_argv(self, peer: str) -> List[str]:
+        """The ssh command (to run on this node) that logs in to ``peer``."""
+        return intra_ssh_argv(self.key_file, self.known_hosts, self.user, self.peers[peer])
+
+
+# -- what runs where (pure, unit tested) ----------------------------------
+def intra_ssh_argv(key_file: str, known_hosts: str, user: str, address: str) -> List[str]:
+    """ssh from one node to another: only the internal key, only recorded host keys."""
+    return ["ssh", "-F", "/dev/null", "-i", key_file,
+            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=" + known_hosts,
+            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
+            "-o", "ServerAliveInterval=15", "-o", "LogLevel=ERROR",
+            "-o", "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com,"
+                  "chacha20-poly1305@openssh.com,aes128-ctr",
+            "%s@%s" % (user, address)]
+
+
+def known_hosts_text(nodes: Sequence[Any]) -> str:
+    """One line per recorded host key of every node, keyed by its fixed IP."""
+    lines = []
+    for n in nodes:
+        if not n.fixed_ip or not n.host_keys:
+            raise StateError("node %s has no fixed IP or no recorded host key" % n.name)
+        lines += ["%s %s\n" % (n.fixed_ip, " ".join(k.split()[:2])) for k in n.host_keys]
+    return "".join(lines)
+
+
+def ssh_config_text(user: str, addresses: Sequence[str], key_file: str,
+                    known_hosts: str) -> str:
+    """An ssh_config for ``ssh -F`` (and MPI's rsh agent): the same options as
+    :func:`intra_ssh_argv`, for the members' fixed IPs only."""
+    return ("# SSH between the nodes of a cloudcompute cluster (host keys verified)\n"
+            "Host %s\n    User %s\n    IdentityFile %s\n    IdentitiesOnly yes\n"
+            "    BatchMode yes\n    StrictHostKeyChecking yes\n    UserKnownHostsFile %s\n"
+            "    GlobalKnownHostsFile /dev/null\n    ConnectTimeout 10\n"
+            % (" ".join(addresses), user, key_file, known_hosts))
+
+
+def receive_command(path: str, sha256: Optional[str] = None) -> List[str]:
+    """The node side of a copy to ``path``: framed from the client, or (with
+    ``sha256``) plain stdin from another node, checked against ``sha256``."""
+    return ["python3", "-c", RECEIVE, path] + ([sha256] if sha256 else [])
+
+
+def hop_command(intra: IntraSSH, peer: str, path: str, sha256: str) -> str:
+    """The shell line run on ``intra.node`` that copies ``path`` to ``peer``."""
+    remote = quote_command(receive_command(path, sha256))
+    return "%s < %s" % (quote_command(intra.ssh_argv(peer) + [remote]), quote_command([path]))
+
+
+def plan_round(holders: Sequence[str], missing: Sequence[str]) -> List[Tuple[str, str]]:
+    """One round: the i-th holder sends to the i-th node still missing the file."""
+    return list(zip(holders, missing, strict=False))
+
+
+def plan_rounds(nodes: Sequence[str]) -> List[List[Tuple[str, str]]]:
+    """Every round of a fan-out from ``nodes[0]`` when every copy succeeds."""
+    holders, missing, rounds = list(nodes[:1]), list(nodes[1:]), []
+    while missing:
+        pairs = plan_round(holders, missing)
+        rounds.append(pairs)
+        holders += [dst for _, dst in pairs]
+        missing = missing[len(pairs):]
+    return rounds
+
+
+# -- the client's side of a stream ----------------------------------------
+class Source:
+    """What ``put`` sends: a file read in chunks, or buffers already in memory."""
+
+    def __init__(self, path: Optional[str] = None, buffers: Sequence[Any] = ()):
+        self.path = path
+        self.buffers = [memoryview(b).cast("B") for b in buffers]
+
+    @classmethod
+    def of(cls, data: Any) -> "Source":
+        """A file path, or a NumPy array (sent as .npy: header, then its memory)."""
+        import numpy as np
+        if isinstance(data, (str, os.PathLike)):
+            path = os.fspath(data)
+            if not os.path.isfile(path):
+                raise FileNotFoundError("put: no such file: %s" % path)
+            return cls(path=path)
+        if isinstance(data, np.ndarray):
+            if data.dtype == object:
+                raise TypeError("put cannot send an object array without pickle")
+            arr = data if data.flags.c_contiguous else np.ascontiguousarray(data)
+            head = io.BytesIO()
+            np.lib.format.write_array_header_1_0(
+                head, np.lib.format.header_data_from_array_1_0(arr))
+            return cls(buffers=[head.getvalue(), memoryview(arr).cast("B")])
+        raise TypeError("put takes a file path or a NumPy array, not %s" % type(data).__name__)
+
+    def size(self) -> int:
+        if self.path is not None:
+            return os.path.getsize(self.path)
+        return sum(len(b) for b in self.buffers)
+
+    def chunks(self, size: int) -> Iterator[memoryview]:
+        """``size`` bytes in chunks; a file's are read into one reused buffer."""
+        if self.path is None:
+            for b in self.buffers:
+                for off in range(0, len(b), CHUNK):
+                    yield b[off:off + CHUNK]
+            return
+        buf = memoryview(bytearray(CHUNK))
+        left = size
+        with open(self.path, "rb") as f:
+            while left:
+                n = f.readinto(buf[:min(left, CHUNK)])
+                if not n:
+                    raise OSError("%s shrank while it was being sent" % self.path)
+                left -= n
+                yield buf[:n]
+
+
+def _send_framed(write: Callable[[Any], Any], source: Source, progress: Progress) -> str:
+    """Size, bytes, sha256: what ``RECEIVE`` expects from the client."""
+    size = source.size()
+    h = hashlib.sha256()
+    write(size.to_bytes(8, "big"))
+    for chunk in source.chunks(size):
+        h.update(chunk)
+        write(chunk)
+        if progress is not None:
+            progress(len(chunk))
+    write(h.hexdigest().encode())
+    return h.hexdigest()
+
+
+def ssh_failure(node: str, stderr: str) -> SSHError:
+    """The error for an OpenSSH client that exited 255 on its way to ``node``."""
+    last = stderr.strip().splitlines()[-1] if stderr.strip() else "no message"
+    if "Host key verification failed" in stderr or "IDENTIFICATION HAS CHANGED" in stderr:
+        return HostKeyMismatch(node, "the recorded host key", "another key (OpenSSH: %s)" % last)
+    if "Permission denied" in stderr:
+        return SSHError(node, "authentication refused: %s" % last, fatal=True)
+    return SSHError(node, "ssh failed: %s" % stderr.strip()[-500:])
+
+
+def _outcome(node: str, what: str, code: int, out: bytes, err: bytes, want: str) -> None:
+    text = err.decode("utf-8", "replace")
+    got = out.decode("ascii", "replace").strip()
+    if code == 0 and got == want:
+        return
+    if code == MISMATCH_EXIT or code == 0:
+        raise IntegrityError(node, what, want, got or "nothing")
+    raise SSHError(node, "%s failed (exit %s): %s" % (what, code, text.strip()[-500:]),
+                   fatal=code not in (-1, 4))
+
+
+@contextlib.contextmanager
+def _named(node: str, what: str) -> Iterator[None]:
+    """Connection-level errors become an SSHError naming the node (transient)."""
+    try:
+        yield
+    except (OSError, EOFError, socket.timeout, paramiko.SSHException) as exc:
+        raise SSHError(node, "%s: %s: %s" % (what, type(exc).__name__, exc)) from exc
+
+
+def stream_to_node(conn: Any, path: str, source: Source, progress: Progress = None) -> str:
+    """Send ``source`` to ``path`` on one node (client memory stays constant);
+    return the sha256 that the node verified before renaming its copy into place."""
+    command = quote_command(receive_command(path))
+    if bulk.available():
+        with _named(conn.name, "upload of %s" % path):
+            return _stream_openssh(conn, path, command, source, progress)
+    want = ""
+    with _named(conn.name, "upload of %s" % path):
+        chan = conn.client.get_transport().open_session(timeout=conn.connect_timeout)
+        try:
+            chan.exec_command(command)
+            with contextlib.suppress(EOFError, OSError):  # the exit status says why
+                want = _send_framed(lambda b: send_all(chan, b), source, progress)
+            chan.shutdown_write()
+            out, err = chan.makefile("rb").read(), chan.makefile_stderr("rb").read()
+            code = chan.recv_exit_status()
+        finally:
+            chan.close()
+    _outcome(conn.name, "upload of %s" % path, code, out, err, want or "(not all sent)")
+    return want
+
+
+def _stream_openssh(conn: Any, path: str, command: str, source: Source,
+                    progress: Progress) -> str:
+    ssh = bulk.OpenSSHBulk(conn.name, conn.address, conn.user, conn.key_file,
+                           conn.host_keys, conn.port)
+    want = ""
+    keepalive = ["-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
+    try:
+        proc = subprocess.Popen(ssh.base + keepalive + [ssh.target, command],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        try:
+            with contextlib.suppress(OSError):  # fewer, larger writes
+                fcntl.fcntl(proc.stdin.fileno(), bulk.F_SETPIPE_SZ, 1 << 20)
+            with contextlib.suppress(BrokenPipeError):  # the node's exit status says why
+                want = _send_framed(proc.stdin.write, source, progress)
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+            # The node prints only its hash (or an error), so these reads cannot block it.
+            out, err = proc.stdout.read(), proc.stderr.read()
+            proc.wait()
+        except BaseException:
+            proc.kill()  # the node sees the stream end early and drops its temp file
+            proc.communicate()
+            raise
+    finally:
+        ssh.close()
+    if proc.returncode == 255:
+        raise ssh_failure(conn.name, err.decode("utf-8", "replace"))
+    _outcome(conn.name, "upload of %s" % path, proc.returncode, out, err,
+             want or "(not all sent)")
+    return want
+
+
+def transient(exc: BaseException) -> bool:
+    """Worth another attempt: a damaged copy, or a connection that blipped."""
+    return isinstance(exc, IntegrityError) or is_transient(exc)
+
+
+def direct(conn: Any, path: str, source: Source, progress: Progress = None) -> str:
+    """Client -> one node, retried under ``retry.transfer``."""
+    return retry.transfer(is_transient=transient)(stream_to_node)(conn, path, source, progress)
+
+
+# -- node to node ------------------------------------------------------------
+def intra_ssh_setup(cluster: Any, nodes: Optional[Sequence[str]] = None) -> Dict[str, IntraSSH]:
+    """Install the cluster's internal key, known_hosts and ssh_config on ``nodes``
+    (default: all) over the client's verified SSH; node -> its IntraSSH.
+
+    Afterwards ``ssh -F ~/.cloudcompute/ssh_config <fixed IP>`` works from
+    each of them to every member, verified against the recorded host keys.
+    Raises StateError for a cluster without an internal key (created before
+    this existed); a node that cannot be set up raises its SSH error.
+    """
+    done, failed = _setup(cluster, list(nodes or cluster.node_names()))
+    if failed:
+        raise sorted(failed.items())[0][1]
+    return done
+
+
+def _setup(cluster: Any, names: Sequence[str]) -> Tuple[Dict[str, IntraSSH],
+                                                        Dict[str, BaseException]]:
+    key_path = (cluster.state.data.get("ssh") or {}).get("internal_key_file") \
+        if cluster.state else None
+    if not key_path or not os.path.exists(key_path):
+        raise StateError("cluster %s has no internal key (it was created by an older "
+                         "cloudcompute); node-to-node SSH is not set up" % cluster.name)
+    with open(key_path) as f:
+        private = f.read()
+    user = cluster.state.data["ssh"]["user"]
+    peers = {n.name: n.fixed_ip for n in cluster.nodes}
+    known = known_hosts_text(cluster.nodes)
+
+    def one(name: str) -> IntraSSH:
+        home = os.path.join("~", INTRA_DIR)  # replaced below by the node's own answer
+        files = {KEY_NAME: private, KNOWN_HOSTS_NAME: known,
+                 CONFIG_NAME: ssh_config_text(user, sorted(peers.values()),
+                                              os.path.join(home, KEY_NAME),
+                                              os.path.join(home, KNOWN_HOSTS_NAME))}
+        # The private key travels on stdin: never on a command line or in a log.
+        with _named(name, "installing node-to-node SSH"):
+            r = cluster.connection(name).run(["python3", "-c", INSTALL],
+                                             stdin=json.dumps(files).encode(), timeout=60)
+        d = r.stdout.strip()
+        return IntraSSH(name, user, os.path.join(d, KEY_NAME),
+                        os.path.join(d, KNOWN_HOSTS_NAME), os.path.join(d, CONFIG_NAME), peers)
+
+    done: Dict[str, IntraSSH] = {}
+    failed: Dict[str, BaseException] = {}
+    with cf.ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
+        futures = {n: pool.submit(one, n) for n in names}
+        for n, f in futures.items():
+            try:
+                done[n] = f.result()
+            except CloudComputeError as exc:
+                failed[n] = exc
+    return done, failed
+
+
+def copy_between(cluster: Any, intra: IntraSSH, dst: str, path: str, sha256: str,
+                 size: int) -> None:
+    """One hop: ``intra.node`` sends ``path`` to ``dst``, which checks ``sha256``."""
+    what = "copy of %s from %s" % (path, intra.node)
+    with _named(intra.node, what):
+        r = cluster.connection(intra.node).run(hop_command(intra, dst, path, sha256),
+                                               warn=True, timeout=60 + size / HOP_MIN_RATE)
+    if r.exit_code == 255:
+        raise ssh_failure(dst, r.stderr)
+    _outcome(dst, what, r.exit_code, r.stdout.encode(), r.stderr.encode(), sha256)
+
+
+def _hop_or_direct(cluster: Any, intra: IntraSSH, dst: str, path: str, source: Source,
+                   sha256: str, size: int, progress: Progress) -> None:
+    try:
+        retry.transfer(is_transient=transient)(copy_between)(
+            cluster, intra, dst, path, sha256, size)
+        return
+    except CloudComputeError as exc:
+        LOG.warning("copy of %s from %s to %s failed (%s); sending it from the client",
+                    path, intra.node, dst, exc)
+    if direct(cluster.connection(dst), path, source, progress) != sha256:
+        raise IntegrityError(dst, "upload of %s" % path, sha256, "another file's hash")
+
+
+def put(cluster: Any, data: Any, remote_path: str, nodes: Optional[Sequence[str]] = None,
+        progress: Progress = None) -> None:
+    """``cluster.put``: the client sends once, the nodes copy it on (see the module)."""
+    source = Source.of(data)
+    names = list(dict.fromkeys(nodes or cluster.node_names()))
+    if len(names) == 1:
+        direct(cluster.connection(names[0]), remote_path, source, progress)
+        return
+    failed: Dict[str, BaseException] = {}
+    try:
+        intra, unset = _setup(cluster, names)
+    except StateError as exc:
+        LOG.info("%s; sending %s to each node from the client", exc, remote_path)
+        intra, unset = {}, {}
+    for n, exc in unset.items():
+        LOG.warning("node-to-node SSH not set up on %s (%s); it gets %s from the client",
+                    n, exc, remote_path)
+    holders: List[str] = []
+    sha = ""
+    t0 = time.monotonic()
+    for seed in [n for n in names if n in intra] or names[:1]:
+        try:
+            sha = direct(cluster.connection(seed), remote_path, source, progress)
+            holders.append(seed)
+            LOG.debug("client -> %s: %.2fs", seed, time.monotonic() - t0)
+            break
+        except CloudComputeError as exc:
+            failed[seed] = exc
+    missing = [n for n in names if n in intra and n not in holders and n not in failed]
+    size = source.size()
+    while holders and missing:
+        t0 = time.monotonic()
+        pairs = plan_round([h for h in holders if h in intra], missing)
+        with cf.ThreadPoolExecutor(max_workers=len(pairs)) as pool:
+            futures = {dst: pool.submit(_hop_or_direct, cluster, intra[src], dst, remote_path,
+                                        source, sha, size, progress) for src, dst in pairs}
+            for dst, f in futures.items():
+                try:
+                    f.result()
+                    holders.append(dst)
+                except CloudComputeError as exc:
+                    failed[dst] = exc
+        missing = missing[len(pairs):]
+        LOG.debug("round of %d node-to-node copies: %.2fs", len(pairs), time.monotonic() - t0)
+    for n in names:  # nodes without node-to-node SSH, or all of them without a seed
+        if n not in holders and n not in failed:
+            try:
+                direct(cluster.connection(n), remote_path, source, progress)
+                holders.append(n)
+            except CloudComputeError as exc:
+                failed[n] = exc
+    if failed:
+        raise FanOutError(remote_path, failed, holders) from next(iter(failed.values()))
