@@ -145,8 +145,12 @@ class Executor:
     def __init__(self, connections: Dict[str, NodeConnection],
                  python: Optional[Dict[str, str]] = None,
                  slots: Optional[Dict[str, int]] = None, task_retries: int = 2,
-                 max_result_bytes: Optional[int] = None):
+                 max_result_bytes: Optional[int] = None,
+                 log_handler: Optional[Callable[[str, str, str], None]] = None):
+        """``log_handler(node, task, text)`` receives the tasks' output; by default
+        each line is logged at INFO."""
         self.connections = connections
+        self.log_handler = log_handler
         self.python = python or {}
         self.slots = slots or {}
         self.task_retries = task_retries
@@ -168,7 +172,7 @@ class Executor:
             if w is None:
                 w = self.workers[node] = RemoteWorker(
                     self.connections[node], self.python.get(node, "python3"),
-                    self.slots.get(node), self.max_result_bytes)
+                    self.slots.get(node), self.max_result_bytes, self.log_handler)
             if not w.alive:
                 w.start()
             return w

@@ -57,13 +57,13 @@ def unique():
 
 
 @contextlib.contextmanager
-def shared_cluster(tmp_path_factory, prefix, nodes):
+def shared_cluster(tmp_path_factory, prefix, nodes, **spec):
     """A cluster for a whole test module, with a state directory of its own."""
     from cloudcompute import Cluster, ClusterSpec
     old = os.environ.get("CLOUDCOMPUTE_STATE_DIR")
     os.environ["CLOUDCOMPUTE_STATE_DIR"] = str(tmp_path_factory.mktemp(prefix + "-state"))
     try:
-        with Cluster(ClusterSpec(name="%s%d" % (prefix, os.getpid()), nodes=nodes),
+        with Cluster(ClusterSpec(name="%s%d" % (prefix, os.getpid()), nodes=nodes, **spec),
                      cloud=CLOUD) as c:
             yield c
     finally:

@@ -69,3 +69,16 @@ def file_sha256(path):
 
 def returns_set():
     return {1, 2, 3}
+
+
+def sleep_forever(_=None):
+    while True:
+        time.sleep(1)
+
+
+def span(seconds):
+    """(pid, start, end) of a task that sleeps ``seconds``."""
+    import os
+    t0 = time.time()
+    time.sleep(seconds)
+    return [os.getpid(), t0, time.time()]

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from cloudcompute import Cluster, ClusterSpec
-from cloudcompute.exceptions import (HostKeyMismatch, RemoteTaskError, SerializationError,
-                                     TaskKilled)
+from cloudcompute.exceptions import (HostKeyMismatch, MapError, RemoteTaskError,
+                                     SerializationError, TaskKilled)
 from tests.functional import jobfuncs as jf
 from tests.functional.conftest import CLOUD, keypairs_with, leftovers, shared_cluster
 
@@ -52,10 +52,12 @@ def test_200mib_round_trip_keeps_every_byte(cluster):
 
 def test_remote_exception_carries_node_and_traceback(cluster, fault):
     fault("remote task raises KeyError during map", "ssh",
-          "RemoteTaskError with node, task and remote traceback")
-    with fault.raises(RemoteTaskError) as err:
+          "MapError holding each item's RemoteTaskError with node, task and remote traceback")
+    with fault.raises(MapError) as err:
         cluster.map(jf.fails, [1, 2])
-    e = err.value
+    assert set(err.value.errors) | set(err.value.pending) == {0, 1}
+    e = next(iter(err.value.errors.values()))
+    assert isinstance(e, RemoteTaskError)
     assert e.exc_type == "KeyError" and e.node in cluster.node_names()
     assert "jobfuncs.py" in e.traceback and "missing-" in e.traceback
 
