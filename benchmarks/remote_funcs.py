@@ -12,3 +12,11 @@ def make(mib):
 
 def noop(x):
     return x
+
+
+def spin(n):
+    """Pure-Python CPU work: one core for as long as ``n`` iterations take."""
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s

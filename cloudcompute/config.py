@@ -46,6 +46,8 @@ class Timeouts:
     active: float = 600.0
     ssh: float = 300.0
     teardown: float = 300.0
+    node_silence: float = 10.0
+    """A node whose worker sends nothing (it beats every fifth of this) is lost."""
 
 
 @dataclasses.dataclass

@@ -35,7 +35,8 @@ class JobsMixin:
             self._executor = Executor({n.name: self.connection(n.name) for n in self.nodes},
                                       python=pythons,
                                       slots={n.name: n.slots for n in self.nodes},
-                                      max_result_bytes=self.spec.max_result_bytes)
+                                      max_result_bytes=self.spec.max_result_bytes,
+                                      silence=self.spec.timeouts.node_silence)
         return self._executor
 
     def prepare(self, requirements: Sequence[str] = (), match_client: bool = False,

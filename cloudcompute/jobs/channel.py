@@ -5,7 +5,7 @@ modules it imports, once per content hash), starts it over one SSH channel
 and keeps many requests in flight on it: each request gets a Future, and
 one reader thread per channel resolves them as answers arrive, in any order
 (:mod:`.protocol`). The node sends a heartbeat every
-``protocol.BEAT_SECONDS``; a channel silent for ``SILENCE_LIMIT`` seconds,
+a fifth of ``silence`` seconds; a channel silent for ``silence`` seconds,
 or one that breaks, fails every request in flight with :class:`NodeLost`.
 Everything the node sends is checked against size caps before it is held.
 """
@@ -31,8 +31,9 @@ from cloudcompute.ssh.client import NodeConnection, quote_command, send_all
 LOG = logging.getLogger(__name__)
 
 SILENCE_LIMIT = 10.0
-"""Seconds without a byte from a node before it counts as lost; the node sends a
-heartbeat after a fifth of that without other output."""
+"""Default seconds without a byte from a node before it counts as lost
+(``Timeouts.node_silence``); the node sends a heartbeat after a fifth of that
+without other output."""
 
 NODE_PACKAGE = "ccnode"
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -74,10 +75,10 @@ class _ChannelReader:
         return self.chan.recv(min(n, 4 << 20))
 
 
-def _channel_error(node: str, exc: BaseException) -> Exception:
+def _channel_error(node: str, exc: BaseException, silence: float) -> Exception:
     """What a broken read or write on the channel means for the caller."""
     if isinstance(exc, socket.timeout):
-        return NodeLost(node, "no answer for %gs (heartbeat missed)" % SILENCE_LIMIT)
+        return NodeLost(node, "no answer for %gs (heartbeat missed)" % silence)
     if isinstance(exc, wire.WireError):
         if "sha256" in str(exc):
             return IntegrityError(node, "frame from the worker", "sha256 in header", str(exc))
@@ -92,8 +93,10 @@ class RemoteWorker:
 
     def __init__(self, conn: NodeConnection, python: str = "python3",
                  slots: Optional[int] = None, max_bytes: Optional[int] = None,
-                 log_handler: Optional[Callable[[str, str, str], None]] = None):
+                 log_handler: Optional[Callable[[str, str, str], None]] = None,
+                 silence: Optional[float] = None):
         self.conn = conn
+        self.silence = silence or SILENCE_LIMIT
         self.python = python
         self.want_slots = slots
         self.max_bytes = max_bytes or wire.default_max_result_bytes()
@@ -141,11 +144,11 @@ class RemoteWorker:
     def start(self) -> Dict[str, Any]:
         """Start the worker on the node and read its hello."""
         path = self.ensure_shipped()
-        argv = [self.python, "-u", "-c", LAUNCH, path, "--beat", "%g" % (SILENCE_LIMIT / 5)]
+        argv = [self.python, "-u", "-c", LAUNCH, path, "--beat", "%g" % (self.silence / 5)]
         if self.want_slots:
             argv += ["--slots", str(self.want_slots)]
         chan = self.conn.client.get_transport().open_session(timeout=30)
-        chan.settimeout(SILENCE_LIMIT)
+        chan.settimeout(self.silence)
         chan.exec_command(quote_command(argv))
         self._in, self._out = _ChannelReader(chan), _ChannelWriter(chan)
         try:
@@ -181,7 +184,7 @@ class RemoteWorker:
         except EOFError as exc:
             raise SSHError(self.node, "worker channel closed: %s" % exc) from exc
         except (OSError, paramiko.SSHException, wire.WireError, MemoryError) as exc:
-            raise _channel_error(self.node, exc) from exc
+            raise _channel_error(self.node, exc, self.silence) from exc
 
     def _read_loop(self, chan: paramiko.Channel) -> None:
         while True:
@@ -223,7 +226,10 @@ class RemoteWorker:
         for future in pending.values():
             if not future.done():
                 future.set_exception(exc)
-        chan.close()
+        try:
+            chan.close()
+        except (OSError, EOFError, paramiko.SSHException) as close_exc:
+            LOG.debug("%s: closing a broken channel: %s", self.node, close_exc)
 
     def request(self, header: Dict[str, Any], blobs: Sequence[Any] = (),
                 answered: bool = True) -> cf.Future:
@@ -239,7 +245,7 @@ class RemoteWorker:
             try:
                 wire.write_frame(self._out, header, blobs)
             except (OSError, paramiko.SSHException, EOFError) as exc:
-                error = _channel_error(self.node, exc)
+                error = _channel_error(self.node, exc, self.silence)
                 self._fail(chan, error)
                 raise error from exc
         return future

@@ -146,11 +146,13 @@ class Executor:
                  python: Optional[Dict[str, str]] = None,
                  slots: Optional[Dict[str, int]] = None, task_retries: int = 2,
                  max_result_bytes: Optional[int] = None,
-                 log_handler: Optional[Callable[[str, str, str], None]] = None):
+                 log_handler: Optional[Callable[[str, str, str], None]] = None,
+                 silence: Optional[float] = None):
         """``log_handler(node, task, text)`` receives the tasks' output; by default
         each line is logged at INFO."""
         self.connections = connections
         self.log_handler = log_handler
+        self.silence = silence or channel.SILENCE_LIMIT
         self.python = python or {}
         self.slots = slots or {}
         self.task_retries = task_retries
@@ -172,7 +174,8 @@ class Executor:
             if w is None:
                 w = self.workers[node] = RemoteWorker(
                     self.connections[node], self.python.get(node, "python3"),
-                    self.slots.get(node), self.max_result_bytes, self.log_handler)
+                    self.slots.get(node), self.max_result_bytes, self.log_handler,
+                    self.silence)
             if not w.alive:
                 w.start()
             return w
@@ -267,7 +270,7 @@ class Executor:
         self.inflight[task.id] = node
         try:
             future = w.request(request, sent)
-            bound = None if task.timeout is None else task.timeout + channel.SILENCE_LIMIT + 5
+            bound = None if task.timeout is None else task.timeout + self.silence + 5
             try:
                 header, rblobs = future.result(timeout=bound)
             except cf.TimeoutError:
@@ -336,7 +339,7 @@ class Executor:
             w.projects.add(shipped.digest)
 
     def _answer(self, w: RemoteWorker, future: cf.Future) -> Dict[str, Any]:
-        header, _ = future.result(timeout=channel.SILENCE_LIMIT * 6)
+        header, _ = future.result(timeout=self.silence * 6)
         return header
 
     def _result(self, w: RemoteWorker, task: Task, request: Dict[str, Any],

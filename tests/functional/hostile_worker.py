@@ -35,7 +35,7 @@ def read_exact(n):
 def read_task():
     (n,) = HDR.unpack(read_exact(HDR.size))
     header = json.loads(read_exact(n))
-    for desc in header.get("blobs", []):
+    for _ in header.get("blobs", []):
         (size,) = LEN.unpack(read_exact(LEN.size))
         read_exact(size)
     return header

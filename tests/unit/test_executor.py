@@ -9,7 +9,6 @@ import pytest
 
 from cloudcompute.exceptions import (MapError, NodeLost, RemoteTaskError, TaskKilled,
                                      TaskTimeout)
-from cloudcompute.jobs import channel
 from cloudcompute.jobs.executor import Executor, SlotPool, TaskResult
 from tests.unit import nodefuncs as nf
 from tests.unit.localnode import LocalNode
@@ -17,7 +16,6 @@ from tests.unit.localnode import LocalNode
 
 @pytest.fixture
 def nodes(tmp_path, monkeypatch):
-    monkeypatch.setattr(channel, "SILENCE_LIMIT", 1.5)
     made = []
 
     def make(count=1, slots=1):
@@ -27,7 +25,7 @@ def nodes(tmp_path, monkeypatch):
             made.append(node)
             out[node.name] = node
         ex = Executor(out, python={n: sys.executable for n in out},
-                      slots={n: slots for n in out})
+                      slots={n: slots for n in out}, silence=1.5)
         return ex, out
     yield make
     for node in made:
@@ -123,7 +121,7 @@ def test_a_hung_node_is_lost_within_the_silence_bound(nodes):
     with pytest.raises(NodeLost):
         ex.run_on("n0", nf.add_one, [1])
     # two runs (reconnect once), each bounded by the silence limit
-    assert time.monotonic() - t0 < 2 * channel.SILENCE_LIMIT + 3
+    assert time.monotonic() - t0 < 2 * ex.silence + 3
     local["n0"].kill(signal.SIGCONT)
     ex.close()
 
