@@ -24,6 +24,12 @@ from cloudcompute.exceptions import HostKeyMismatch, IntegrityError, SSHError
 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
+KEEPALIVE_SECONDS = 5
+"""Both SSH clients probe a quiet connection this often; OpenSSH gives up after
+three probes go unanswered (15 s), paramiko when its transport write fails."""
+KEEPALIVE_OPTIONS = ["-o", "ServerAliveInterval=%d" % KEEPALIVE_SECONDS,
+                     "-o", "ServerAliveCountMax=3"]
+
 LOG = logging.getLogger(__name__)
 
 
@@ -148,6 +154,7 @@ class OpenSSHBulk:
                      "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
                      "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=" + self.known,
                      "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
+                     *KEEPALIVE_OPTIONS,
                      "-o", "ControlMaster=auto", "-o", "ControlPersist=120",
                      "-o", "ControlPath=" + os.path.join(self.dir, "cm"),
                      "-o", "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com,"

@@ -144,7 +144,7 @@ class NodeConnection:
             sock.close()
             client.close()
             raise
-        client.get_transport().set_keepalive(15)
+        client.get_transport().set_keepalive(bulk.KEEPALIVE_SECONDS)
         return client
 
     @property
