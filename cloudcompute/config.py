@@ -156,10 +156,10 @@ def validate(spec: ClusterSpec) -> ClusterSpec:
     if spec.min_nodes is not None and not (1 <= spec.min_nodes <= max(total, 1)):
         problems.append("min_nodes %r must be between 1 and the node count %d"
                         % (spec.min_nodes, total))
-    for field in dataclasses.fields(Timeouts):
-        value = getattr(spec.timeouts, field.name)
+    for timeout in dataclasses.fields(Timeouts):
+        value = getattr(spec.timeouts, timeout.name)
         if not isinstance(value, (int, float)) or value <= 0:
-            problems.append("timeouts.%s must be a positive number of seconds" % field.name)
+            problems.append("timeouts.%s must be a positive number of seconds" % timeout.name)
     if spec.max_result_bytes is not None and not (
             isinstance(spec.max_result_bytes, int) and spec.max_result_bytes > 0):
         problems.append("max_result_bytes must be a positive number of bytes, got %r"

@@ -88,7 +88,7 @@ def create_checked(create: Callable[[], Any], find: Callable[[], Any],
                    attempts: int = 4) -> Any:
     """Run a non-idempotent create; before each retry, look for what an earlier
     attempt may have made (its answer lost) and return that instead."""
-    tried = []
+    tried: list = []
 
     def attempt() -> Any:
         if tried:

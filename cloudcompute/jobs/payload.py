@@ -85,7 +85,7 @@ def function_spec(fn: Callable[..., Any], blobs: Blobs, allow_pickle: bool,
     found = _module_source(fn)
     if found is not None:
         module, filename, source, sha = found
-        spec = {"kind": "ref", "module": module, "package": _package_of(fn),
+        spec: Dict[str, Any] = {"kind": "ref", "module": module, "package": _package_of(fn),
                 "filename": filename, "qualname": fn.__qualname__, "sha256": sha}
         if sent is None or sha not in sent:
             spec["blob"] = blobs.add(source)

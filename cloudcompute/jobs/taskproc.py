@@ -16,7 +16,7 @@ from . import protocol as P
 from .wire import WireError, decode, encode, read_frame, write_frame
 
 NODE_DIR = os.path.join("~", ".cloudcompute")
-_CODE = {}  # sha256 of a shipped module's source -> its code object
+_CODE = {}  # type: dict  # sha256 of a shipped module's source -> its code object
 
 
 def node_path(*parts):

@@ -48,7 +48,7 @@ class Plan:
         return sum(g.count for g in self.groups)
 
 
-def _find(finder, name_or_id: str):
+def _find(finder, name_or_id: Optional[str]):
     try:
         return retry.call(finder, name_or_id, ignore_missing=True)
     except os_exc.DuplicateResource:
