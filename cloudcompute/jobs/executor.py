@@ -377,8 +377,9 @@ class Executor:
         unless ``return_exceptions`` puts each exception in its position."""
         items = list(items)
         first = self.task(fn, allow_pickle=allow_pickle, timeout=timeout)
-        name = getattr(fn, "__name__", "fn")
-        tasks = [Task("%s#%d" % (name, i), fn, item if star else (item,), {}, allow_pickle,
+        # ids name the map too: two maps (or run_all) at once share the channels
+        name = "%s#%s" % (getattr(fn, "__name__", "fn"), first.id)
+        tasks = [Task("%s.%d" % (name, i), fn, item if star else (item,), {}, allow_pickle,
                       timeout, first.project) for i, item in enumerate(items)]
         live = [n for n in (nodes or list(self.connections)) if n not in self.dead]
         slots = self._start_all(live) if live and tasks else {}
