@@ -210,6 +210,8 @@ class Cluster(JobsMixin):
 
     def down(self) -> Dict[str, float]:
         """Delete everything this cluster created; raise TeardownError if anything is left."""
+        from cloudcompute import daskcluster
+        daskcluster.stop(self)  # Dask's processes first, while their nodes still answer
         self.close_connections()
         if self.state is None:
             return {}
@@ -246,6 +248,16 @@ class Cluster(JobsMixin):
             LOG.warning("cluster %s has no ready nodes recorded (still coming up or "
                         "failed); down() will still delete its resources", name)
         return self
+
+    def dask(self, **options: Any) -> Any:
+        """A connected ``distributed.Client`` for Dask on this cluster (extra ``dask``).
+
+        The scheduler runs on the first node, one worker per node; the client
+        reaches them through SSH port forwards. The same Client comes back on
+        a second call; its ``with`` block, and ``down()``, stop the Dask
+        processes. Options: :class:`cloudcompute.daskcluster.DaskOptions`."""
+        from cloudcompute import daskcluster
+        return daskcluster.client(self, **options)
 
     # -- SSH -----------------------------------------------------------
     def connection(self, node: str) -> NodeConnection:

@@ -10,6 +10,8 @@
     list           clusters known locally and found in the cloud by tag
     ssh NAME [NODE] [-- COMMAND ...]          a shell or a command, host key verified
     logs NAME [NODE]                          console logs of the servers
+    dask NAME [--stop]                        start Dask (or find it running), forward
+                                              its ports here and wait for Ctrl-C
     down NAME      delete the cluster and everything it created
     gc [--yes]     delete expired or abandoned clusters (dry run without --yes)
 
@@ -26,6 +28,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from typing import Any, Dict, List, Optional
 
 from cloudcompute import config
@@ -85,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     logs = sub.add_parser("logs", help="console logs of the servers")
     logs.add_argument("name")
     logs.add_argument("node", nargs="?")
+    dk = sub.add_parser("dask", help="start Dask on a cluster (or find it running) and "
+                        "forward the scheduler and dashboard here until Ctrl-C")
+    dk.add_argument("name")
+    dk.add_argument("--stop", action="store_true",
+                    help="stop the cluster's Dask processes instead (the servers stay)")
+    dk.add_argument("--timeout", type=float, default=120.0,
+                    help="seconds for the processes to start (default 120)")
     gc = sub.add_parser("gc", help="delete expired or abandoned clusters")
     gc.add_argument("--yes", action="store_true", help="really delete (default: dry run)")
     return p
@@ -351,6 +361,33 @@ def cmd_logs(args):
             print("==> %s <==\n%s" % (name, text))
 
 
+def cmd_dask(args):
+    from cloudcompute import daskcluster
+    c = _cluster(args)
+    if args.stop:
+        daskcluster.stop(c)
+        c.close_connections()
+        emit(args, {"name": args.name, "stopped": True})
+        return 0
+    try:
+        client = c.dask(timeout=args.timeout)
+        info = client.cloudcompute.describe()
+        emit(args, {k: info[k] for k in ("name", "scheduler", "dashboard", "scheduler_node",
+                                         "remote_scheduler", "workers", "reused")})
+        sys.stdout.flush()
+        if args.format != "json":
+            print("forwarding until Ctrl-C; `cloudcompute dask %s --stop` or `down` stops "
+                  "Dask" % args.name, file=sys.stderr)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+    finally:
+        daskcluster.detach(c)  # the processes keep running for the next client
+        c.close_connections()
+    return 0
+
+
 def cmd_down(args):
     c = _cluster(args)
     timings = c.down()
@@ -370,7 +407,7 @@ def cmd_gc(args):
 
 COMMANDS = {"up": cmd_up, "run": cmd_run, "put": cmd_put, "get": cmd_get,
             "status": cmd_status, "list": cmd_list, "ssh": cmd_ssh, "logs": cmd_logs,
-            "down": cmd_down, "gc": cmd_gc}
+            "dask": cmd_dask, "down": cmd_down, "gc": cmd_gc}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
