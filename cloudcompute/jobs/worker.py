@@ -311,8 +311,13 @@ class Worker:
         for rel, sha in files.items():
             path = os.path.join(root, rel)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            if not os.path.exists(path):
+            try:
                 os.link(os.path.join(store, sha), path)
+            except FileExistsError:
+                pass  # another worker on this node built the same project
+            except OSError:  # no hard links here: a copy does
+                with open(os.path.join(store, sha), "rb") as f:
+                    _write_atomic(path, f.read())
         _write_atomic(os.path.join(root, ".complete"), b"")
         return {"op": P.READY, "id": req["id"], "digest": req["digest"]}
 

@@ -168,3 +168,29 @@ def test_two_maps_at_once_share_the_workers(nodes):
         t.join(30)
     assert out == {0: list(range(1, 31)), 100: list(range(101, 131))}
     ex.close()
+
+
+def test_the_project_travels_by_content_once(nodes, tmp_path):
+    proj = tmp_path / "proj"
+    (proj / "pkgx").mkdir(parents=True)
+    (proj / "sib.py").write_text("def clean(x):\n    return abs(x)\n")
+    (proj / "pkgx" / "__init__.py").write_text("FACTOR = 3\n")
+    (proj / "pkgx" / "mod.py").write_text("from . import FACTOR\n\n\n"
+                                          "def scale(x):\n    return FACTOR * x\n")
+    (proj / "jobmod.py").write_text("from sib import clean\nfrom pkgx.mod import scale\n\n\n"
+                                    "def work(x):\n    return scale(clean(x))\n")
+    sys.path.insert(0, str(proj))
+    try:
+        import jobmod
+        ex, _ = nodes(1, slots=1)
+        assert [r.value for r in ex.map(jobmod.work, [-1, 2])] == [3, 6]
+        assert ex.project_files_sent == 4
+        ex.close()
+        ex2 = Executor(ex.connections, python=ex.python, slots=ex.slots, silence=1.5)
+        assert [r.value for r in ex2.map(jobmod.work, [-4])] == [12]
+        assert ex2.project_files_sent == 0  # the node kept what it had
+        ex2.close()
+    finally:
+        sys.path.remove(str(proj))
+        for name in ("jobmod", "sib", "pkgx", "pkgx.mod"):
+            sys.modules.pop(name, None)
