@@ -7,45 +7,41 @@ round (round k: every node that has the file sends it to one that has not),
 so N nodes take ceil(log2 N) rounds. Every copy is written to a temporary
 file and renamed only once the receiving node's own sha256 of it equals the
 client's. A hop that fails is retried, then that node gets the file straight
-from the client; errors name the node.
+from the client; errors name the node. A small file (at most
+``DIRECT_MAX_EXTRA`` extra bytes) goes from the client to every node.
 
-Node-to-node SSH uses the cluster's internal key (authorized on every node
-through cloud-init at creation) and a known_hosts file holding every
-member's recorded host key under its fixed IP, both installed in
-``~/.cloudcompute/`` over the client's verified connection. The same files
-serve jobs that need SSH between nodes (MPI): see :func:`intra_ssh_setup`.
+Each hop is ``ssh peer RECEIVE < file`` run on the sending node, with the
+cluster's internal key and the members' recorded host keys
+(:mod:`cloudcompute.ssh.intra`).
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import dataclasses
 import fcntl
 import hashlib
 import io
-import json
 import logging
 import os
-import socket
 import subprocess
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-import paramiko
-
 from cloudcompute import retry
 from cloudcompute.exceptions import (CloudComputeError, HostKeyMismatch, IntegrityError,
                                      SSHError, StateError)
-from cloudcompute.ssh import bulk
+from cloudcompute.ssh import bulk, intra
 from cloudcompute.ssh.client import is_transient, quote_command, send_all
+from cloudcompute.ssh.intra import IntraSSH, named_errors
 
 LOG = logging.getLogger(__name__)
 
 CHUNK = 4 << 20
-INTRA_DIR = ".cloudcompute"
-KEY_NAME, KNOWN_HOSTS_NAME, CONFIG_NAME = "intra_key", "known_hosts", "ssh_config"
 HOP_MIN_RATE = 4e6
 """Bytes/s below which a node-to-node copy counts as hung (plus a minute)."""
+DIRECT_MAX_EXTRA = 8 << 20
+"""The client sends a file to every node itself while that costs at most this
+many extra bytes (size x (N - 1)): a hop's SSH handshake costs more than that."""
 MISMATCH_EXIT = 3
 
 Progress = Optional[Callable[[int], None]]
@@ -83,18 +79,6 @@ finally:
  if os.path.exists(t): os.unlink(t)
 print(got)"""
 
-# Writes the files of intra-cluster SSH (a JSON object on stdin), each 0600
-# from creation on and renamed into place; prints the directory.
-INSTALL = """import json,os,sys
-d=os.path.join(os.path.expanduser('~'),%r)
-os.makedirs(d,mode=0o700,exist_ok=True); os.chmod(d,0o700)
-for name,text in sorted(json.load(sys.stdin).items()):
- p=os.path.join(d,name); t='%%s.tmp-%%d'%%(p,os.getpid())
- with os.fdopen(os.open(t,os.O_WRONLY|os.O_CREAT|os.O_EXCL,0o600),'w') as f: f.write(text)
- os.replace(t,p)
-print(d)""" % INTRA_DIR
-
-
 class FanOutError(CloudComputeError):
     """``put`` reached some nodes only. ``failed``: node -> the exception of
     its last attempt (the direct upload); ``succeeded``: nodes holding the file."""
@@ -107,69 +91,17 @@ class FanOutError(CloudComputeError):
             "%s (%s: %s)" % (n, type(e).__name__, e) for n, e in sorted(self.failed.items()))))
 
 
-@dataclasses.dataclass(frozen=True)
-class IntraSSH:
-    """How one node reaches the others over SSH, verified both ways.
-
-    Paths are absolute, on that node. ``peers`` maps every member's name to
-    the fixed IP its host key is recorded under in ``known_hosts``.
-    """
-    node: str
-    user: str
-    key_file: str
-    known_hosts: str
-    config_file: str
-    peers: Dict[str, str]
-
-    def ssh_argv(self, peer: str) -> List[str]:
-        """The ssh command (to run on this node) that logs in to ``peer``."""
-        return intra_ssh_argv(self.key_file, self.known_hosts, self.user, self.peers[peer])
-
-
 # -- what runs where (pure, unit tested) ----------------------------------
-def intra_ssh_argv(key_file: str, known_hosts: str, user: str, address: str) -> List[str]:
-    """ssh from one node to another: only the internal key, only recorded host keys."""
-    return ["ssh", "-F", "/dev/null", "-i", key_file,
-            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=" + known_hosts,
-            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
-            "-o", "ServerAliveInterval=15", "-o", "LogLevel=ERROR",
-            "-o", "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com,"
-                  "chacha20-poly1305@openssh.com,aes128-ctr",
-            "%s@%s" % (user, address)]
-
-
-def known_hosts_text(nodes: Sequence[Any]) -> str:
-    """One line per recorded host key of every node, keyed by its fixed IP."""
-    lines = []
-    for n in nodes:
-        if not n.fixed_ip or not n.host_keys:
-            raise StateError("node %s has no fixed IP or no recorded host key" % n.name)
-        lines += ["%s %s\n" % (n.fixed_ip, " ".join(k.split()[:2])) for k in n.host_keys]
-    return "".join(lines)
-
-
-def ssh_config_text(user: str, addresses: Sequence[str], key_file: str,
-                    known_hosts: str) -> str:
-    """An ssh_config for ``ssh -F`` (and MPI's rsh agent): the same options as
-    :func:`intra_ssh_argv`, for the members' fixed IPs only."""
-    return ("# SSH between the nodes of a cloudcompute cluster (host keys verified)\n"
-            "Host %s\n    User %s\n    IdentityFile %s\n    IdentitiesOnly yes\n"
-            "    BatchMode yes\n    StrictHostKeyChecking yes\n    UserKnownHostsFile %s\n"
-            "    GlobalKnownHostsFile /dev/null\n    ConnectTimeout 10\n"
-            % (" ".join(addresses), user, key_file, known_hosts))
-
-
 def receive_command(path: str, sha256: Optional[str] = None) -> List[str]:
     """The node side of a copy to ``path``: framed from the client, or (with
     ``sha256``) plain stdin from another node, checked against ``sha256``."""
     return ["python3", "-c", RECEIVE, path] + ([sha256] if sha256 else [])
 
 
-def hop_command(intra: IntraSSH, peer: str, path: str, sha256: str) -> str:
-    """The shell line run on ``intra.node`` that copies ``path`` to ``peer``."""
+def hop_command(sender: IntraSSH, peer: str, path: str, sha256: str) -> str:
+    """The shell line run on ``sender.node`` that copies ``path`` to ``peer``."""
     remote = quote_command(receive_command(path, sha256))
-    return "%s < %s" % (quote_command(intra.ssh_argv(peer) + [remote]), quote_command([path]))
+    return "%s < %s" % (quote_command(sender.ssh_argv(peer) + [remote]), quote_command([path]))
 
 
 def plan_round(holders: Sequence[str], missing: Sequence[str]) -> List[Tuple[str, str]]:
@@ -273,24 +205,18 @@ def _outcome(node: str, what: str, code: int, out: bytes, err: bytes, want: str)
                    fatal=code not in (-1, 4))
 
 
-@contextlib.contextmanager
-def _named(node: str, what: str) -> Iterator[None]:
-    """Connection-level errors become an SSHError naming the node (transient)."""
-    try:
-        yield
-    except (OSError, EOFError, socket.timeout, paramiko.SSHException) as exc:
-        raise SSHError(node, "%s: %s: %s" % (what, type(exc).__name__, exc)) from exc
-
-
 def stream_to_node(conn: Any, path: str, source: Source, progress: Progress = None) -> str:
     """Send ``source`` to ``path`` on one node (client memory stays constant);
     return the sha256 that the node verified before renaming its copy into place."""
     command = quote_command(receive_command(path))
-    if bulk.available():
-        with _named(conn.name, "upload of %s" % path):
-            return _stream_openssh(conn, path, command, source, progress)
+    # The connection's own OpenSSH ControlMaster, shared with its uploads and
+    # downloads (a fresh one costs a handshake per put); reset if the link drops.
+    fast = conn._bulk() if hasattr(conn, "_bulk") else None
+    if fast is not None:
+        with conn._bulk_reset_on_loss(), named_errors(conn.name, "upload of %s" % path):
+            return _stream_openssh(fast, conn.name, path, command, source, progress)
     want = ""
-    with _named(conn.name, "upload of %s" % path):
+    with named_errors(conn.name, "upload of %s" % path):
         chan = conn.client.get_transport().open_session(timeout=conn.connect_timeout)
         try:
             chan.exec_command(command)
@@ -305,36 +231,28 @@ def stream_to_node(conn: Any, path: str, source: Source, progress: Progress = No
     return want
 
 
-def _stream_openssh(conn: Any, path: str, command: str, source: Source,
-                    progress: Progress) -> str:
-    ssh = bulk.OpenSSHBulk(conn.name, conn.address, conn.user, conn.key_file,
-                           conn.host_keys, conn.port)
+def _stream_openssh(ssh: bulk.OpenSSHBulk, node: str, path: str, command: str,
+                    source: Source, progress: Progress) -> str:
     want = ""
-    keepalive = ["-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
+    proc = subprocess.Popen(ssh.base + [ssh.target, command], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        proc = subprocess.Popen(ssh.base + keepalive + [ssh.target, command],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
-        try:
-            with contextlib.suppress(OSError):  # fewer, larger writes
-                fcntl.fcntl(proc.stdin.fileno(), bulk.F_SETPIPE_SZ, 1 << 20)
-            with contextlib.suppress(BrokenPipeError):  # the node's exit status says why
-                want = _send_framed(proc.stdin.write, source, progress)
-            with contextlib.suppress(BrokenPipeError):
-                proc.stdin.close()
-            # The node prints only its hash (or an error), so these reads cannot block it.
-            out, err = proc.stdout.read(), proc.stderr.read()
-            proc.wait()
-        except BaseException:
-            proc.kill()  # the node sees the stream end early and drops its temp file
-            proc.communicate()
-            raise
-    finally:
-        ssh.close()
+        with contextlib.suppress(OSError):  # fewer, larger writes
+            fcntl.fcntl(proc.stdin.fileno(), bulk.F_SETPIPE_SZ, 1 << 20)
+        with contextlib.suppress(BrokenPipeError):  # the node's exit status says why
+            want = _send_framed(proc.stdin.write, source, progress)
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
+        # The node prints only its hash (or an error), so these reads cannot block it.
+        out, err = proc.stdout.read(), proc.stderr.read()
+        proc.wait()
+    except BaseException:
+        proc.kill()  # the node sees the stream end early and drops its temp file
+        proc.communicate()
+        raise
     if proc.returncode == 255:
-        raise ssh_failure(conn.name, err.decode("utf-8", "replace"))
-    _outcome(conn.name, "upload of %s" % path, proc.returncode, out, err,
-             want or "(not all sent)")
+        raise ssh_failure(node, err.decode("utf-8", "replace"))
+    _outcome(node, "upload of %s" % path, proc.returncode, out, err, want or "(not all sent)")
     return want
 
 
@@ -348,82 +266,28 @@ def direct(conn: Any, path: str, source: Source, progress: Progress = None) -> s
     return retry.transfer(is_transient=transient)(stream_to_node)(conn, path, source, progress)
 
 
-# -- node to node ------------------------------------------------------------
-def intra_ssh_setup(cluster: Any, nodes: Optional[Sequence[str]] = None) -> Dict[str, IntraSSH]:
-    """Install the cluster's internal key, known_hosts and ssh_config on ``nodes``
-    (default: all) over the client's verified SSH; node -> its IntraSSH.
-
-    Afterwards ``ssh -F ~/.cloudcompute/ssh_config <fixed IP>`` works from
-    each of them to every member, verified against the recorded host keys.
-    Raises StateError for a cluster without an internal key (created before
-    this existed); a node that cannot be set up raises its SSH error.
-    """
-    done, failed = _setup(cluster, list(nodes or cluster.node_names()))
-    if failed:
-        raise sorted(failed.items())[0][1]
-    return done
-
-
-def _setup(cluster: Any, names: Sequence[str]) -> Tuple[Dict[str, IntraSSH],
-                                                        Dict[str, BaseException]]:
-    key_path = (cluster.state.data.get("ssh") or {}).get("internal_key_file") \
-        if cluster.state else None
-    if not key_path or not os.path.exists(key_path):
-        raise StateError("cluster %s has no internal key (it was created by an older "
-                         "cloudcompute); node-to-node SSH is not set up" % cluster.name)
-    with open(key_path) as f:
-        private = f.read()
-    user = cluster.state.data["ssh"]["user"]
-    peers = {n.name: n.fixed_ip for n in cluster.nodes}
-    known = known_hosts_text(cluster.nodes)
-
-    def one(name: str) -> IntraSSH:
-        home = os.path.join("~", INTRA_DIR)  # replaced below by the node's own answer
-        files = {KEY_NAME: private, KNOWN_HOSTS_NAME: known,
-                 CONFIG_NAME: ssh_config_text(user, sorted(peers.values()),
-                                              os.path.join(home, KEY_NAME),
-                                              os.path.join(home, KNOWN_HOSTS_NAME))}
-        # The private key travels on stdin: never on a command line or in a log.
-        with _named(name, "installing node-to-node SSH"):
-            r = cluster.connection(name).run(["python3", "-c", INSTALL],
-                                             stdin=json.dumps(files).encode(), timeout=60)
-        d = r.stdout.strip()
-        return IntraSSH(name, user, os.path.join(d, KEY_NAME),
-                        os.path.join(d, KNOWN_HOSTS_NAME), os.path.join(d, CONFIG_NAME), peers)
-
-    done: Dict[str, IntraSSH] = {}
-    failed: Dict[str, BaseException] = {}
-    with cf.ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
-        futures = {n: pool.submit(one, n) for n in names}
-        for n, f in futures.items():
-            try:
-                done[n] = f.result()
-            except CloudComputeError as exc:
-                failed[n] = exc
-    return done, failed
-
-
-def copy_between(cluster: Any, intra: IntraSSH, dst: str, path: str, sha256: str,
+def copy_between(cluster: Any, sender: IntraSSH, dst: str, path: str, sha256: str,
                  size: int) -> None:
-    """One hop: ``intra.node`` sends ``path`` to ``dst``, which checks ``sha256``."""
-    what = "copy of %s from %s" % (path, intra.node)
-    with _named(intra.node, what):
-        r = cluster.connection(intra.node).run(hop_command(intra, dst, path, sha256),
-                                               warn=True, timeout=60 + size / HOP_MIN_RATE)
+    """One hop: ``sender.node`` sends ``path`` to ``dst``, which checks ``sha256``."""
+    what = "copy of %s from %s" % (path, sender.node)
+    with named_errors(sender.node, what):
+        r = cluster.connection(sender.node).run(hop_command(sender, dst, path, sha256),
+                                                warn=True, timeout=60 + size / HOP_MIN_RATE)
     if r.exit_code == 255:
         raise ssh_failure(dst, r.stderr)
     _outcome(dst, what, r.exit_code, r.stdout.encode(), r.stderr.encode(), sha256)
 
 
-def _hop_or_direct(cluster: Any, intra: IntraSSH, dst: str, path: str, source: Source,
+def _hop_or_direct(cluster: Any, sender: IntraSSH, dst: str, path: str, source: Source,
                    sha256: str, size: int, progress: Progress) -> None:
     try:
         retry.transfer(is_transient=transient)(copy_between)(
-            cluster, intra, dst, path, sha256, size)
+            cluster, sender, dst, path, sha256, size)
         return
     except CloudComputeError as exc:
         LOG.warning("copy of %s from %s to %s failed (%s); sending it from the client",
-                    path, intra.node, dst, exc)
+                    path, sender.node, dst, exc)
+        intra.forget(cluster)
     if direct(cluster.connection(dst), path, source, progress) != sha256:
         raise IntegrityError(dst, "upload of %s" % path, sha256, "another file's hash")
 
@@ -433,22 +297,25 @@ def put(cluster: Any, data: Any, remote_path: str, nodes: Optional[Sequence[str]
     """``cluster.put``: the client sends once, the nodes copy it on (see the module)."""
     source = Source.of(data)
     names = list(dict.fromkeys(nodes or cluster.node_names()))
+    size = source.size()
     if len(names) == 1:
         direct(cluster.connection(names[0]), remote_path, source, progress)
         return
     failed: Dict[str, BaseException] = {}
-    try:
-        intra, unset = _setup(cluster, names)
-    except StateError as exc:
-        LOG.info("%s; sending %s to each node from the client", exc, remote_path)
-        intra, unset = {}, {}
+    ready: Dict[str, IntraSSH] = {}
+    unset: Dict[str, BaseException] = {}
+    if size * (len(names) - 1) > DIRECT_MAX_EXTRA:
+        try:
+            ready, unset = intra.prepared(cluster, names)
+        except StateError as exc:
+            LOG.info("%s; sending %s to each node from the client", exc, remote_path)
     for n, exc in unset.items():
         LOG.warning("node-to-node SSH not set up on %s (%s); it gets %s from the client",
                     n, exc, remote_path)
     holders: List[str] = []
     sha = ""
     t0 = time.monotonic()
-    for seed in [n for n in names if n in intra] or names[:1]:
+    for seed in [n for n in names if n in ready] or names[:1]:
         try:
             sha = direct(cluster.connection(seed), remote_path, source, progress)
             holders.append(seed)
@@ -456,13 +323,12 @@ def put(cluster: Any, data: Any, remote_path: str, nodes: Optional[Sequence[str]
             break
         except CloudComputeError as exc:
             failed[seed] = exc
-    missing = [n for n in names if n in intra and n not in holders and n not in failed]
-    size = source.size()
+    missing = [n for n in names if n in ready and n not in holders and n not in failed]
     while holders and missing:
         t0 = time.monotonic()
-        pairs = plan_round([h for h in holders if h in intra], missing)
+        pairs = plan_round([h for h in holders if h in ready], missing)
         with cf.ThreadPoolExecutor(max_workers=len(pairs)) as pool:
-            futures = {dst: pool.submit(_hop_or_direct, cluster, intra[src], dst, remote_path,
+            futures = {dst: pool.submit(_hop_or_direct, cluster, ready[src], dst, remote_path,
                                         source, sha, size, progress) for src, dst in pairs}
             for dst, f in futures.items():
                 try:

@@ -95,7 +95,7 @@ def create_internal_key(st: ClusterState) -> str:
 
     The private half is written 0600 next to the state file; its path is
     recorded in the state first, so a rollback at any later point removes it.
-    The nodes receive it only when a fan-out needs it (:mod:`cloudcompute.jobs.fanout`).
+    The nodes receive it when they need it (:mod:`cloudcompute.ssh.intra`).
     """
     path = os.path.join(os.path.dirname(st.path), "%s.internal.key" % st.name)
     with st.locked():

@@ -1,4 +1,5 @@
-"""Fan-out of put: the round plan, the commands nodes run, the files they get.
+"""Fan-out of put and SSH between nodes: the round plan, the commands nodes run,
+the files they get.
 
 No cloud: the node-side scripts run here under python3, a stand-in ``ssh``
 runs the hop's remote command through ``sh`` so the quoting is exercised
@@ -22,7 +23,7 @@ from cloudcompute import retry
 from cloudcompute.exceptions import HostKeyMismatch, IntegrityError, SSHError, StateError
 from cloudcompute.jobs import fanout
 from cloudcompute.provision import resources
-from cloudcompute.ssh import hostkeys
+from cloudcompute.ssh import hostkeys, intra
 from cloudcompute.state import ClusterState
 from cloudcompute.teardown import Teardown
 from tests.unit.test_teardown import fake_conn
@@ -65,8 +66,8 @@ def test_plan_covers_every_node_once_in_log2_rounds(n):
 
 
 # -- the commands --------------------------------------------------------------
-def intra(node="n00", peers=None):
-    return fanout.IntraSSH(node, "debian", "/home/debian/.cloudcompute/intra_key",
+def sender(node="n00", peers=None):
+    return intra.IntraSSH(node, "debian", "/home/debian/.cloudcompute/intra_key",
                            "/home/debian/.cloudcompute/known_hosts",
                            "/home/debian/.cloudcompute/ssh_config",
                            peers or {"n00": "10.42.0.5", "n01": "10.42.0.6"})
@@ -78,7 +79,7 @@ def option(argv, name):
 
 
 def test_node_to_node_ssh_is_verified_and_uses_only_the_internal_key():
-    argv = intra().ssh_argv("n01")
+    argv = sender().ssh_argv("n01")
     assert argv[0] == "ssh" and argv[-1] == "debian@10.42.0.6"
     assert argv[argv.index("-F") + 1] == "/dev/null"
     assert argv[argv.index("-i") + 1] == "/home/debian/.cloudcompute/intra_key"
@@ -90,9 +91,9 @@ def test_node_to_node_ssh_is_verified_and_uses_only_the_internal_key():
 
 def test_hop_command_quotes_every_word():
     sha = "ab" * 32
-    line = fanout.hop_command(intra(), "n01", HOSTILE, sha)
+    line = fanout.hop_command(sender(), "n01", HOSTILE, sha)
     words = shlex.split(line)
-    assert words[:-3] == intra().ssh_argv("n01")
+    assert words[:-3] == sender().ssh_argv("n01")
     assert words[-2:] == ["<", HOSTILE]  # the only unquoted shell syntax
     assert shlex.split(words[-3]) == ["python3", "-c", fanout.RECEIVE, HOSTILE, sha]
 
@@ -113,7 +114,7 @@ def test_hop_line_runs_through_two_shells_literally(tmp_path):
     (bindir / "ssh").chmod(0o755)
     data = os.urandom(100_000)
     (here / HOSTILE).write_bytes(data)
-    line = fanout.hop_command(intra(), "n01", HOSTILE, hashlib.sha256(data).hexdigest())
+    line = fanout.hop_command(sender(), "n01", HOSTILE, hashlib.sha256(data).hexdigest())
     env = dict(os.environ, PATH="%s:%s" % (bindir, os.environ["PATH"]), PEER_HOME=str(peer))
     r = subprocess.run(["sh", "-c", line], cwd=here, env=env, capture_output=True)
     assert r.returncode == 0, r.stderr
@@ -174,16 +175,16 @@ def node(name, ip, keys):
 
 def test_known_hosts_holds_every_members_recorded_keys_by_fixed_ip():
     k1, k2 = hostkeys.generate_ed25519()[1], hostkeys.generate_ed25519()[1]
-    text = fanout.known_hosts_text([node("a", "10.42.0.5", [k1]),
+    text = intra.known_hosts_text([node("a", "10.42.0.5", [k1]),
                                     node("b", "10.42.0.6", [k2, "ecdsa-sha2-nistp256 AAAAE x"])])
     assert text.splitlines() == ["10.42.0.5 " + k1, "10.42.0.6 " + k2,
                                  "10.42.0.6 ecdsa-sha2-nistp256 AAAAE"]
     with pytest.raises(StateError, match="b"):
-        fanout.known_hosts_text([node("b", None, [k1])])
+        intra.known_hosts_text([node("b", None, [k1])])
 
 
 def test_ssh_config_names_the_members_and_the_verified_options():
-    cfg = fanout.ssh_config_text("debian", ["10.42.0.5", "10.42.0.6"], "~/.cloudcompute/k",
+    cfg = intra.ssh_config_text("debian", ["10.42.0.5", "10.42.0.6"], "~/.cloudcompute/k",
                                  "~/.cloudcompute/kh")
     assert "Host 10.42.0.5 10.42.0.6\n" in cfg
     for line in ("IdentityFile ~/.cloudcompute/k", "UserKnownHostsFile ~/.cloudcompute/kh",
@@ -194,7 +195,7 @@ def test_ssh_config_names_the_members_and_the_verified_options():
 
 def test_install_writes_0600_files_in_a_0700_directory(tmp_path):
     files = {"intra_key": "PRIVATE\n", "known_hosts": "10.42.0.5 ssh-ed25519 AAAA\n"}
-    r = subprocess.run(["python3", "-c", fanout.INSTALL], input=json.dumps(files).encode(),
+    r = subprocess.run(["python3", "-c", intra.INSTALL], input=json.dumps(files).encode(),
                        env=dict(os.environ, HOME=str(tmp_path)), capture_output=True)
     assert r.returncode == 0, r.stderr
     d = tmp_path / ".cloudcompute"
@@ -283,7 +284,8 @@ class Nodes:
         self.name = "c"
         self.nodes = [node(x, "10.42.0.%d" % (10 + i), ["ssh-ed25519 AAAA"])
                       for i, x in enumerate(self.names)]
-        monkeypatch.setattr(fanout, "_setup", lambda c, ns: ({x: intra(x) for x in ns}, {}))
+        monkeypatch.setattr(intra, "prepared", lambda c, ns: ({x: sender(x) for x in ns}, {}))
+        monkeypatch.setattr(fanout, "DIRECT_MAX_EXTRA", 0)
         monkeypatch.setattr(fanout, "stream_to_node", self.stream)
         monkeypatch.setattr(fanout, "copy_between", self.hop)
 
@@ -302,8 +304,8 @@ class Nodes:
             progress(size)
         return "s" * 64
 
-    def hop(self, cluster, intra, dst, path, sha, size):
-        self.log.append((intra.node, dst))
+    def hop(self, cluster, via, dst, path, sha, size):
+        self.log.append((via.node, dst))
         if dst in self.fail_hops:
             raise SSHError(dst, "ssh failed: connection reset")
 
@@ -348,3 +350,64 @@ def test_one_node_is_a_plain_upload(monkeypatch, tmp_path):
     c = Nodes(monkeypatch, 3)
     fanout.put(c, str(f), "f", nodes=["n02"])
     assert c.log == [("client", "n02")]
+
+
+def test_a_small_file_goes_from_the_client_to_every_node(monkeypatch, tmp_path):
+    f = tmp_path / "f"
+    f.write_bytes(b"x" * 1000)
+    c = Nodes(monkeypatch, 4)
+    monkeypatch.setattr(fanout, "DIRECT_MAX_EXTRA", 3000)  # 3 extra copies: direct
+    monkeypatch.setattr(intra, "prepared", lambda c, ns: pytest.fail("set up for a small file"))
+    fanout.put(c, str(f), "f")
+    assert c.log == [("client", n) for n in c.names]
+    monkeypatch.setattr(fanout, "DIRECT_MAX_EXTRA", 2999)
+    monkeypatch.setattr(intra, "prepared", lambda c, ns: ({x: sender(x) for x in ns}, {}))
+    c.log.clear()
+    fanout.put(c, str(f), "f")
+    assert [e for e in c.log if e[0] == "client"] == [("client", "n00")]
+
+
+class Member(types.SimpleNamespace):
+    def run(self, argv, stdin=None, timeout=None):
+        self.runs.append((argv, stdin))
+        return types.SimpleNamespace(stdout="/home/debian/.cloudcompute\n")
+
+
+class Members:
+    """A cluster as intra sees it (hashable and weakly referenceable, as a Cluster is)."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def test_nodes_are_set_up_once_per_membership_and_again_after_forget(tmp_path):
+    key = tmp_path / "c.internal.key"
+    key.write_text("PRIVATE")
+    members = {n: Member(runs=[]) for n in names(3)}
+    c = Members(
+        name="c", nodes=[node(n, "10.42.0.%d" % i, ["ssh-ed25519 AAAA"])
+                         for i, n in enumerate(names(3))],
+        state=types.SimpleNamespace(data={"ssh": {"user": "debian",
+                                                  "internal_key_file": str(key)}}),
+        connection=members.__getitem__, node_names=lambda: names(3))
+    ready, unset = intra.prepared(c, names(3))
+    assert sorted(ready) == names(3) and unset == {}
+    assert ready["n01"].known_hosts == "/home/debian/.cloudcompute/known_hosts"
+    assert ready["n01"].peers == {"n00": "10.42.0.0", "n01": "10.42.0.1", "n02": "10.42.0.2"}
+    argv, stdin = members["n00"].runs[0]
+    assert "PRIVATE" not in " ".join(argv)  # the key travels on stdin only
+    sent = json.loads(stdin)
+    assert sent["intra_key"] == "PRIVATE"
+    assert sent["known_hosts"] == intra.known_hosts_text(c.nodes)
+    assert "Host 10.42.0.0 10.42.0.1 10.42.0.2\n" in sent["ssh_config"]
+    intra.prepared(c, names(3))
+    assert [len(m.runs) for m in members.values()] == [1, 1, 1]
+    c.nodes[2].host_keys = ["ssh-ed25519 BBBB"]  # a member changed: install again
+    intra.prepared(c, names(2))
+    assert [len(m.runs) for m in members.values()] == [2, 2, 1]
+    intra.forget(c)
+    intra.prepared(c, names(1))
+    assert [len(m.runs) for m in members.values()] == [3, 2, 1]
+    c.state.data["ssh"].pop("internal_key_file")
+    with pytest.raises(StateError, match="no internal key"):
+        intra.install(c)

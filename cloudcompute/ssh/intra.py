@@ -1,0 +1,186 @@
+"""SSH between the nodes of a cluster, verified both ways (also for MPI jobs).
+
+Every node authorizes the cluster's internal key (cloud-init
+``ssh_authorized_keys`` at creation, :mod:`cloudcompute.provision.resources`).
+:func:`install` puts, over the client's verified connection, the private
+half, a known_hosts file holding every member's recorded host key under its
+fixed IP, and an ssh_config using both, in ``~/.cloudcompute/`` (0700, files
+0600). ssh from one node to another then offers that key only and accepts
+only the recorded host keys (``StrictHostKeyChecking=yes``, no global
+known_hosts).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import dataclasses
+import json
+import os
+import socket
+import weakref
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import paramiko
+
+from cloudcompute.exceptions import CloudComputeError, SSHError, StateError
+
+INTRA_DIR = ".cloudcompute"
+KEY_NAME, KNOWN_HOSTS_NAME, CONFIG_NAME = "intra_key", "known_hosts", "ssh_config"
+
+# Writes the files of intra-cluster SSH (a JSON object on stdin), each 0600
+# from creation on and renamed into place; prints the directory.
+INSTALL = """import json,os,sys
+d=os.path.join(os.path.expanduser('~'),%r)
+os.makedirs(d,mode=0o700,exist_ok=True); os.chmod(d,0o700)
+for name,text in sorted(json.load(sys.stdin).items()):
+ p=os.path.join(d,name); t='%%s.tmp-%%d'%%(p,os.getpid())
+ with os.fdopen(os.open(t,os.O_WRONLY|os.O_CREAT|os.O_EXCL,0o600),'w') as f: f.write(text)
+ os.replace(t,p)
+print(d)""" % INTRA_DIR
+
+
+@dataclasses.dataclass(frozen=True)
+class IntraSSH:
+    """How one node reaches the others over SSH, verified both ways.
+
+    Paths are absolute, on that node. ``peers`` maps every member's name to
+    the fixed IP its host key is recorded under in ``known_hosts``.
+    """
+    node: str
+    user: str
+    key_file: str
+    known_hosts: str
+    config_file: str
+    peers: Dict[str, str]
+
+    def ssh_argv(self, peer: str) -> List[str]:
+        """The ssh command (to run on this node) that logs in to ``peer``."""
+        return ssh_argv(self.key_file, self.known_hosts, self.user, self.peers[peer])
+
+
+# -- what runs where (pure, unit tested) ----------------------------------
+def ssh_argv(key_file: str, known_hosts: str, user: str, address: str) -> List[str]:
+    """ssh from one node to another: only the internal key, only recorded host keys."""
+    return ["ssh", "-F", "/dev/null", "-i", key_file,
+            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=" + known_hosts,
+            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
+            "-o", "ServerAliveInterval=15", "-o", "LogLevel=ERROR",
+            "-o", "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com,"
+                  "chacha20-poly1305@openssh.com,aes128-ctr",
+            "%s@%s" % (user, address)]
+
+
+def known_hosts_text(nodes: Sequence[Any]) -> str:
+    """One line per recorded host key of every node, keyed by its fixed IP."""
+    lines = []
+    for n in nodes:
+        if not n.fixed_ip or not n.host_keys:
+            raise StateError("node %s has no fixed IP or no recorded host key" % n.name)
+        lines += ["%s %s\n" % (n.fixed_ip, " ".join(k.split()[:2])) for k in n.host_keys]
+    return "".join(lines)
+
+
+def ssh_config_text(user: str, addresses: Sequence[str], key_file: str,
+                    known_hosts: str) -> str:
+    """An ssh_config for ``ssh -F`` (and MPI's rsh agent): the same options as
+    :func:`ssh_argv`, for the members' fixed IPs only."""
+    return ("# SSH between the nodes of a cloudcompute cluster (host keys verified)\n"
+            "Host %s\n    User %s\n    IdentityFile %s\n    IdentitiesOnly yes\n"
+            "    BatchMode yes\n    StrictHostKeyChecking yes\n    UserKnownHostsFile %s\n"
+            "    GlobalKnownHostsFile /dev/null\n    ConnectTimeout 10\n"
+            % (" ".join(addresses), user, key_file, known_hosts))
+
+
+@contextlib.contextmanager
+def named_errors(node: str, what: str) -> Iterator[None]:
+    """Connection-level errors become an SSHError naming the node (transient)."""
+    try:
+        yield
+    except (OSError, EOFError, socket.timeout, paramiko.SSHException) as exc:
+        raise SSHError(node, "%s: %s: %s" % (what, type(exc).__name__, exc)) from exc
+
+
+# cluster -> (the known_hosts text installed, node -> IntraSSH): set up once per
+# process and membership; ``forget`` drops it (after a failed hop).
+_PREPARED: "weakref.WeakKeyDictionary[Any, Tuple[str, Dict[str, IntraSSH]]]" = \
+    weakref.WeakKeyDictionary()
+
+
+# -- on the nodes ---------------------------------------------------------------
+def install(cluster: Any, nodes: Optional[Sequence[str]] = None) -> Dict[str, IntraSSH]:
+    """Install the cluster's internal key, known_hosts and ssh_config on ``nodes``
+    (default: all) over the client's verified SSH; node -> its IntraSSH.
+
+    Afterwards ``ssh -F ~/.cloudcompute/ssh_config <fixed IP>`` works from
+    each of them to every member, verified against the recorded host keys.
+    Raises StateError for a cluster without an internal key (created before
+    this existed); a node that cannot be set up raises its SSH error.
+    """
+    known = known_hosts_text(cluster.nodes)
+    done, failed = _install_on(cluster, list(nodes or cluster.node_names()))
+    installed, ready = _PREPARED.get(cluster, ("", {}))
+    _PREPARED[cluster] = (known, dict(ready if installed == known else {}, **done))
+    if failed:
+        raise sorted(failed.items())[0][1]
+    return done
+
+
+def _install_on(cluster: Any, names: Sequence[str]) -> Tuple[Dict[str, IntraSSH],
+                                                           Dict[str, BaseException]]:
+    key_path = (cluster.state.data.get("ssh") or {}).get("internal_key_file") \
+        if cluster.state else None
+    if not key_path or not os.path.exists(key_path):
+        raise StateError("cluster %s has no internal key (it was created by an older "
+                         "cloudcompute); node-to-node SSH is not set up" % cluster.name)
+    with open(key_path) as f:
+        private = f.read()
+    user = cluster.state.data["ssh"]["user"]
+    peers = {n.name: n.fixed_ip for n in cluster.nodes}
+    known = known_hosts_text(cluster.nodes)
+
+    def one(name: str) -> IntraSSH:
+        home = os.path.join("~", INTRA_DIR)  # replaced below by the node's own answer
+        files = {KEY_NAME: private, KNOWN_HOSTS_NAME: known,
+                 CONFIG_NAME: ssh_config_text(user, sorted(peers.values()),
+                                              os.path.join(home, KEY_NAME),
+                                              os.path.join(home, KNOWN_HOSTS_NAME))}
+        # The private key travels on stdin: never on a command line or in a log.
+        with named_errors(name, "installing node-to-node SSH"):
+            r = cluster.connection(name).run(["python3", "-c", INSTALL],
+                                             stdin=json.dumps(files).encode(), timeout=60)
+        d = r.stdout.strip()
+        return IntraSSH(name, user, os.path.join(d, KEY_NAME),
+                        os.path.join(d, KNOWN_HOSTS_NAME), os.path.join(d, CONFIG_NAME), peers)
+
+    done: Dict[str, IntraSSH] = {}
+    failed: Dict[str, BaseException] = {}
+    with cf.ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
+        futures = {n: pool.submit(one, n) for n in names}
+        for n, f in futures.items():
+            try:
+                done[n] = f.result()
+            except CloudComputeError as exc:
+                failed[n] = exc
+    return done, failed
+
+
+def prepared(cluster: Any, names: Sequence[str]) -> Tuple[Dict[str, IntraSSH],
+                                                           Dict[str, BaseException]]:
+    """``install`` on those of ``names`` not yet set up for the cluster's current
+    members (in this process); node -> IntraSSH, and node -> why it could not be."""
+    known = known_hosts_text(cluster.nodes)
+    installed, ready = _PREPARED.get(cluster, ("", {}))
+    ready = dict(ready) if installed == known else {}
+    unset: Dict[str, BaseException] = {}
+    todo = [n for n in names if n not in ready]
+    if todo:
+        done, unset = _install_on(cluster, todo)
+        ready.update(done)
+        _PREPARED[cluster] = (known, ready)
+    return {n: ready[n] for n in names if n in ready}, unset
+
+
+def forget(cluster: Any) -> None:
+    """Set the nodes up afresh next time (a hop failed: a node may have lost its files)."""
+    _PREPARED.pop(cluster, None)
