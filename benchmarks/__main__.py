@@ -14,6 +14,7 @@ import time
 import openstack
 
 from benchmarks import cloud as cloudbench
+from benchmarks import fanout as fanbench
 from benchmarks import provisioning as prov
 from benchmarks import transfer
 from cloudcompute import Cluster, ClusterSpec, config
@@ -37,6 +38,14 @@ def run(args):
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                "cloud": cloud, "quick": args.quick, "provisioning": {}, "targets": []}
     targets = results["targets"]
+
+    if args.fanout_only:
+        nodes = 2 if args.quick else 8
+        LOG.warning("put fan-out: %d MiB to %d nodes", args.fanout_mib, nodes)
+        with Cluster(ClusterSpec(name="bench-fanout", nodes=nodes), conn=conn) as c:
+            fo = results["put_fanout"] = fanbench.measure(c, args.fanout_mib, transfer.workdir())
+        targets += fanbench.targets(fo, target)
+        return results
 
     if not args.skip_provisioning:
         LOG.warning("the cloud's own figures: one server at a time")
@@ -98,6 +107,8 @@ def run(args):
         targets.append(target("fan-out to %d nodes vs parallel scp" % fan["nodes"],
                               fan["cloudcompute_put"] / fan["parallel_scp"], 1.0, "ratio",
                               "higher"))
+        fo = results["put_fanout"] = fanbench.measure(c, 16 if args.quick else 1024, wd)
+        targets += fanbench.targets(fo, target)
         tasks = results["tasks"] = transfer.task_overhead(c, 100 if args.quick else 1000)
         targets.append(target("warm small task vs bare `true` on an open connection",
                               tasks["warm_task_s"] / tasks["bare_true_s"], 3.0, "ratio",
@@ -132,6 +143,8 @@ def write(results, out):
         lines += ["", "Payload MB/s (%s MiB):" % results["payload_mib"], "",
                   "| method | MB/s |", "|---|---|"]
         lines += ["| %s | %.0f |" % kv for kv in sorted(results["payload_mb_s"].items())]
+    if "put_fanout" in results:
+        lines += fanbench.table(results["put_fanout"])
     if "serialization" in results:
         lines += ["", "Serialization:", "", "| value | format | MB | encode s | decode s |",
                   "|---|---|---|---|---|"]
@@ -191,6 +204,11 @@ def main():
                     help="only the data-path benchmarks (payload, fan-out, tasks)")
     ap.add_argument("--cloud-only", action="store_true",
                     help="only the cloud's own single-server figures")
+    ap.add_argument("--fanout-only", action="store_true",
+                    help="only put's fan-out against the old node-by-node upload "
+                         "(--fanout-mib to 8 nodes, 2 with --quick); needs root (iptables)")
+    ap.add_argument("--fanout-mib", type=int, default=1024,
+                    help="file size for --fanout-only (MiB, a multiple of 4)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     openstack.enable_logging(debug=False)
