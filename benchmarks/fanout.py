@@ -99,7 +99,10 @@ class RssPeak:
 
 def _rss() -> int:
     with open("/proc/self/status") as f:
-        return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) * 1024
+        found = re.search(r"VmRSS:\s+(\d+) kB", f.read())
+    if found is None:
+        raise RuntimeError("no VmRSS in /proc/self/status")
+    return int(found.group(1)) * 1024
 
 
 class RoundLog(logging.Handler):

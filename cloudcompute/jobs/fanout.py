@@ -144,7 +144,7 @@ class Source:
             head = io.BytesIO()
             np.lib.format.write_array_header_1_0(
                 head, np.lib.format.header_data_from_array_1_0(arr))
-            return cls(buffers=[head.getvalue(), memoryview(arr).cast("B")])
+            return cls(buffers=[head.getvalue(), arr.data])
         raise TypeError("put takes a file path or a NumPy array, not %s" % type(data).__name__)
 
     def size(self) -> int:
@@ -236,15 +236,17 @@ def _stream_openssh(ssh: bulk.OpenSSHBulk, node: str, path: str, command: str,
     want = ""
     proc = subprocess.Popen(ssh.base + [ssh.target, command], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
+    assert stdin is not None and stdout is not None and stderr is not None  # all PIPE
     try:
         with contextlib.suppress(OSError):  # fewer, larger writes
-            fcntl.fcntl(proc.stdin.fileno(), bulk.F_SETPIPE_SZ, 1 << 20)
+            fcntl.fcntl(stdin.fileno(), bulk.F_SETPIPE_SZ, 1 << 20)
         with contextlib.suppress(BrokenPipeError):  # the node's exit status says why
-            want = _send_framed(proc.stdin.write, source, progress)
+            want = _send_framed(stdin.write, source, progress)
         with contextlib.suppress(BrokenPipeError):
-            proc.stdin.close()
+            stdin.close()
         # The node prints only its hash (or an error), so these reads cannot block it.
-        out, err = proc.stdout.read(), proc.stderr.read()
+        out, err = stdout.read(), stderr.read()
         proc.wait()
     except BaseException:
         proc.kill()  # the node sees the stream end early and drops its temp file
@@ -309,9 +311,9 @@ def put(cluster: Any, data: Any, remote_path: str, nodes: Optional[Sequence[str]
             ready, unset = intra.prepared(cluster, names)
         except StateError as exc:
             LOG.info("%s; sending %s to each node from the client", exc, remote_path)
-    for n, exc in unset.items():
+    for n, why in unset.items():
         LOG.warning("node-to-node SSH not set up on %s (%s); it gets %s from the client",
-                    n, exc, remote_path)
+                    n, why, remote_path)
     holders: List[str] = []
     sha = ""
     t0 = time.monotonic()

@@ -157,9 +157,9 @@ def _install_on(cluster: Any, names: Sequence[str]) -> Tuple[Dict[str, IntraSSH]
     failed: Dict[str, BaseException] = {}
     with cf.ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
         futures = {n: pool.submit(one, n) for n in names}
-        for n, f in futures.items():
+        for n, future in futures.items():
             try:
-                done[n] = f.result()
+                done[n] = future.result()
             except CloudComputeError as exc:
                 failed[n] = exc
     return done, failed
