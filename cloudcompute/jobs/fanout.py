@@ -79,6 +79,7 @@ finally:
  if os.path.exists(t): os.unlink(t)
 print(got)"""
 
+
 class FanOutError(CloudComputeError):
     """``put`` reached some nodes only. ``failed``: node -> the exception of
     its last attempt (the direct upload); ``succeeded``: nodes holding the file."""
