@@ -14,6 +14,7 @@ import time
 import openstack
 
 from benchmarks import cloud as cloudbench
+from benchmarks import executor as execbench
 from benchmarks import fanout as fanbench
 from benchmarks import provisioning as prov
 from benchmarks import transfer
@@ -38,6 +39,13 @@ def run(args):
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                "cloud": cloud, "quick": args.quick, "provisioning": {}, "targets": []}
     targets = results["targets"]
+
+    if args.executor_only or not (args.cloud_only or args.fanout_only):
+        LOG.warning("executor: CPU-bound tasks, default slots against slots=1")
+        sl = results["slots"] = execbench.slots_speedup(conn, tasks=8 if args.quick else 40)
+        targets += execbench.targets(sl, target)
+        if args.executor_only:
+            return results
 
     if args.fanout_only:
         nodes = 2 if args.quick else 8
@@ -114,7 +122,7 @@ def run(args):
                               tasks["warm_task_s"] / tasks["bare_true_s"], 3.0, "ratio",
                               "lower"))
         best = max(tasks["tasks_per_s"].items())
-        targets.append(target("small tasks/s over %d nodes" % best[0], best[1], 200.0,
+        targets.append(target("small tasks/s over %d nodes" % best[0], best[1], 791.0,
                               "tasks/s", "higher"))
     results["serialization"] = transfer.serialization(100_000 if args.quick else 5_000_000)
     return results
@@ -145,6 +153,8 @@ def write(results, out):
         lines += ["| %s | %.0f |" % kv for kv in sorted(results["payload_mb_s"].items())]
     if "put_fanout" in results:
         lines += fanbench.table(results["put_fanout"])
+    if "slots" in results:
+        lines += execbench.table(results["slots"])
     if "serialization" in results:
         lines += ["", "Serialization:", "", "| value | format | MB | encode s | decode s |",
                   "|---|---|---|---|---|"]
@@ -180,6 +190,16 @@ def _plots(results, out):
 
 
 def _data_plots(results, out, plt):
+    if "slots" in results:
+        sl = results["slots"]
+        fig, ax = plt.subplots(figsize=(5, 3))
+        keys = ["slots=1", "default"]
+        ax.bar(["slots=1", "default (%d)" % sl["default"]["slots"]],
+               [sl[k]["tasks_per_s"] for k in keys])
+        ax.set(ylabel="tasks/s", title="%d CPU-bound tasks, one %s node" % (
+            sl["tasks"], sl["flavor"]))
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "bench-slots.png"), dpi=110)
     if "payload_mb_s" not in results:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -207,6 +227,8 @@ def main():
     ap.add_argument("--fanout-only", action="store_true",
                     help="only put's fan-out against the old node-by-node upload "
                          "(--fanout-mib to 8 nodes, 2 with --quick); needs root (iptables)")
+    ap.add_argument("--executor-only", action="store_true",
+                    help="only CPU-bound tasks on one m1.medium node, slots against slots=1")
     ap.add_argument("--fanout-mib", type=int, default=1024,
                     help="file size for --fanout-only (MiB, a multiple of 4)")
     args = ap.parse_args()

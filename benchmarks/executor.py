@@ -44,3 +44,15 @@ def targets(res: Dict[str, Any], target: Callable[..., Dict[str, Any]]) -> List[
     return [target("CPU-bound tasks on one %s node: default slots (%d) vs slots=1"
                    % (res["flavor"], res["default"]["slots"]), res["speedup"], 1.7, "ratio",
                    "higher")]
+
+
+def table(res: Dict[str, Any]) -> List[str]:
+    """Markdown rows for bench-results.md."""
+    lines = ["", "%d CPU-bound tasks (%d iterations each) on one %s node:"
+             % (res["tasks"], res["iterations"], res["flavor"]), "",
+             "| slots | wall s | tasks/s |", "|---|---|---|"]
+    for key in ("default", "slots=1"):
+        r = res[key]
+        lines.append("| %s (%d) | %.1f | %.2f |" % (key, r["slots"], r["wall_s"],
+                                                   r["tasks_per_s"]))
+    return lines
