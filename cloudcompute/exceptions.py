@@ -200,6 +200,18 @@ class IntegrityError(CloudComputeError):
         super().__init__("%s from/to %s: sha256 %s != %s" % (what, node, got, expected))
 
 
+class FanOutError(CloudComputeError):
+    """``put`` reached some nodes only. ``failed``: node -> the exception of
+    its last attempt (the direct upload); ``succeeded``: nodes holding the file."""
+
+    def __init__(self, path: str, failed: Mapping[str, BaseException], succeeded: Sequence[str]):
+        self.path = path
+        self.failed = dict(failed)
+        self.succeeded = list(succeeded)
+        super().__init__("put of %s failed on %d node(s): %s" % (path, len(self.failed), "; ".join(
+            "%s (%s: %s)" % (n, type(e).__name__, e) for n, e in sorted(self.failed.items()))))
+
+
 class EnvironmentMismatch(CloudComputeError):
     """A node's Python environment cannot run the job as asked."""
 

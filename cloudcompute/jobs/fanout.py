@@ -28,8 +28,8 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from cloudcompute import retry
-from cloudcompute.exceptions import (CloudComputeError, HostKeyMismatch, IntegrityError,
-                                     SSHError, StateError)
+from cloudcompute.exceptions import (CloudComputeError, FanOutError, HostKeyMismatch,
+                                     IntegrityError, SSHError, StateError)
 from cloudcompute.ssh import bulk, intra
 from cloudcompute.ssh.client import is_transient, quote_command, send_all
 from cloudcompute.ssh.intra import IntraSSH, named_errors
@@ -78,18 +78,6 @@ try:
 finally:
  if os.path.exists(t): os.unlink(t)
 print(got)"""
-
-
-class FanOutError(CloudComputeError):
-    """``put`` reached some nodes only. ``failed``: node -> the exception of
-    its last attempt (the direct upload); ``succeeded``: nodes holding the file."""
-
-    def __init__(self, path: str, failed: Dict[str, BaseException], succeeded: Sequence[str]):
-        self.path = path
-        self.failed = dict(failed)
-        self.succeeded = list(succeeded)
-        super().__init__("put of %s failed on %d node(s): %s" % (path, len(self.failed), "; ".join(
-            "%s (%s: %s)" % (n, type(e).__name__, e) for n, e in sorted(self.failed.items()))))
 
 
 # -- what runs where (pure, unit tested) ----------------------------------
