@@ -186,6 +186,12 @@ class DaskHandle:
         self.remote_dashboard_port = int((info.get("services") or {}).get(
             "dashboard", self.options.dashboard_port))
         self.timings["scheduler"] = time.monotonic() - t0
+        for n in nodes:
+            limit = self._worker_spec(n)["memory_limit"]
+            if isinstance(limit, int) and limit < remote.SMALL_WORKER_MB * remote.MIB:
+                LOG.warning("%s: the Dask worker gets %d MiB of the flavor's %d MiB; with "
+                            "pandas it may be restarted for memory (choose a larger flavor)",
+                            n.name, limit // remote.MIB, n.ram_mb)
         missing = [n for n in nodes if not (self.reused and found[n.name]["worker"]["alive"])]
         each(self._start_worker, missing, key=lambda n: n.name)
         for n in nodes:

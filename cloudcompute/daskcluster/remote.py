@@ -34,13 +34,21 @@ def path(name: str) -> str:
 
 
 def memory_limit(ram_mb: int, hosts_scheduler: bool) -> Union[int, str]:
-    """Bytes a node's worker may use: the flavor's RAM less headroom for the
-    system (15%, at least 256 MiB) and, on the first node, 256 MiB for the
-    scheduler. ``"auto"`` (Dask's own guess) when the flavor's RAM is unknown."""
+    """Bytes a node's worker may use: the flavor's RAM less a tenth (at least
+    128 MiB) for the system and, on the first node, as much again for the
+    scheduler; never below 256 MiB. ``"auto"`` (Dask's own guess) when the
+    flavor's RAM is unknown."""
     if ram_mb <= 0:
         return "auto"
-    usable = ram_mb - max(256, ram_mb * 15 // 100) - (256 if hosts_scheduler else 0)
-    return max(128, usable) * MIB
+    reserve = max(128, ram_mb // 10)
+    usable = ram_mb - reserve - (reserve if hosts_scheduler else 0)
+    return max(MIN_WORKER_MB, usable) * MIB
+
+
+MIN_WORKER_MB = 256
+SMALL_WORKER_MB = 512
+"""Below this a worker that imports pandas and pyarrow is soon past Dask's 95%
+line and restarted by its nanny: worth a warning."""
 
 
 def scheduler_argv(python: str, host: str, port: int, dashboard_port: int) -> List[str]:

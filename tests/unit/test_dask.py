@@ -52,10 +52,10 @@ def test_worker_has_the_slots_the_memory_and_no_dashboard():
 
 def test_memory_limit_leaves_headroom():
     mib = 1 << 20
-    assert remote.memory_limit(2048, False) == (2048 - 307) * mib  # 15%
-    assert remote.memory_limit(2048, True) == (2048 - 307 - 256) * mib  # and the scheduler
-    assert remote.memory_limit(1024, False) == (1024 - 256) * mib  # at least 256 MiB
-    assert remote.memory_limit(512, True) == 128 * mib  # never below 128 MiB
+    assert remote.memory_limit(2048, False) == (2048 - 204) * mib  # a tenth
+    assert remote.memory_limit(2048, True) == (2048 - 2 * 204) * mib  # and the scheduler
+    assert remote.memory_limit(1024, False) == (1024 - 128) * mib  # at least 128 MiB
+    assert remote.memory_limit(512, True) == 256 * mib  # never below 256 MiB
     assert remote.memory_limit(0, False) == "auto"  # flavor RAM unknown: Dask's own guess
 
 
