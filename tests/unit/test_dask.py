@@ -388,3 +388,40 @@ def test_forwarder_over_a_paramiko_direct_tcpip_channel(echo_server, ssh_transpo
         assert round_trip(fwd.port, payload) == payload
         assert round_trip(fwd.port, b"second") == b"second"
     assert server.destinations == [(host, port), (host, port)]
+
+
+# -- the command --------------------------------------------------------------------
+def test_cli_dask_prints_json_holds_until_ctrl_c_and_leaves_dask_running(monkeypatch, capsys):
+    from cloudcompute import cli
+    info = {"name": "c1", "scheduler": "tcp://127.0.0.1:40001",
+            "dashboard": "http://127.0.0.1:40002/status", "scheduler_node": "n0",
+            "remote_scheduler": "tcp://10.42.0.5:8786", "reused": True, "warnings": [],
+            "workers": {"n0": {"nthreads": 2, "memory_limit": 1 << 30}}, "timings": {}}
+    calls = []
+    handle = types.SimpleNamespace(describe=lambda: info)
+    fake = types.SimpleNamespace(
+        dask=lambda **kw: calls.append(("dask", kw)) or types.SimpleNamespace(
+            cloudcompute=handle),
+        close_connections=lambda: calls.append(("close_connections",)))
+    monkeypatch.setattr(cli, "_cluster", lambda args: fake)
+    monkeypatch.setattr(daskcluster, "detach", lambda c: calls.append(("detach",)))
+
+    def ctrl_c(self, timeout=None):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(threading.Event, "wait", ctrl_c)
+    assert cli.main(["-f", "json", "dask", "c1"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc == {k: info[k] for k in ("name", "scheduler", "dashboard", "scheduler_node",
+                                        "remote_scheduler", "workers", "reused")}
+    assert calls == [("dask", {"timeout": 120.0}), ("detach",), ("close_connections",)]
+
+
+def test_cli_dask_stop(monkeypatch, capsys):
+    from cloudcompute import cli
+    stopped = []
+    fake = types.SimpleNamespace(close_connections=lambda: None)
+    monkeypatch.setattr(cli, "_cluster", lambda args: fake)
+    monkeypatch.setattr(daskcluster, "stop", lambda c: stopped.append(c))
+    assert cli.main(["-f", "json", "dask", "c1", "--stop"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"name": "c1", "stopped": True}
+    assert stopped == [fake]
