@@ -20,6 +20,7 @@ from openstack import exceptions as os_exc
 from cloudcompute import retry, tags
 from cloudcompute.config import ClusterSpec
 from cloudcompute.exceptions import ProvisioningError, ServerFault, WaitTimeout
+from cloudcompute.provision import policy
 from cloudcompute.provision.preflight import Plan, ResolvedGroup
 from cloudcompute.ssh import hostkeys
 from cloudcompute.state import ClusterState
@@ -159,7 +160,7 @@ class ServerBuilder:
                     continue
                 server = listing.get(node.server_id)
                 if server is None:
-                    self._failed(node, want, "server disappeared while building")
+                    self._replace_or_drop(node, want, "server disappeared while building")
                     continue
                 if server.status == "ACTIVE":
                     node.status = "ACTIVE"
@@ -170,7 +171,7 @@ class ServerBuilder:
                                    fixed_ip=node.fixed_ip, status="ACTIVE")
                 elif server.status == "ERROR":
                     fault = (server.fault or {}).get("message") or "no fault message"
-                    self._failed(node, want, fault)
+                    self._replace_or_drop(node, want, fault)
             pending = sorted(n for n in want if self.nodes[n].status != "ACTIVE")
             if not pending:
                 return
@@ -186,14 +187,20 @@ class ServerBuilder:
                     return a["addr"]
         return None
 
-    def _failed(self, node: NodeInfo, want: set, fault: str) -> None:
+    def _replace_or_drop(self, node: NodeInfo, want: set, fault: str) -> None:
+        """A server failed while building: delete it, take it out of ``want``, and
+        as :func:`policy.on_failure` decides, add a replacement to ``want``, leave
+        it dropped, or raise ServerFault."""
         LOG.warning("node %s failed: %s", node.name, fault)
         node.status = "ERROR"
         want.discard(node.name)
         self.delete_quietly(node)
         total = sum(g.count for g in self.plan.groups)
-        needed = self.spec.min_nodes if self.spec.min_nodes is not None else total
-        if self.replacements < self.spec.max_replacements:
+        rule = policy.FailurePolicy(self.spec.max_replacements,
+                                    self.spec.min_nodes if self.spec.min_nodes is not None
+                                    else total)
+        decision = policy.on_failure(rule, self.replacements, len(want))
+        if decision is policy.Decision.REPLACE:
             self.replacements += 1
             group = next(g for g in self.plan.groups if g.name == node.group)
             new = self.create_one(group, "%s-r%d" % (node.name, self.replacements))
@@ -201,9 +208,9 @@ class ServerBuilder:
             LOG.info("replacing %s with %s (%d/%d)", node.name, new.name,
                      self.replacements, self.spec.max_replacements)
             return
-        if len(want) >= needed:
+        if decision is policy.Decision.DROP:
             LOG.warning("dropping %s: %d nodes left, min_nodes %d", node.name,
-                        len(want), needed)
+                        len(want), rule.needed)
             return
         raise ServerFault(node.server_id or "?", node.name, fault,
                           resources=self.st.resources)
