@@ -96,7 +96,15 @@ class Cluster(JobsMixin):
         return self.spec.name
 
     def up(self) -> "Cluster":
-        """Create the cluster and wait until every node answers SSH."""
+        """Create the cluster and wait until every node answers SSH.
+
+        A name already recorded in the state directory is a StateError before
+        anything is done; of two ``up`` racing for one name, exactly one gets
+        the record (created exclusively) and the other a StateError."""
+        if ClusterState.exists(self.spec.name, self.state_dir):
+            raise StateError("a cluster named %r is already recorded in %s; attach to it, "
+                             "or run down/gc first" % (self.spec.name, ClusterState.path_for(
+                                 self.spec.name, self.state_dir)))
         with _signals_raise():
             try:
                 self._up()

@@ -1,10 +1,23 @@
 """The durable local record of a cluster: what exists, and how to reach it.
 
 One JSON file per cluster name under the state directory
-(``$CLOUDCOMPUTE_STATE_DIR``, else ``~/.local/state/cloudcompute``), written
-atomically (temp file, fsync, rename) and guarded by an flock, so that an
-intent is on disk before the cloud call that creates the resource, and
+(``$CLOUDCOMPUTE_STATE_DIR``, else ``~/.local/state/cloudcompute``), so that
+an intent is on disk before the cloud call that creates the resource, and
 another process can ``attach`` to the cluster or delete it.
+
+Concurrency rules, for processes and threads alike:
+
+- the record is created exclusively (``O_EXCL | O_NOFOLLOW``, under the
+  name's lock): of two ``up`` of one name exactly one gets the record, the
+  other a :class:`StateError`;
+- every change happens under the name's lock (``<name>.json.lock``, an
+  flock) on a copy reloaded from disk after the lock is taken, and is
+  written atomically (temp file, fsync, rename);
+- the lock file is unlinked only by :meth:`ClusterState.remove`, while it
+  holds the lock; whoever was waiting on it then finds that the file it
+  locked is no longer the one at the path, and starts over on the new one;
+- the cluster's private keys are named by cluster id, not by name, and are
+  created exclusively too (:meth:`ClusterState.write_key`).
 """
 from __future__ import annotations
 
@@ -15,14 +28,19 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from typing import Any, Dict, Iterator, List, Optional
 
+from cloudcompute.config import NAME_RE
 from cloudcompute.exceptions import StateError
+from cloudcompute.tags import valid_cluster_id
 
 LOG = logging.getLogger(__name__)
 
 KINDS = ("servers", "floating_ips", "router_interfaces", "routers", "ports",
          "subnets", "networks", "security_groups", "keypairs")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def state_dir() -> str:
@@ -32,50 +50,134 @@ def state_dir() -> str:
     return base
 
 
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise StateError("%r is not a cluster name (1-40 lowercase letters, digits and "
+                         "'-', starting with a letter)" % (name,))
+    return name
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _flock(path: str, shared: bool = False) -> Iterator[None]:
+    """Hold an flock on the file at ``path``, created if missing.
+
+    If the file was unlinked (or replaced) while we waited, the lock we got
+    guards nothing: start over on whatever is at the path now."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            try:
+                current = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                current = None
+            mine = os.fstat(fd)
+            if current is not None and (current.st_dev, current.st_ino) == (
+                    mine.st_dev, mine.st_ino):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # closing drops the stale lock
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
 class ClusterState:
     """A cluster's record; every ``save`` reaches the disk before returning."""
 
     def __init__(self, path: str, data: Dict[str, Any]):
         self.path = path
-        self.data = data
-        self.data.setdefault("resources", {})
+        self.data = self._normalised(data)
+        self._held = threading.local()
+
+    @staticmethod
+    def _normalised(data: Dict[str, Any]) -> Dict[str, Any]:
+        data.setdefault("resources", {})
         for kind in KINDS:
-            self.data["resources"].setdefault(kind, {})
+            data["resources"].setdefault(kind, {})
+        return data
 
     # -- files ---------------------------------------------------------
     @classmethod
     def path_for(cls, name: str, directory: Optional[str] = None) -> str:
-        return os.path.join(directory or state_dir(), "%s.json" % name)
+        return os.path.join(directory or state_dir(), "%s.json" % _check_name(name))
+
+    @classmethod
+    def exists(cls, name: str, directory: Optional[str] = None) -> bool:
+        return os.path.lexists(cls.path_for(name, directory))
 
     @classmethod
     def create(cls, name: str, data: Dict[str, Any],
                directory: Optional[str] = None) -> "ClusterState":
+        """Record a new cluster; StateError if the name is taken, even by a
+        process that is creating it at this very moment."""
         path = cls.path_for(name, directory)
-        if os.path.exists(path):
-            raise StateError("a cluster named %r is already recorded in %s; "
-                             "attach to it, or run down/gc first" % (name, path))
+        if not valid_cluster_id(data.get("cluster_id")) or data.get("name") != name:
+            raise StateError("record of %r: name and a valid cluster id are required" % name)
         st = cls(path, dict(data))
-        st.save()
+        text = json.dumps(st.data, indent=1, sort_keys=True)
+        with _flock(path + ".lock"):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
+                             0o600)
+            except FileExistsError:
+                raise StateError("a cluster named %r is already recorded in %s; attach to "
+                                 "it, or run down/gc first" % (name, path)) from None
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fchmod(f.fileno(), 0o600)
+                    os.fsync(f.fileno())
+                _fsync_dir(os.path.dirname(path))
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                raise
         return st
 
     @classmethod
     def load(cls, name: str, directory: Optional[str] = None) -> "ClusterState":
         path = cls.path_for(name, directory)
+        if not os.path.lexists(path):
+            raise StateError("no cluster named %r is recorded (looked in %s)" % (name, path))
+        # Shared: waits for a create that is still writing the file.
+        with _flock(path + ".lock", shared=True):
+            return cls(path, cls._read(path, name))
+
+    @staticmethod
+    def _read(path: str, name: str) -> Dict[str, Any]:
         try:
-            with open(path) as f:
-                return cls(path, json.load(f))
+            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+            with os.fdopen(fd) as f:
+                data = json.load(f)
         except FileNotFoundError:
             raise StateError("no cluster named %r is recorded (looked in %s)"
                              % (name, path)) from None
         except (OSError, ValueError) as exc:
             raise StateError("cannot read %s: %s" % (path, exc)) from exc
+        if not isinstance(data, dict) or data.get("name") != name \
+                or not isinstance(data.get("cluster_id"), str):
+            raise StateError("%s is not the record of a cluster named %r" % (path, name))
+        return data
 
     @classmethod
     def all(cls, directory: Optional[str] = None) -> List["ClusterState"]:
         d = directory or state_dir()
         out = []
         for fn in sorted(os.listdir(d)):
-            if fn.endswith(".json"):
+            if fn.endswith(".json") and not fn.startswith("."):
                 try:
                     out.append(cls.load(fn[:-5], d))
                 except StateError as exc:
@@ -84,15 +186,34 @@ class ClusterState:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        """Hold the name's lock, with ``data`` reloaded from disk: change it, then
+        ``save()`` inside the block. Re-entrant within a thread."""
+        with self._exclusive() as outermost:
+            if outermost:
+                fresh = self._read(self.path, self.name)
+                if fresh.get("cluster_id") != self.cluster_id:
+                    raise StateError("%s now records another cluster (%s, not %s)"
+                                     % (self.path, fresh.get("cluster_id"), self.cluster_id))
+                self.data = self._normalised(fresh)
             yield
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[bool]:
+        """The name's lock, taken once per thread; yields whether this is the
+        outermost hold."""
+        depth = getattr(self._held, "depth", 0)
+        self._held.depth = depth + 1
+        try:
+            if depth:
+                yield False
+            else:
+                with _flock(self.path + ".lock"):
+                    yield True
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+            self._held.depth = depth
 
     def save(self) -> None:
+        """Write ``data`` atomically; call it inside ``locked()``."""
         d = os.path.dirname(self.path)
         fd, tmp = tempfile.mkstemp(dir=d, prefix=".%s.tmp-" % self.name, suffix=".json")
         try:
@@ -108,12 +229,39 @@ class ClusterState:
             raise
 
     def remove(self) -> None:
-        """Delete the state file, its lock and any temp file a killed writer left."""
+        """Delete the state file, any temp file a killed writer left, and the lock
+        file, all while holding the lock (waiters then start over, see _flock)."""
         d = os.path.dirname(self.path)
-        stale = glob.glob(os.path.join(glob.escape(d), ".%s.tmp-*.json" % glob.escape(self.name)))
-        for p in [self.path, self.path + ".lock"] + stale:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p)
+        with self._exclusive():
+            with contextlib.suppress(FileNotFoundError, StateError):
+                if self._read(self.path, self.name).get("cluster_id") != self.cluster_id:
+                    LOG.warning("%s now records another cluster; leaving it", self.path)
+                    return
+            stale = glob.glob(os.path.join(glob.escape(d), ".%s.tmp-*.json"
+                                           % glob.escape(self.name)))
+            for p in [self.path] + stale + [self.path + ".lock"]:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
+
+    def key_path(self, kind: str = "key") -> str:
+        """Where this cluster's private key of ``kind`` goes: ``<cluster id>.<kind>``
+        next to the state file (by id, so that no other cluster can share it)."""
+        return os.path.join(os.path.dirname(self.path), "%s.%s" % (self.cluster_id, kind))
+
+    @staticmethod
+    def write_key(path: str, private: str) -> None:
+        """Create ``path`` (never an existing file or a symlink) 0600 and write the key."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
+                         0o600)
+        except FileExistsError:
+            raise StateError("%s already exists; not overwriting a private key" % path) \
+                from None
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o600)  # the umask may have taken bits from O_CREAT's mode
+            f.write(private)
+            f.flush()
+            os.fsync(f.fileno())
 
     # -- records -------------------------------------------------------
     @property

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import secrets
 import socket
 import time
@@ -21,6 +22,10 @@ META_OWNER = "cc_owner"
 META_CREATED = "cc_created"
 META_EXPIRES = "cc_expires"
 META_GROUP = "cc_group"
+
+CLUSTER_ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,59}$")
+"""What a cluster id may look like (new ones are ``<name>-<8 hex>``); it names
+files and cloud resources, so anything else found in a tag is refused."""
 
 
 def new_cluster_id(name: str) -> str:
@@ -49,6 +54,10 @@ def owner_alive(owner_str: str) -> Optional[bool]:
     except PermissionError:
         return True
     return True
+
+
+def valid_cluster_id(cluster_id: object) -> bool:
+    return isinstance(cluster_id, str) and bool(CLUSTER_ID_RE.match(cluster_id))
 
 
 def tags(cluster_id: str) -> List[str]:

@@ -60,7 +60,7 @@ def create_keypair(conn: Any, st: ClusterState, key_file: Optional[str]) -> Tupl
     if key_file:
         key_path = os.path.abspath(os.path.expanduser(key_file))
     else:
-        key_path = os.path.join(os.path.dirname(st.path), "%s.key" % st.name)
+        key_path = st.key_path("key")
     # Recorded before the key is written, so that a rollback interrupted at
     # any later point still removes a generated private key.
     with st.locked():
@@ -82,11 +82,9 @@ def create_keypair(conn: Any, st: ClusterState, key_file: Optional[str]) -> Tupl
 
 
 def write_private_key(path: str, private: str) -> None:
-    """Write a private key readable by its owner only (0600 from creation on)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(private)
-    os.chmod(path, 0o600)  # O_CREAT's mode does not apply to an existing file
+    """Write a private key readable by its owner only (0600 from creation on),
+    into a new file: never over an existing file, never through a symlink."""
+    ClusterState.write_key(path, private)
 
 
 def create_internal_key(st: ClusterState) -> str:
@@ -97,7 +95,7 @@ def create_internal_key(st: ClusterState) -> str:
     recorded in the state first, so a rollback at any later point removes it.
     The nodes receive it when they need it (:mod:`cloudcompute.ssh.intra`).
     """
-    path = os.path.join(os.path.dirname(st.path), "%s.internal.key" % st.name)
+    path = st.key_path("internal.key")
     with st.locked():
         st.data["ssh"]["internal_key_file"] = path
         st.save()

@@ -237,7 +237,7 @@ def test_internal_key_is_recorded_before_it_is_written_and_teardown_removes_it(
     monkeypatch.setattr(hostkeys, "generate_ed25519", spy)
     public = resources.create_internal_key(st)
     path = st.data["ssh"]["internal_key_file"]
-    assert seen == [path] and path == str(tmp_path / "c.internal.key")
+    assert seen == [path] and path == str(tmp_path / "c-1.internal.key")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert "OPENSSH PRIVATE KEY" in open(path).read() and public.startswith("ssh-ed25519 ")
     Teardown(fake_conn([]), st).run()
