@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 from keystoneauth1 import exceptions as ks_exc
 from openstack import exceptions as os_exc
 
-from cloudcompute import config, tags
+from cloudcompute import config, retry, tags
 from cloudcompute.config import ClusterSpec
 from cloudcompute.exceptions import (CloudComputeError, HostKeyMismatch, ProvisioningError,
                                      StateError)
@@ -128,7 +128,8 @@ class Cluster(JobsMixin):
         cid = tags.new_cluster_id(self.spec.name)
         self.state = ClusterState.create(self.spec.name, {
             "name": self.spec.name, "cluster_id": cid, "cloud": self.conn.config.name,
-            "owner": tags.owner(), "detached": False, "created_at": time.time(),
+            "owner": tags.owner(), "owner_id": tags.Owner.current().to_dict(),
+            "detached": False, "created_at": time.time(),
             "expires_at": time.time() + self.spec.ttl_hours * 3600,
             "ssh": {"user": plan.ssh_user}, "nodes": {},
         }, self.state_dir)
@@ -230,12 +231,38 @@ class Cluster(JobsMixin):
         return timings
 
     def detach(self) -> None:
-        """Leave the cluster running after this process exits (gc then only uses expiry)."""
+        """Leave the cluster running after this process exits: gc then only uses
+        its expiry (``ttl_hours``), on this machine and on any other.
+
+        The mark goes into every server's metadata (``cc_detached``), where gc
+        looks wherever it runs, and into the state file. Raises
+        CloudComputeError naming the servers it could not mark."""
         if self.state is not None:
             with self.state.locked():
                 self.state.data["detached"] = True
                 self.state.save()
+            failed = []
+            for sid in self._server_ids():
+                try:
+                    retry.call(self.conn.compute.set_server_metadata, sid,
+                               **{tags.META_DETACHED: "1"})
+                except os_exc.NotFoundException:
+                    pass  # deleted meanwhile: nothing left to protect
+                except os_exc.SDKException as exc:
+                    failed.append("%s (%s)" % (sid, exc))
+            if failed:
+                raise CloudComputeError("cluster %s: could not mark as detached: %s; gc may "
+                                        "take these servers once their owner is gone"
+                                        % (self.name, ", ".join(failed)))
         self.close_connections()
+
+    def _server_ids(self) -> List[str]:
+        """The servers of this cluster: recorded, or found by its tag."""
+        assert self.state is not None
+        ids = {e["id"] for e in self.state.resources["servers"].values() if e.get("id")}
+        ids.update(s.id for s in retry.call(lambda: list(self.conn.compute.servers(
+            tags=tags.CLUSTER_TAG + self.state.cluster_id))))
+        return sorted(ids)
 
     @classmethod
     def attach(cls, name: str, cloud: Optional[str] = None, conn: Any = None,

@@ -1,19 +1,33 @@
 """Garbage collection: find and delete clusters nobody will tear down.
 
-A cluster is collectable when its expiry has passed, or when the process
-that owns it is gone (on this host) and it was not detached on purpose.
-Only resources carrying the library's ``cloudcompute`` tag (or its keypair
-name) are considered, so gc never touches anything it did not create.
-``collect`` is a dry run unless ``dry_run=False``.
+Clusters are found by the library's tags in the cloud, whatever machine,
+state directory or cloud name created them; a local state file only adds
+what it knows (and clusters whose resources are all gone but whose state
+file is left). A cluster is collectable when
+
+- its expiry (``cc_expires`` on its servers) has passed, or
+- it was not detached (``cc_detached`` on any of its servers, or its state
+  file) and its owner process is gone, which is decided only on the machine
+  that ran it, in the same boot and PID namespace and for the same user
+  (:meth:`tags.Owner.alive`); anywhere else only the expiry counts, or
+- it has no servers, no owner, no state file and is older than an hour.
+
+Server metadata is untrusted input: a server whose metadata does not parse
+(a bad ``cc_expires``, a ``cc_name`` that is not a cluster name...) makes gc
+skip its cluster, and say so, while the others are handled as usual.
+``collect`` is a dry run unless ``dry_run=False``; before deleting, it looks
+at each cluster's servers again.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import logging
+import os
+import shutil
 import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from cloudcompute import retry, tags
 from cloudcompute.exceptions import CloudComputeError
@@ -36,9 +50,21 @@ class ClusterRecord:
     oldest: Optional[float] = None
     state_file: Optional[str] = None
     reason: Optional[str] = None
+    problems: List[str] = dataclasses.field(default_factory=list)
+    """Why gc will not touch this cluster: its servers' metadata did not parse."""
+    owners: Set[tags.Owner] = dataclasses.field(default_factory=set, repr=False)
+    servers: int = 0
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+             if f.name not in ("owners", "servers")}
+        d["resources"] = list(self.resources)
+        d["problems"] = list(self.problems)
+        return d
+
+    def problem(self, text: str) -> None:
+        LOG.warning("gc skips cluster %s: %s", self.cluster_id, text)
+        self.problems.append(text)
 
 
 def _ts(value: Any) -> Optional[float]:
@@ -50,33 +76,76 @@ def _ts(value: Any) -> Optional[float]:
         return None
 
 
-def survey(conn: Any, state_dir: Optional[str] = None) -> Dict[str, ClusterRecord]:
-    """Every cluster id found in the cloud (by tag) or in the local state files."""
+def _later(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return max([x for x in (a, b) if x is not None], default=None)
+
+
+def _add_server(r: ClusterRecord, s: Any) -> None:
+    r.servers += 1
+    r.resources.append("server %s" % s.name)
+    r.oldest = min(filter(None, [r.oldest, _ts(s.created_at)]), default=None)
+    try:
+        meta = tags.parse_server_metadata(s.metadata, r.cluster_id)
+    except ValueError as exc:
+        r.problem("server %s (%s): %s" % (s.name, s.id, exc))
+        return
+    if meta.name:
+        if r.name and r.name != meta.name:
+            r.problem("servers disagree on the cluster name (%s, %s)" % (r.name, meta.name))
+        r.name = r.name or meta.name
+    # Several servers, or a server and the state file: the latest expiry wins.
+    r.expires_at = _later(r.expires_at, meta.expires)
+    if meta.owner is not None:
+        r.owners.add(meta.owner)
+        r.owner = r.owner or str(meta.owner)
+    r.detached = r.detached or meta.detached
+
+
+def _add_state(r: ClusterRecord, st: ClusterState) -> None:
+    r.name = r.name or st.name
+    r.state_file = st.path
+    expires = st.data.get("expires_at")
+    if isinstance(expires, (int, float)):
+        r.expires_at = _later(r.expires_at, float(expires))
+    r.detached = r.detached or bool(st.data.get("detached"))
+    if not r.servers:
+        # No server carries an owner: the state file's record is all there is.
+        try:
+            owner = tags.Owner.from_dict(st.data.get("owner_id") or {})
+        except ValueError:
+            owner = None
+        if owner is not None:
+            r.owners.add(owner)
+        r.owner = r.owner or st.data.get("owner")
+        if st.count() and not r.resources:
+            r.resources = st.listing()
+
+
+def survey(conn: Any, state_dir: Optional[str] = None,
+           cluster_id: Optional[str] = None) -> Dict[str, ClusterRecord]:
+    """Every cluster found in the cloud by tag, plus state files of this cloud
+    whose clusters have nothing tagged left (only ``cluster_id``'s, if given)."""
     recs: Dict[str, ClusterRecord] = {}
 
     def rec(cid: str) -> ClusterRecord:
-        return recs.setdefault(cid, ClusterRecord(cid))
+        if cid not in recs:
+            recs[cid] = ClusterRecord(cid)
+            if not tags.valid_cluster_id(cid):
+                recs[cid].problem("the cluster tag %r is not a cluster id" % cid[:60])
+        return recs[cid]
 
-    for s in retry.call(lambda: list(conn.compute.servers(tags=tags.MARK))):
+    wanted = tags.MARK if cluster_id is None else tags.CLUSTER_TAG + cluster_id
+    for s in retry.call(lambda: list(conn.compute.servers(tags=wanted))):
         cid = tags.cluster_of(s.tags)
-        if not cid:
-            continue
-        r = rec(cid)
-        meta = s.metadata or {}
-        r.name = r.name or meta.get(tags.META_NAME)
-        r.owner = r.owner or meta.get(tags.META_OWNER)
-        if meta.get(tags.META_EXPIRES):
-            r.expires_at = float(meta[tags.META_EXPIRES])
-        r.resources.append("server %s" % s.name)
-        created = _ts(s.created_at)
-        r.oldest = min(filter(None, [r.oldest, created]), default=None)
+        if cid and (cluster_id is None or cid == cluster_id):
+            _add_server(rec(cid), s)
     net = conn.network
     for kind, lister in (("floating IP", net.ips), ("router", net.routers),
                          ("network", net.networks), ("subnet", net.subnets),
                          ("security group", net.security_groups)):
-        for x in retry.call(lambda lister=lister: list(lister(tags=tags.MARK))):
+        for x in retry.call(lambda lister=lister: list(lister(tags=wanted))):
             cid = tags.cluster_of(x.tags)
-            if cid:
+            if cid and (cluster_id is None or cid == cluster_id):
                 r = rec(cid)
                 r.resources.append("%s %s" % (kind, x.name or x.id))
                 created = _ts(getattr(x, "created_at", None))
@@ -85,65 +154,107 @@ def survey(conn: Any, state_dir: Optional[str] = None) -> Dict[str, ClusterRecor
         if kp.name.startswith("cc-") and kp.name[3:] in recs:
             recs[kp.name[3:]].resources.append("keypair %s" % kp.name)
     for st in ClusterState.all(state_dir):
-        if st.data.get("cloud") not in (None, conn.config.name):
+        if cluster_id is not None and st.cluster_id != cluster_id:
             continue
-        r = rec(st.cluster_id)
-        r.name = st.name
-        r.state_file = st.path
-        r.expires_at = st.data.get("expires_at", r.expires_at)
-        r.owner = st.data.get("owner", r.owner)
-        r.detached = bool(st.data.get("detached"))
-        if st.count() and not r.resources:
-            r.resources = st.listing()
+        if st.cluster_id in recs:
+            _add_state(recs[st.cluster_id], st)  # whatever cloud name it was recorded under
+        elif st.data.get("cloud") in (None, conn.config.name) \
+                and tags.valid_cluster_id(st.cluster_id):
+            # Nothing tagged in this cloud: resources gone, or not created yet.
+            _add_state(rec(st.cluster_id), st)
     return recs
 
 
 def orphan_reason(r: ClusterRecord, now: float) -> Optional[str]:
     """Why this cluster may be collected, or None if it must be left alone."""
+    if r.problems:
+        return None
     if r.expires_at is not None and r.expires_at < now:
         return "expired %s" % time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.expires_at))
-    if r.owner and not r.detached and tags.owner_alive(r.owner) is False:
-        return "owner process %s is gone" % r.owner
-    if r.expires_at is None and r.owner is None and r.state_file is None \
+    if r.detached:
+        return None
+    if len(r.owners) == 1:
+        owner = next(iter(r.owners))
+        if owner.alive() is False:
+            return "owner process %s is gone" % owner
+    if r.expires_at is None and not r.owners and r.owner is None and r.state_file is None \
             and r.oldest is not None and now - r.oldest > GRACE_SECONDS:
         return "no servers and no state file, older than %ds" % GRACE_SECONDS
     return None
 
 
+def assess(conn: Any, state_dir: Optional[str] = None, now: Optional[float] = None,
+           cluster_id: Optional[str] = None) -> List[ClusterRecord]:
+    """Every cluster found, with ``reason`` set where it may be collected."""
+    now = time.time() if now is None else now
+    out = list(survey(conn, state_dir, cluster_id).values())
+    for r in out:
+        r.reason = orphan_reason(r, now)
+    return sorted(out, key=lambda r: r.cluster_id)
+
+
 def find_orphans(conn: Any, state_dir: Optional[str] = None,
                  now: Optional[float] = None) -> List[ClusterRecord]:
-    now = time.time() if now is None else now
-    out = []
-    for r in survey(conn, state_dir).values():
-        r.reason = orphan_reason(r, now)
-        if r.reason and r.resources:
-            out.append(r)
-        elif r.reason and r.state_file:
-            out.append(r)  # an empty record: only the state file goes
-    return sorted(out, key=lambda r: r.cluster_id)
+    # An empty record (no resources) still has its state file to remove.
+    return [r for r in assess(conn, state_dir, now)
+            if r.reason and (r.resources or r.state_file)]
+
+
+def _teardown_state(r: ClusterRecord) -> ClusterState:
+    """The cluster's own state file, or a scratch record of its id in a temp dir."""
+    if r.state_file:
+        st = ClusterState.load(os.path.basename(r.state_file)[:-5],
+                               os.path.dirname(r.state_file))
+        if st.cluster_id == r.cluster_id:
+            return st
+    name = r.name or r.cluster_id.rsplit("-", 1)[0]
+    return ClusterState.create(name, {"name": name, "cluster_id": r.cluster_id},
+                               tempfile.mkdtemp(prefix="cloudcompute-gc-"))
 
 
 def collect(conn: Any, dry_run: bool = True, state_dir: Optional[str] = None,
             timeout: float = 300.0) -> List[Dict[str, Any]]:
-    """Delete orphaned clusters (or, with dry_run, only say what would go)."""
+    """Delete orphaned clusters (or, with dry_run, only say what would go).
+
+    The report lists every collectable cluster (``deleted``, and ``error`` on
+    failure) and every cluster gc skipped because of bad metadata
+    (``skipped``); ``problems`` says what was wrong."""
     report = []
-    for r in find_orphans(conn, state_dir):
+    for r in assess(conn, state_dir):
+        if r.problems:
+            report.append(dict(r.to_dict(), deleted=False, skipped="; ".join(r.problems)))
+            continue
+        if not (r.reason and (r.resources or r.state_file)):
+            continue
         entry = dict(r.to_dict(), deleted=False)
         if not dry_run:
-            if r.state_file:
-                st = ClusterState.load(r.name, state_dir)
-            else:
-                tmp = tempfile.mkdtemp(prefix="cloudcompute-gc-")
-                st = ClusterState.create(r.name or r.cluster_id,
-                                         {"name": r.name or r.cluster_id,
-                                          "cluster_id": r.cluster_id}, tmp)
-            try:
-                Teardown(conn, st, timeout).run()
-                entry["deleted"] = True
-            except CloudComputeError as exc:
-                entry["error"] = str(exc)
-                LOG.error("gc of %s incomplete: %s", r.cluster_id, exc)
+            _delete(conn, r, entry, state_dir, timeout)
         report.append(entry)
         LOG.info("gc %s %s: %s (%d resources)", "deleted" if entry["deleted"] else
                  "would delete", r.cluster_id, r.reason, len(r.resources))
     return report
+
+
+def _delete(conn: Any, r: ClusterRecord, entry: Dict[str, Any], state_dir: Optional[str],
+            timeout: float) -> None:
+    # Look again: it may have been detached, extended or forged since the survey.
+    again = assess(conn, state_dir, cluster_id=r.cluster_id)
+    if not again or again[0].reason is None:
+        why = "; ".join(again[0].problems) if again and again[0].problems \
+            else "no longer collectable"
+        entry["skipped"] = why
+        LOG.warning("gc leaves %s: %s", r.cluster_id, why)
+        return
+    scratch = None
+    try:
+        st = _teardown_state(r)
+        if not r.state_file or st.path != r.state_file:
+            scratch = os.path.dirname(st.path)
+        Teardown(conn, st, timeout).run()
+        entry["deleted"] = True
+    except CloudComputeError as exc:
+        entry["error"] = str(exc)
+        LOG.error("gc of %s incomplete: %s", r.cluster_id, exc)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)

@@ -315,12 +315,11 @@ def cmd_status(args):
 def cmd_list(args):
     from cloudcompute import gc
     conn = config.connect(args.os_cloud)
-    recs = gc.survey(conn)
-    data = [dict(r.to_dict(), orphan_reason=gc.orphan_reason(r, __import__("time").time()))
-            for r in recs.values()]
+    data = [dict(r.to_dict(), orphan_reason=r.reason) for r in gc.assess(conn)]
     emit(args, {"clusters": data}, [[r["name"] or "?", r["cluster_id"], len(r["resources"]),
                                      "yes" if r["state_file"] else "no",
-                                     r["orphan_reason"] or "-"] for r in data],
+                                     ("skipped: " + "; ".join(r["problems"])) if r["problems"]
+                                     else r["orphan_reason"] or "-"] for r in data],
          ["name", "cluster id", "resources", "state file", "collectable"])
 
 
@@ -399,9 +398,10 @@ def cmd_gc(args):
     conn = config.connect(args.os_cloud)
     report = gc.collect(conn, dry_run=not args.yes)
     emit(args, {"dry_run": not args.yes, "clusters": report},
-         [[r["name"] or "?", r["cluster_id"], r["reason"], len(r["resources"]),
-           "deleted" if r["deleted"] else ("FAILED: " + r["error"] if "error" in r
-                                           else "would delete")] for r in report],
+         [[r["name"] or "?", r["cluster_id"], r["reason"] or "-", len(r["resources"]),
+           "deleted" if r["deleted"] else ("FAILED: " + r["error"]) if "error" in r
+           else ("skipped: " + r["skipped"]) if "skipped" in r else "would delete"]
+          for r in report],
          ["name", "cluster id", "reason", "resources", "action"])
 
 

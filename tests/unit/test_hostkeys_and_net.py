@@ -55,12 +55,3 @@ def test_tags_round_trip_and_foreign_resources():
     meta = tags.server_metadata("c-1", "c", "node", 2.0, "me@h:1", now=1000)
     assert meta["cc_expires"] == "8200" and meta["cc_cluster"] == "c-1"
 
-
-def test_owner_alive(monkeypatch):
-    import os
-    import socket
-    me = "u@%s:%d" % (socket.gethostname(), os.getpid())
-    assert tags.owner_alive(me) is True
-    assert tags.owner_alive("u@%s:999999999" % socket.gethostname()) is False
-    assert tags.owner_alive("u@elsewhere:1") is None
-    assert tags.owner_alive("garbage") is None
