@@ -269,6 +269,9 @@ class Cluster(JobsMixin):
                state_dir: Optional[str] = None) -> "Cluster":
         """A Cluster object for a cluster another process created."""
         st = ClusterState.load(name, state_dir)
+        user = (st.data.get("ssh") or {}).get("user")
+        if user is not None and not config.valid_ssh_user(user):
+            raise StateError("%s: ssh user %r is not a user name" % (st.path, user))
         self = cls.__new__(cls)
         self.conn = config.connect(cloud or st.data.get("cloud"), conn)
         self.spec = ClusterSpec(name=name)

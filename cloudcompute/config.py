@@ -24,6 +24,8 @@ LOG = logging.getLogger(__name__)
 
 FLOATING_IP_MODES = ("auto", "always", "never")
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+SSH_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+"""A POSIX user name: it goes into ssh's argv, so it must never read as an option."""
 SETTINGS_SECTION = "cloudcompute"
 
 
@@ -145,6 +147,8 @@ def validate(spec: ClusterSpec) -> ClusterSpec:
     if spec.floating_ips is not None and spec.floating_ips not in FLOATING_IP_MODES:
         problems.append("floating_ips %r: allowed values are %s"
                         % (spec.floating_ips, ", ".join(FLOATING_IP_MODES)))
+    if spec.ssh_user is not None and not valid_ssh_user(spec.ssh_user):
+        problems.append(_bad_user("ssh_user", spec.ssh_user))
     for field in ("cidr", "ssh_cidr"):
         value = getattr(spec, field)
         if value is not None:
@@ -178,6 +182,29 @@ def validate(spec: ClusterSpec) -> ClusterSpec:
     if problems:
         raise ConfigError(problems)
     return spec
+
+
+def valid_ssh_user(user: object) -> bool:
+    return isinstance(user, str) and SSH_USER_RE.match(user) is not None
+
+
+def _bad_user(where: str, user: object) -> str:
+    return ("%s %r is not a user name (lowercase letters, digits, '_' and '-', starting "
+            "with a letter or '_', at most 32)" % (where, user))
+
+
+def image_ssh_user(image: Any, problems: Optional[List[str]]) -> Optional[str]:
+    """The login user an image names (property ``os_admin_user``), or None.
+    A malformed name is dropped and, if ``problems`` is given (the spec names
+    no user, so this one would be used), reported there."""
+    props = dict(getattr(image, "properties", None) or {})
+    user = getattr(image, "os_admin_user", None) or props.get("os_admin_user")
+    if user is None or valid_ssh_user(user):
+        return user
+    if problems is not None:
+        problems.append(_bad_user("image %s: os_admin_user" % getattr(image, "name", "?"),
+                                  user))
+    return None
 
 
 def connect(cloud: Optional[str] = None,

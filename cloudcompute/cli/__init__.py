@@ -26,6 +26,9 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -35,6 +38,7 @@ from cloudcompute import config
 from cloudcompute.cli.progress import byte_bar, progress_bar
 from cloudcompute.exceptions import (CloudComputeError, ConfigError, PreflightError,
                                      StateError)
+from cloudcompute.ssh import bulk
 
 LOG = logging.getLogger("cloudcompute.cli")
 SPEC_FIELDS = {"nodes", "flavor", "image", "network", "create_network", "external_network",
@@ -325,6 +329,8 @@ def cmd_list(args):
 
 def cmd_ssh(args):
     c = _cluster(args)
+    if not c.node_names():
+        raise UsageError("cluster %s has no ready nodes" % args.name)
     node = args.node or c.node_names()[0]
     info = next((n for n in c.nodes if n.name == node), None)
     if info is None:
@@ -337,13 +343,24 @@ def cmd_ssh(args):
         sys.stderr.write(result.stderr)
         c.close_connections()
         return result.exit_code
-    ssh = c.state.data["ssh"]
-    known = tempfile.NamedTemporaryFile("w", prefix="cc-known-", delete=False)
-    known.write("".join("%s %s\n" % (info.address, k) for k in info.host_keys))
-    known.close()
-    os.execvp("ssh", ["ssh", "-i", ssh["key_file"], "-o", "IdentitiesOnly=yes",
-                      "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=" + known.name,
-                      "%s@%s" % (ssh["user"], info.address)])
+    c.close_connections()
+    ssh = c.state.data["ssh"]  # its user was checked by attach
+    scratch = tempfile.mkdtemp(prefix="cc-ssh-")
+    try:
+        known = os.path.join(scratch, "known_hosts")
+        fd = os.open(known, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.writelines("%s %s\n" % (info.address, k) for k in info.host_keys)
+        argv = (["ssh"] + bulk.openssh_options(ssh["key_file"], known, batch=False)
+                + bulk.destination(ssh["user"], info.address))
+        # Ctrl-C belongs to the remote shell; wait for ssh, then remove known_hosts.
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return subprocess.call(argv)
+        finally:
+            signal.signal(signal.SIGINT, old)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def cmd_logs(args):

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 
 from openstack import exceptions as os_exc
 
-from cloudcompute import retry
+from cloudcompute import config, retry
 from cloudcompute.config import ClusterSpec
 from cloudcompute.exceptions import PreflightError
 
@@ -79,8 +79,7 @@ def resolve(conn: Any, spec: ClusterSpec) -> Plan:
             problems.append("group %s: image %s is %s, not active"
                             % (g.name, image.name, image.status))
         if flavor is not None and image is not None:
-            props = dict(image.properties or {})
-            user = getattr(image, "os_admin_user", None) or props.get("os_admin_user")
+            user = config.image_ssh_user(image, None if spec.ssh_user else problems)
             groups.append(ResolvedGroup(g.name, g.count, flavor.id, flavor.name,
                                         flavor.vcpus, flavor.ram, image.id,
                                         image.name, user, dict(g.metadata),

@@ -33,6 +33,25 @@ KEEPALIVE_OPTIONS = ["-o", "ServerAliveInterval=%d" % KEEPALIVE_SECONDS,
 LOG = logging.getLogger(__name__)
 
 
+def openssh_options(key_file: str, known_hosts: str, port: int = 22,
+                    batch: bool = True) -> List[str]:
+    """The options of every OpenSSH client this library starts: no ssh_config
+    (``-F /dev/null``), this key only, the recorded host keys only (no user or
+    global known_hosts, strict checking), a connect timeout and keepalives.
+    ``batch=False`` lets an interactive session ask for a key's passphrase."""
+    return ["-p", str(port), "-i", key_file, "-F", "/dev/null",
+            "-o", "IdentitiesOnly=yes", *(["-o", "BatchMode=yes"] if batch else []),
+            "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=" + known_hosts,
+            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
+            *KEEPALIVE_OPTIONS]
+
+
+def destination(user: str, address: str) -> List[str]:
+    """``-l user -- address``, the end of an ssh argv before the remote command:
+    neither the user nor the address can be read as an option."""
+    return ["-l", user, "--", address]
+
+
 # Node-side halves of upload/download: stream and hash in one pass with the
 # node's python3 (hashlib uses OpenSSL; coreutils' sha256sum is several times slower).
 REMOTE_PUT = ("import hashlib,os,sys,fcntl\nh=hashlib.sha256()\n"
@@ -149,12 +168,9 @@ class OpenSSHBulk:
         fd = os.open(self.known, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.writelines("%s %s\n" % (host, k) for k in host_keys)
-        self.target = "%s@%s" % (user, address)
-        self.base = ["ssh", "-p", str(port), "-i", key_file, "-F", "/dev/null",
-                     "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                     "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=" + self.known,
-                     "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
-                     *KEEPALIVE_OPTIONS,
+        self.dest = destination(user, address)
+        self.target = "%s@%s" % (user, address)  # for argvs built elsewhere; prefer dest
+        self.base = ["ssh", *openssh_options(key_file, self.known, port),
                      "-o", "ControlMaster=auto", "-o", "ControlPersist=120",
                      "-o", "ControlPath=" + os.path.join(self.dir, "cm"),
                      "-o", "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com,"
@@ -173,7 +189,7 @@ class OpenSSHBulk:
                progress: Optional[Callable[[int], None]] = None) -> str:
         """Send ``data`` while hashing it here; the node hashes what it wrote.
         Returns the sha256 both sides agreed on."""
-        cmd = self.base + [self.target, " ".join(shlex.quote(a) for a in put_command(path))]
+        cmd = self.base + self.dest + [" ".join(shlex.quote(a) for a in put_command(path))]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
         h = hashlib.sha256()
@@ -206,7 +222,7 @@ class OpenSSHBulk:
                  remove: bool = False, max_bytes: Optional[int] = None) -> bytearray:
         """The bytes of ``path`` on the node; a file over ``max_bytes`` is refused
         (fatal SSHError) before it is read."""
-        cmd = self.base + [self.target, " ".join(
+        cmd = self.base + self.dest + [" ".join(
             shlex.quote(a) for a in get_command(path, sha256, remove))]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, bufsize=0)
@@ -234,5 +250,5 @@ class OpenSSHBulk:
         return data
 
     def close(self) -> None:
-        subprocess.run(self.base + ["-O", "exit", self.target], capture_output=True)
+        subprocess.run(self.base + ["-O", "exit"] + self.dest, capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,5 +1,6 @@
 import argparse
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -93,3 +94,49 @@ def test_byte_progress_without_a_terminal_logs_every_tenth(caplog):
 def test_put_of_a_missing_file_is_usage_error(capsys):
     assert cli.main(["put", "c1", "/no/such/file", "x"]) == 2
     assert "no such file: /no/such/file" in capsys.readouterr().err
+
+
+def test_ssh_verifies_the_host_by_its_recorded_key_only_and_cleans_up(monkeypatch, tmp_path):
+    import types
+
+    from cloudcompute.cluster import Cluster
+    node = types.SimpleNamespace(name="n0", address="10.0.0.5",
+                                 host_keys=["ssh-ed25519 AAAAC3Nz"])
+    fake = types.SimpleNamespace(nodes=[node], node_names=lambda: ["n0"],
+                                 close_connections=lambda: None,
+                                 state=types.SimpleNamespace(data={"ssh": {
+                                     "user": "debian", "key_file": "/k/c-1.key"}}))
+    monkeypatch.setattr(Cluster, "attach", classmethod(lambda cls, *a, **k: fake))
+    seen = {}
+
+    def call(argv):
+        known = next(a for a in argv if a.startswith("UserKnownHostsFile="))
+        seen["argv"], seen["known"] = argv, known.split("=", 1)[1]
+        seen["text"] = open(seen["known"]).read()
+        return 7
+    monkeypatch.setattr(cli.subprocess, "call", call)
+    assert cli.main(["ssh", "c1"]) == 7
+    argv = seen["argv"]
+    assert argv[-4:] == ["-l", "debian", "--", "10.0.0.5"]
+    assert not any("@" in a for a in argv)
+    for opt in ("-F", "/dev/null"), ("-i", "/k/c-1.key"):
+        assert argv[argv.index(opt[0]) + 1] == opt[1]
+    for o in ("GlobalKnownHostsFile=/dev/null", "IdentitiesOnly=yes",
+              "StrictHostKeyChecking=yes"):
+        assert argv[argv.index(o) - 1] == "-o"
+    assert seen["text"] == "10.0.0.5 ssh-ed25519 AAAAC3Nz\n"
+    assert not os.path.exists(seen["known"]) and not os.path.exists(
+        os.path.dirname(seen["known"]))
+
+
+def test_bulk_ssh_passes_the_user_as_an_argument_never_as_an_option(tmp_path):
+    from cloudcompute.ssh import bulk
+    b = bulk.OpenSSHBulk("n0", "10.0.0.5", "-oProxyCommand=touch /tmp/x", "/k", ["ssh-ed25519 A"])
+    try:
+        assert b.dest == ["-l", "-oProxyCommand=touch /tmp/x", "--", "10.0.0.5"]
+        assert b.base[1:len(bulk.openssh_options("/k", b.known)) + 1] == bulk.openssh_options(
+            "/k", b.known)
+        assert "-F" in b.base and "GlobalKnownHostsFile=/dev/null" in b.base
+    finally:
+        import shutil
+        shutil.rmtree(b.dir)

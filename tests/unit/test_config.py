@@ -61,3 +61,61 @@ def test_create_network_ignores_the_default_network_and_excludes_network():
     with pytest.raises(ConfigError, match="either network"):
         validate(ClusterSpec(name="c", nodes=1, flavor="f", image="i", network="n",
                              create_network=True))
+
+
+HOSTILE_USERS = ["-oProxyCommand=touch /tmp/x", "Root", "a b", "", "x" * 33, "user@host",
+                 "deb\nian", "-l", "9lives", "ü"]
+
+
+@pytest.mark.parametrize("user", HOSTILE_USERS)
+def test_ssh_user_must_be_a_posix_user_name(user):
+    with pytest.raises(ConfigError, match="ssh_user"):
+        validate(ClusterSpec(name="c", nodes=1, flavor="f", image="i", ssh_user=user))
+    # the same value from clouds.yaml's cloudcompute section
+    with pytest.raises(ConfigError, match="ssh_user"):
+        validate(ClusterSpec(name="c", nodes=1, flavor="f", image="i").with_settings(
+            {"ssh_user": user}))
+
+
+@pytest.mark.parametrize("user", ["debian", "_svc", "ubuntu-2", "a" * 32, "cloud_user"])
+def test_ordinary_user_names_pass(user):
+    assert validate(ClusterSpec(name="c", nodes=1, flavor="f", image="i",
+                                ssh_user=user)).ssh_user == user
+
+
+def _preflight_conn(image_user):
+    import types
+    flavor = types.SimpleNamespace(id="f1", name="m1.tiny", vcpus=1, ram=512)
+    image = types.SimpleNamespace(id="i1", name="img", status="active",
+                                  properties={"os_admin_user": image_user})
+    quota = types.SimpleNamespace(usage={}, instances=-1, cores=-1, ram=-1)
+    return types.SimpleNamespace(
+        compute=types.SimpleNamespace(find_flavor=lambda n, ignore_missing: flavor,
+                                      get_quota_set=lambda p, usage: quota),
+        image=types.SimpleNamespace(find_image=lambda n, ignore_missing: image),
+        network=types.SimpleNamespace(find_network=lambda n, ignore_missing: types.SimpleNamespace(
+            id="n1"), get_quota=lambda p, details: types.SimpleNamespace()),
+        current_project_id="p1")
+
+
+def test_a_hostile_user_from_an_image_property_is_refused_by_preflight():
+    from cloudcompute.exceptions import PreflightError
+    from cloudcompute.provision import preflight
+    spec = validate(ClusterSpec(name="c", nodes=1, flavor="f", image="i", network="n",
+                                floating_ips="never"))
+    with pytest.raises(PreflightError, match=r"os_admin_user '-oProxyCommand=touch /tmp/x'"):
+        preflight.resolve(_preflight_conn("-oProxyCommand=touch /tmp/x"), spec)
+    assert preflight.resolve(_preflight_conn("debian"), spec).ssh_user == "debian"
+    # a user named in the spec wins, and the image's property is then not used at all
+    spec.ssh_user = "admin"
+    assert preflight.resolve(_preflight_conn("-oProxyCommand=x"), spec).ssh_user == "admin"
+
+
+def test_attach_refuses_a_recorded_hostile_user(tmp_path):
+    from cloudcompute.cluster import Cluster
+    from cloudcompute.exceptions import StateError
+    from cloudcompute.state import ClusterState
+    ClusterState.create("c", {"name": "c", "cluster_id": "c-1",
+                              "ssh": {"user": "-oProxyCommand=x"}}, str(tmp_path))
+    with pytest.raises(StateError, match="not a user name"):
+        Cluster.attach("c", conn=object(), state_dir=str(tmp_path))
