@@ -14,6 +14,7 @@ results and delete every resource again::
 """
 import logging
 
+from cloudcompute import redact
 from cloudcompute.cluster import Cluster
 from cloudcompute.config import ClusterSpec, NodeGroup, Timeouts, connect
 from cloudcompute.exceptions import *  # noqa: F401,F403
@@ -24,3 +25,6 @@ __all__ = ["Cluster", "ClusterSpec", "NodeGroup", "Timeouts", "connect",
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+# keystoneauth and openstacksdk log request bodies at DEBUG: user_data (our nodes'
+# private host keys), passwords, secrets. Redact them whoever configures logging.
+redact.install()
