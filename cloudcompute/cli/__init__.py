@@ -35,7 +35,7 @@ import threading
 from typing import Any, Dict, List, Optional
 
 from cloudcompute import config
-from cloudcompute.cli.progress import byte_bar, progress_bar
+from cloudcompute.cli.progress import PROGRESS_LOGGER, byte_bar, progress_bar
 from cloudcompute.exceptions import (CloudComputeError, ConfigError, PreflightError,
                                      StateError)
 from cloudcompute.ssh import bulk
@@ -441,8 +441,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.cmd = remote
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Progress lines (no terminal) are INFO, and shown without -v.
+    logging.getLogger(PROGRESS_LOGGER).setLevel(logging.INFO)
     try:
-        return COMMANDS[args.command](args) or 0
+        code = COMMANDS[args.command](args) or 0
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, with the status a tool
+        # that SIGPIPE ended has; later flushes of stdout go nowhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
     except (UsageError, ConfigError, StateError, PreflightError) as exc:
         parser.print_usage(sys.stderr)
         print("cloudcompute: error: %s" % exc, file=sys.stderr)

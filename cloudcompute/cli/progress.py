@@ -1,5 +1,7 @@
 """Progress for the command line: a tqdm bar on a terminal, plain log lines
-otherwise (CI, pipes), so that scripts still see how far a run has come."""
+otherwise (CI, pipes), so that scripts still see how far a run has come.
+Those lines are INFO records of ``cloudcompute.cli.progress``, a logger the
+command line sets to INFO, so they show without ``-v`` and are not warnings."""
 from __future__ import annotations
 
 import importlib.util
@@ -9,7 +11,8 @@ import threading
 from typing import Any, Callable, Iterator
 import contextlib
 
-LOG = logging.getLogger("cloudcompute.cli")
+PROGRESS_LOGGER = "cloudcompute.cli.progress"
+LOG = logging.getLogger(PROGRESS_LOGGER)
 
 
 def _tqdm(**kw: Any) -> Any:
@@ -32,7 +35,7 @@ class progress_bar:
             if self.bar is not None:
                 self.bar.update(1)
             else:
-                LOG.warning("[%d/%d] %s", self.done, self.total, message)
+                LOG.info("[%d/%d] %s", self.done, self.total, message)
         return tick
 
     def __exit__(self, *exc: Any) -> None:
@@ -56,7 +59,7 @@ def byte_bar(total: int, label: str) -> Iterator[Callable[[int], None]]:
             tenth = min(10, state["done"] * 10 // max(total, 1))
             if tenth > state["logged"]:
                 state["logged"] = tenth
-                LOG.warning("%s: %d%% (%d of %d bytes)", label, tenth * 10,
+                LOG.info("%s: %d%% (%d of %d bytes)", label, tenth * 10,
                             min(state["done"], total), total)
     try:
         yield moved

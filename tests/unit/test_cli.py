@@ -82,10 +82,11 @@ def test_main_maps_errors_to_exit_codes(capsys, monkeypatch, tmp_path):
 
 def test_byte_progress_without_a_terminal_logs_every_tenth(caplog):
     from cloudcompute.cli.progress import byte_bar
-    with caplog.at_level("WARNING", logger="cloudcompute.cli"):
+    with caplog.at_level("INFO", logger="cloudcompute.cli.progress"):
         with byte_bar(1000, "put x") as moved:
             for _ in range(40):
                 moved(25)
+    assert {r.levelname for r in caplog.records} == {"INFO"}
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == "put x: 10% (100 of 1000 bytes)"
     assert lines[-1] == "put x: 100% (1000 of 1000 bytes)" and len(lines) == 10
@@ -94,6 +95,53 @@ def test_byte_progress_without_a_terminal_logs_every_tenth(caplog):
 def test_put_of_a_missing_file_is_usage_error(capsys):
     assert cli.main(["put", "c1", "/no/such/file", "x"]) == 2
     assert "no such file: /no/such/file" in capsys.readouterr().err
+
+
+FAKE_CLI = """
+import sys
+from cloudcompute import cli
+from cloudcompute.cli.progress import progress_bar
+
+
+def many(args):
+    cli.emit(args, {"clusters": [{"name": "c%d" % i, "pad": "x" * 100} for i in range(5000)]})
+
+
+def steps(args):
+    with progress_bar(2, "steps") as tick:
+        tick("n0 created")
+        tick("n0 ssh")
+
+
+cli.COMMANDS["list"] = many
+cli.COMMANDS["status"] = steps
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    import subprocess
+    import sys
+    # 500 kB of JSON: far more than a pipe holds, so writes meet the closed end.
+    proc = subprocess.Popen([sys.executable, "-c", FAKE_CLI, "-f", "json", "list"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.read(1) == b"{"
+    proc.stdout.close()  # as `| head -c 1` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(10) == 141, err
+    assert err == ""
+
+
+def test_progress_without_a_terminal_is_info_and_shown_by_default():
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", FAKE_CLI, "status", "c1"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert [ln.split(" ", 2)[2] for ln in lines] == [
+        "INFO cloudcompute.cli.progress: [1/2] n0 created",
+        "INFO cloudcompute.cli.progress: [2/2] n0 ssh"]
 
 
 def test_ssh_verifies_the_host_by_its_recorded_key_only_and_cleans_up(monkeypatch, tmp_path):
