@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--partitions", type=int, default=24)
     ap.add_argument("--rows", type=int, default=400_000, help="rows per partition")
-    ap.add_argument("--flavor")
+    ap.add_argument("--flavor", default="m1.small", help="2 GiB or more per node")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     from cloudcompute import Cluster, ClusterSpec  # here: the workers import this module
