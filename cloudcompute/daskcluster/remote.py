@@ -17,6 +17,7 @@ leader was started by these commands, and every wait in it is bounded.
 from __future__ import annotations
 
 import posixpath
+import re
 from typing import List, Optional, Sequence, Union
 
 from cloudcompute.ssh.client import quote_command
@@ -226,6 +227,14 @@ sys.stdout.write(json.dumps(result))
 
 
 def log_excerpt(text: Optional[str], lines: int = 15) -> str:
-    """The last lines of a process log, for an error message."""
-    tail = (text or "").strip().splitlines()[-lines:]
-    return "\n".join(tail) if tail else "(the log is empty)"
+    """The last lines of a process log, for an error message, preceded by the
+    exception lines of any earlier traceback in it (a chained traceback ends
+    with the wrapper, e.g. "Scheduler failed to start", not with the cause)."""
+    every = (text or "").strip().splitlines()
+    if not every:
+        return "(the log is empty)"
+    causes = [line for line in every[:-lines] if _EXCEPTION_LINE.match(line)]
+    return "\n".join(causes[-3:] + (["..."] if causes else []) + every[-lines:])
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b.*")

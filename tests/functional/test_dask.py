@@ -20,7 +20,7 @@ import pytest
 
 from cloudcompute import Cluster, ClusterSpec
 from cloudcompute.cluster import Teardown
-from cloudcompute.daskcluster import remote
+from cloudcompute.daskcluster import DaskStartError, remote
 from cloudcompute.exceptions import EnvironmentMismatch, NodeLost
 from tests.functional.conftest import CLOUD, leftovers, shared_cluster, sigint_default
 
@@ -236,6 +236,25 @@ def test_a_node_environment_with_another_dask_is_refused_before_start(
         assert "dask" not in c.state.data
         out = c.connection(c.node_names()[0]).run(["ls", "-A", ".cloudcompute"]).stdout
         assert "dask" not in out.split()  # not even its directory: nothing was started
+
+
+def test_a_scheduler_that_dies_at_start_fails_fast_with_its_log(conn, fault, unique, state_dir):
+    fault("dask(scheduler_port=22): a privileged port (and sshd's) on the node", "input",
+          "DaskStartError at once with the scheduler log's tail; no Dask process, no record")
+    with Cluster(ClusterSpec(name=unique, nodes=1, flavor="m1.small"), cloud=CLOUD) as c:
+        with pytest.raises(DaskStartError):  # builds the environment; the retry is timed
+            c.dask(scheduler_port=22, timeout=60)
+        t0 = time.monotonic()
+        with fault.raises(DaskStartError, match="died while starting") as err:
+            c.dask(scheduler_port=22, timeout=60)
+        took = time.monotonic() - t0
+        assert err.value.role == "scheduler" and err.value.node == c.node_names()[0]
+        assert "PermissionError: [Errno 13] Permission denied" in err.value.log
+        assert "PermissionError" in str(err.value)  # the log's tail is in the message
+        assert took < 10
+        assert dask_processes(c.nodes[0].server_id) == []
+        assert "dask" not in c.state.data
+        fault.observed += " (after %.1fs)" % took
 
 
 def test_the_scheduler_servers_deletion_is_a_clear_error_and_down_leaves_nothing(

@@ -163,6 +163,19 @@ def test_node_tool_reports_a_death_with_the_log(home):
     assert "Address already in use" in got["log"]
 
 
+def test_log_excerpt_keeps_the_cause_of_a_chained_traceback():
+    log = "\n".join(["INFO start", "Traceback (most recent call last):", '  File "x"',
+                     "PermissionError: [Errno 13] Permission denied", "",
+                     "The above exception was the direct cause of the following exception:"]
+                    + ['  File "y%d"' % i for i in range(20)]
+                    + ["RuntimeError: Scheduler failed to start."])
+    text = remote.log_excerpt(log)
+    assert text.startswith("PermissionError: [Errno 13] Permission denied\n...\n")
+    assert text.endswith("RuntimeError: Scheduler failed to start.")
+    assert remote.log_excerpt("") == "(the log is empty)"
+    assert remote.log_excerpt("a\nb") == "a\nb"
+
+
 def test_node_tool_never_signals_a_stranger_with_a_recorded_pid(home):
     stranger = subprocess.Popen(["sleep", "30"], start_new_session=True)  # pid == pgid
     try:
