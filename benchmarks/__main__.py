@@ -14,6 +14,7 @@ import time
 import openstack
 
 from benchmarks import cloud as cloudbench
+from benchmarks import dask as daskbench
 from benchmarks import executor as execbench
 from benchmarks import fanout as fanbench
 from benchmarks import provisioning as prov
@@ -46,6 +47,10 @@ def run(args):
         targets += execbench.targets(sl, target)
         if args.executor_only:
             return results
+        if not args.quick:
+            LOG.warning("Dask on the cluster against the executor")
+            dk = results["dask"] = daskbench.measure(conn)
+            targets += daskbench.targets(dk, target)
 
     if args.fanout_only:
         nodes = 2 if args.quick else 8
@@ -155,6 +160,8 @@ def write(results, out):
         lines += fanbench.table(results["put_fanout"])
     if "slots" in results:
         lines += execbench.table(results["slots"])
+    if "dask" in results:
+        lines += daskbench.table(results["dask"])
     if "serialization" in results:
         lines += ["", "Serialization:", "", "| value | format | MB | encode s | decode s |",
                   "|---|---|---|---|---|"]
