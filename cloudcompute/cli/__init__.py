@@ -277,7 +277,9 @@ def cmd_put(args):
     nodes = _nodes(c, args.node)
     size = os.path.getsize(args.local)
     try:
-        with byte_bar(size * len(nodes), "put %s" % os.path.basename(args.local)) as moved:
+        from cloudcompute.jobs import fanout
+        with byte_bar(fanout.client_bytes(size, len(nodes)),
+                      "put %s" % os.path.basename(args.local)) as moved:
             c.put(args.local, args.remote, nodes=nodes, progress=moved)
     finally:
         c.close_connections()

@@ -283,6 +283,16 @@ def _hop_or_direct(cluster: Any, sender: IntraSSH, dst: str, path: str, source: 
         raise IntegrityError(dst, "upload of %s" % path, sha256, "another file's hash")
 
 
+def fans_out(size: int, nodes: int) -> bool:
+    """Whether a put of ``size`` bytes to ``nodes`` nodes goes through the nodes."""
+    return nodes > 1 and size * (nodes - 1) > DIRECT_MAX_EXTRA
+
+
+def client_bytes(size: int, nodes: int) -> int:
+    """The bytes a put sends from the client when every hop succeeds."""
+    return size if nodes == 1 or fans_out(size, nodes) else size * nodes
+
+
 def put(cluster: Any, data: Any, remote_path: str, nodes: Optional[Sequence[str]] = None,
         progress: Progress = None) -> None:
     """``cluster.put``: the client sends once, the nodes copy it on (see the module)."""
@@ -295,7 +305,7 @@ def put(cluster: Any, data: Any, remote_path: str, nodes: Optional[Sequence[str]
     failed: Dict[str, BaseException] = {}
     ready: Dict[str, IntraSSH] = {}
     unset: Dict[str, BaseException] = {}
-    if size * (len(names) - 1) > DIRECT_MAX_EXTRA:
+    if fans_out(size, len(names)):
         try:
             ready, unset = intra.prepared(cluster, names)
         except StateError as exc:

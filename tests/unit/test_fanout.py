@@ -411,3 +411,10 @@ def test_nodes_are_set_up_once_per_membership_and_again_after_forget(tmp_path):
     c.state.data["ssh"].pop("internal_key_file")
     with pytest.raises(StateError, match="no internal key"):
         intra.install(c)
+
+
+def test_client_bytes_follow_the_fan_out_rule():
+    big, small = 64 << 20, 1 << 20
+    assert fanout.client_bytes(big, 8) == big and fanout.fans_out(big, 8)
+    assert fanout.client_bytes(small, 3) == 3 * small and not fanout.fans_out(small, 3)
+    assert fanout.client_bytes(big, 1) == big and not fanout.fans_out(big, 1)
