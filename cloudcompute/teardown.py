@@ -34,8 +34,10 @@ def _ids(st: ClusterState, kind: str) -> Dict[str, str]:
 
 
 def _tagged(lister: Callable[..., Any], cluster_id: str) -> Dict[str, Any]:
+    """Resources carrying both the library's mark and the cluster's tag (the
+    APIs match every tag of a comma-separated list)."""
     return {r.id: r for r in retry.call(lambda: list(lister(
-        tags=tags.CLUSTER_TAG + cluster_id)))}
+        tags=",".join(tags.tags(cluster_id)))))}
 
 
 class Teardown:

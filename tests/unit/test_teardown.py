@@ -14,15 +14,26 @@ from cloudcompute.state import ClusterState
 from cloudcompute.teardown import Teardown
 
 
+TAGS = ["cloudcompute", "cc-cluster=c-1"]
+
+
 class Store:
-    def __init__(self, log, kind, items=(), undeletable=()):
+    """One kind of resource. Items are tagged as the library tags them, except
+    ``untagged`` ones (a create whose answer, and so whose tagging, was lost)."""
+
+    def __init__(self, log, kind, items=(), undeletable=(), untagged=()):
         self.log, self.kind = log, kind
-        self.items = {i: types.SimpleNamespace(id=i, name=i, device_owner="compute:nova")
+        self.items = {i: types.SimpleNamespace(id=i, name=i, device_owner="compute:nova",
+                                               tags=[] if i in untagged else list(TAGS))
                       for i in items}
         self.undeletable = set(undeletable)
 
     def list(self, **kw):
-        return list(self.items.values())
+        """As the APIs filter: ``tags`` (comma-separated, all must be present), and
+        any other filter on the attribute of that name."""
+        want = [t for t in str(kw.pop("tags", "")).split(",") if t]
+        return [r for r in self.items.values() if all(t in r.tags for t in want)
+                and all(getattr(r, k, None) == v for k, v in kw.items())]
 
     def delete(self, rid, ignore_missing=True, **kw):
         self.log.append((self.kind, rid))
@@ -109,7 +120,8 @@ def test_what_cannot_be_deleted_is_named_and_kept(tmp_path):
 
 def test_a_create_whose_answer_was_lost_is_found_by_name(tmp_path):
     log = []
-    conn = fake_conn(log, security_group=["cc-c-1"], server=["c-1-w-0"])
+    conn = fake_conn(log, security_group=(["cc-c-1"], [], ["cc-c-1"]),
+                     server=(["c-1-w-0"], [], ["c-1-w-0"]))
     st = state(tmp_path)
     st.intend("security_groups", "cc-c-1")  # created, but the id never came back
     st.intend("servers", "c-1-w-0")
@@ -144,3 +156,13 @@ def test_a_create_in_flight_that_never_lands_is_forgotten_after_the_grace(tmp_pa
     Teardown(fake_conn(log), st, in_flight_grace=0.05).run()
     assert not (tmp_path / "c.json").exists()
     assert "nothing appeared within the grace period" in caplog.text
+
+
+def test_only_resources_with_the_library_mark_are_deleted(tmp_path):
+    log = []
+    conn = fake_conn(log, security_group=["g1", "other"])
+    conn_tags = {r.id: r for r in conn.network.security_groups()}
+    conn_tags["other"].tags = ["cc-cluster=c-1"]  # the cluster's tag, not the mark
+    st = state(tmp_path)
+    Teardown(conn, st).run()
+    assert ("security_group", "g1") in log and ("security_group", "other") not in log
