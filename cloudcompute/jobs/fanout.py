@@ -223,7 +223,7 @@ def stream_to_node(conn: Any, path: str, source: Source, progress: Progress = No
 def _stream_openssh(ssh: bulk.OpenSSHBulk, node: str, path: str, command: str,
                     source: Source, progress: Progress) -> str:
     want = ""
-    proc = subprocess.Popen(ssh.base + [ssh.target, command], stdin=subprocess.PIPE,
+    proc = subprocess.Popen(ssh.base + ssh.dest + [command], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
     assert stdin is not None and stdout is not None and stderr is not None  # all PIPE

@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import paramiko
 
 from cloudcompute.exceptions import CloudComputeError, SSHError, StateError
+from cloudcompute.ssh import bulk
 
 INTRA_DIR = ".cloudcompute"
 KEY_NAME, KNOWN_HOSTS_NAME, CONFIG_NAME = "intra_key", "known_hosts", "ssh_config"
@@ -61,14 +62,8 @@ class IntraSSH:
 # -- what runs where (pure, unit tested) ----------------------------------
 def ssh_argv(key_file: str, known_hosts: str, user: str, address: str) -> List[str]:
     """ssh from one node to another: only the internal key, only recorded host keys."""
-    return ["ssh", "-F", "/dev/null", "-i", key_file,
-            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=" + known_hosts,
-            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
-            "-o", "ServerAliveInterval=15", "-o", "LogLevel=ERROR",
-            "-o", "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com,"
-                  "chacha20-poly1305@openssh.com,aes128-ctr",
-            "%s@%s" % (user, address)]
+    return ["ssh", *bulk.openssh_options(key_file, known_hosts), "-o", "LogLevel=ERROR",
+            "-o", "Ciphers=" + bulk.CIPHERS, *bulk.destination(user, address)]
 
 
 def known_hosts_text(nodes: Sequence[Any]) -> str:

@@ -80,7 +80,7 @@ def option(argv, name):
 
 def test_node_to_node_ssh_is_verified_and_uses_only_the_internal_key():
     argv = sender().ssh_argv("n01")
-    assert argv[0] == "ssh" and argv[-1] == "debian@10.42.0.6"
+    assert argv[0] == "ssh" and argv[-4:] == ["-l", "debian", "--", "10.42.0.6"]
     assert argv[argv.index("-F") + 1] == "/dev/null"
     assert argv[argv.index("-i") + 1] == "/home/debian/.cloudcompute/intra_key"
     for opt in ("StrictHostKeyChecking=yes", "IdentitiesOnly=yes", "BatchMode=yes",
