@@ -15,7 +15,6 @@ A failed ``map`` stops what is still queued or running and raises
 from __future__ import annotations
 
 import concurrent.futures as cf
-import dataclasses
 import itertools
 import logging
 import threading
@@ -31,96 +30,15 @@ from cloudcompute.jobs import payload, project, wire
 from cloudcompute.jobs import protocol as P
 from cloudcompute.jobs import channel
 from cloudcompute.jobs.channel import RemoteWorker
+from cloudcompute.jobs.placement import (Cancelled, NoLiveNodes, SlotPool, Task, TaskResult,
+                                         is_node_loss)
 from cloudcompute.ssh import bulk
-from cloudcompute.ssh.client import NodeConnection, is_transient
+from cloudcompute.ssh.client import NodeConnection
 
 LOG = logging.getLogger(__name__)
 STAGE_DIR = ".cloudcompute/stage"
 STAGE_OVER = 16 << 20  # bytes; larger blobs travel as files through the bulk transfer
 REEXECUTION_BOUND = 600.0  # seconds after a task's first start when no new run starts
-
-
-@dataclasses.dataclass
-class TaskResult:
-    """One finished task: its value and what it cost on the node."""
-    node: str
-    task: str
-    value: Any
-    duration: float
-    peak_rss_kb: int
-
-
-@dataclasses.dataclass
-class Task:
-    """One call to run: ``fn(*args, **kwargs)``, with its limits."""
-    id: str
-    fn: Callable[..., Any]
-    args: Sequence[Any]
-    kwargs: Dict[str, Any]
-    allow_pickle: bool = False
-    timeout: Optional[float] = None
-    project: Optional[project.Project] = None
-
-
-class Cancelled(CloudComputeError):
-    """A task was stopped because its map had already failed."""
-
-
-class NoLiveNodes(NodeLost):
-    """Every node of a map was lost."""
-
-
-def is_node_loss(exc: BaseException) -> bool:
-    """Faults after which a task runs again: a lost node or a damaged payload."""
-    if isinstance(exc, NoLiveNodes):
-        return False
-    if isinstance(exc, (NodeLost, IntegrityError)):
-        return True
-    if isinstance(exc, CloudComputeError) and not isinstance(exc, SSHError):
-        return False
-    return is_transient(exc)
-
-
-class SlotPool:
-    """The free slots of the live nodes; ``acquire`` waits for one (no polling)."""
-
-    def __init__(self, slots: Dict[str, int],
-                 on_lost: Optional[Callable[[str, BaseException], None]] = None):
-        self.free = dict(slots)
-        self.on_lost = on_lost
-        self.closed = False
-        self.cond = threading.Condition()
-
-    def acquire(self, previous: Optional[str] = None) -> str:
-        with self.cond:
-            while True:
-                if self.closed:
-                    raise Cancelled("map stopped")
-                if not self.free:
-                    raise NoLiveNodes(previous or "?", "no live node left to run on")
-                node = max(self.free, key=lambda n: self.free[n])
-                if self.free[node] > 0:
-                    self.free[node] -= 1
-                    return node
-                self.cond.wait()
-
-    def release(self, node: str) -> None:
-        with self.cond:
-            if node in self.free:
-                self.free[node] += 1
-                self.cond.notify()
-
-    def lost(self, node: str, exc: BaseException) -> None:
-        with self.cond:
-            known = self.free.pop(node, None) is not None
-            self.cond.notify_all()
-        if known and self.on_lost is not None:
-            self.on_lost(node, exc)
-
-    def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
 
 
 class _OneNode:
