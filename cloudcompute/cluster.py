@@ -13,7 +13,7 @@ import logging
 import signal
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 from keystoneauth1 import exceptions as ks_exc
 from openstack import exceptions as os_exc
@@ -22,7 +22,8 @@ from cloudcompute import config, retry, tags
 from cloudcompute.config import ClusterSpec
 from cloudcompute.exceptions import (CloudComputeError, HostKeyMismatch, ProvisioningError,
                                      StateError)
-from cloudcompute.jobs.api import JobsMixin
+from cloudcompute.jobs.api import GroupResult, Jobs
+from cloudcompute.jobs.executor import Executor, TaskResult
 from cloudcompute.provision import preflight, resources
 from cloudcompute.provision.servers import NodeInfo, ServerBuilder, directly_routable
 from cloudcompute.ssh import hostkeys
@@ -54,23 +55,31 @@ def _signals_raise() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-class Cluster(JobsMixin):
+class Cluster:
     """A cluster of servers reachable over SSH, with its own cloud resources."""
 
     def __init__(self, spec: ClusterSpec, cloud: Optional[str] = None, conn: Any = None,
                  state_dir: Optional[str] = None,
-                 progress: Optional[Callable[[str, str], None]] = None):
+                 progress: Optional[Callable[[str, str], None]] = None,
+                 record: Optional[ClusterState] = None):
         """``progress(phase, node)`` is called as each node is created, goes ACTIVE
-        and answers SSH (phases ``created``, ``active``, ``ssh``), from any thread."""
+        and answers SSH (phases ``created``, ``active``, ``ssh``), from any thread.
+        ``record``: a cluster's state, whose spec was validated when it was made
+        (``attach`` passes it)."""
         self.progress = progress or (lambda phase, node: None)
         self.conn = config.connect(cloud, conn)
-        self.spec = config.validate(spec.with_settings(config.cloud_settings(self.conn)))
+        self.spec = spec if record is not None else config.validate(
+            spec.with_settings(config.cloud_settings(self.conn)))
         self.state_dir = state_dir
         self.state: Optional[ClusterState] = None
         self.nodes: List[NodeInfo] = []
         self.timings: Dict[str, Any] = {}
         self._connections: Dict[str, NodeConnection] = {}
-        self._executor = None
+        self.jobs = Jobs(self)
+        if record is not None:  # attach: the cluster as another process recorded it
+            self.state = record
+            self.nodes = [NodeInfo(**n) for n in record.data.get("nodes", {}).values()]
+            self.timings = dict(record.data.get("timings", {}))
 
     # -- lifecycle -----------------------------------------------------
     def __enter__(self) -> "Cluster":
@@ -132,6 +141,7 @@ class Cluster(JobsMixin):
             "detached": False, "created_at": time.time(),
             "expires_at": time.time() + self.spec.ttl_hours * 3600,
             "ssh": {"user": plan.ssh_user}, "nodes": {},
+            "spec": config.spec_to_dict(self.spec),
         }, self.state_dir)
         st = self.state
         t1 = time.monotonic()
@@ -272,16 +282,9 @@ class Cluster(JobsMixin):
         user = (st.data.get("ssh") or {}).get("user")
         if user is not None and not config.valid_ssh_user(user):
             raise StateError("%s: ssh user %r is not a user name" % (st.path, user))
-        self = cls.__new__(cls)
-        self.conn = config.connect(cloud or st.data.get("cloud"), conn)
-        self.spec = ClusterSpec(name=name)
-        self.state_dir = state_dir
-        self.state = st
-        self.nodes = [NodeInfo(**n) for n in st.data.get("nodes", {}).values()]
-        self.timings = dict(st.data.get("timings", {}))
-        self._connections = {}
-        self._executor = None
-        self.progress = lambda phase, node: None
+        spec = config.spec_from_dict(st.data.get("spec") or {"name": name})
+        self = cls(spec, cloud=cloud or st.data.get("cloud"), conn=conn, state_dir=state_dir,
+                   record=st)
         if not self.nodes and st.count() and not st.data.get("detached"):
             LOG.warning("cluster %s has no ready nodes recorded (still coming up or "
                         "failed); down() will still delete its resources", name)
@@ -310,9 +313,7 @@ class Cluster(JobsMixin):
         return self._connections[node]
 
     def close_connections(self) -> None:
-        if self._executor is not None:
-            self._executor.close()
-            self._executor = None
+        self.jobs.close()
         for c in self._connections.values():
             c.close()
         self._connections = {}
@@ -329,3 +330,60 @@ class Cluster(JobsMixin):
                        "timings": n.timings} for n in self.nodes],
             "timings": self.timings,
         }
+
+    # -- work (cloudcompute.jobs.api.Jobs runs it) ------------------------
+    def executor(self) -> Executor:
+        """The executor over the nodes (see :class:`cloudcompute.jobs.executor.Executor`)."""
+        return self.jobs.executor()
+
+    def node_names(self) -> List[str]:
+        return self.jobs.node_names()
+
+    def prepare(self, requirements: Sequence[str] = (), match_client: bool = False,
+                wheels: Optional[str] = None) -> Dict[str, str]:
+        """Make ``requirements`` importable on every node (:meth:`Jobs.prepare`)."""
+        return self.jobs.prepare(requirements, match_client, wheels)
+
+    def run(self, fn: Callable[..., Any], *args: Any, node: Optional[str] = None,
+            allow_pickle: bool = False, timeout: Optional[float] = None,
+            **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` on one node; its return value (:meth:`Jobs.run`)."""
+        return self.jobs.run(fn, *args, node=node, allow_pickle=allow_pickle,
+                             timeout=timeout, **kwargs)
+
+    def run_detailed(self, fn: Callable[..., Any], *args: Any, node: Optional[str] = None,
+                     allow_pickle: bool = False, timeout: Optional[float] = None,
+                     **kwargs: Any) -> TaskResult:
+        """As ``run``, with the node, duration and peak memory of the task."""
+        return self.jobs.run_detailed(fn, *args, node=node, allow_pickle=allow_pickle,
+                                      timeout=timeout, **kwargs)
+
+    def run_all(self, fn: Callable[..., Any], *args: Any, allow_pickle: bool = False,
+                timeout: Optional[float] = None, **kwargs: Any) -> GroupResult:
+        """``fn`` on every node at once; node -> value or exception."""
+        return self.jobs.run_all(fn, *args, allow_pickle=allow_pickle, timeout=timeout,
+                                 **kwargs)
+
+    def map(self, fn: Callable[..., Any], items: Iterable[Any], allow_pickle: bool = False,
+            star: bool = False, progress: Optional[Callable[[TaskResult], None]] = None,
+            timeout: Optional[float] = None, return_exceptions: bool = False) -> List[Any]:
+        """``[fn(x) for x in items]`` across every slot, in order (:meth:`Jobs.map`)."""
+        return self.jobs.map(fn, items, allow_pickle, star, progress, timeout,
+                             return_exceptions)
+
+    def map_partitions(self, fn: Callable[..., Any], data: Any,
+                       partitions: Optional[int] = None, allow_pickle: bool = False,
+                       timeout: Optional[float] = None) -> Any:
+        """Split, apply ``fn`` on the cluster, concatenate (:meth:`Jobs.map_partitions`)."""
+        return self.jobs.map_partitions(fn, data, partitions, allow_pickle, timeout)
+
+    def put(self, data: Any, remote_path: str, nodes: Optional[Sequence[str]] = None,
+            progress: Optional[Callable[[int], None]] = None) -> None:
+        """A file or array to the nodes, sent once by the client (:meth:`Jobs.put`)."""
+        self.jobs.put(data, remote_path, nodes, progress)
+
+    def get(self, remote_path: str, local_path: Optional[str] = None,
+            node: Optional[str] = None,
+            progress: Optional[Callable[[int], None]] = None) -> Any:
+        """A file from a node, saved or loaded (:meth:`Jobs.get`)."""
+        return self.jobs.get(remote_path, local_path, node, progress)

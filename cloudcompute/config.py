@@ -108,6 +108,24 @@ class ClusterSpec:
         return spec
 
 
+def spec_to_dict(spec: ClusterSpec) -> Dict[str, Any]:
+    """The spec as JSON-able data, for the cluster's record."""
+    return dataclasses.asdict(spec)
+
+
+def spec_from_dict(data: Mapping[str, Any]) -> ClusterSpec:
+    """A spec back from its record; fields this version does not know are dropped."""
+    known = {f.name for f in dataclasses.fields(ClusterSpec)}
+    fields = {k: v for k, v in data.items() if k in known}
+    group_fields = {f.name for f in dataclasses.fields(NodeGroup)}
+    fields["groups"] = [NodeGroup(**{k: v for k, v in g.items() if k in group_fields})
+                        for g in fields.get("groups") or []]
+    timeout_fields = {f.name for f in dataclasses.fields(Timeouts)}
+    fields["timeouts"] = Timeouts(**{k: v for k, v in (fields.get("timeouts") or {}).items()
+                                     if k in timeout_fields})
+    return ClusterSpec(**fields)
+
+
 def validate(spec: ClusterSpec) -> ClusterSpec:
     """Return a normalised copy of ``spec`` or raise ConfigError listing all problems."""
     problems: List[str] = []

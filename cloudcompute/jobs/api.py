@@ -1,15 +1,39 @@
-"""The job methods of a Cluster: run, run_all, map, map_partitions, put, get."""
+"""The work a Cluster runs: run, run_all, map, map_partitions, put, get, prepare.
+
+A :class:`Jobs` belongs to one cluster (``cluster.jobs``) and reaches it only
+through the :class:`JobHost` protocol: its name, spec, record, nodes and
+verified connections. The Cluster's own methods of the same names call it.
+"""
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Protocol,
+                    Sequence, Union)
 
 from cloudcompute.exceptions import CloudComputeError, StateError
 from cloudcompute.jobs import wire
 from cloudcompute.jobs.executor import Executor, TaskResult
 from cloudcompute.jobs.partition import concat, split
 
+if TYPE_CHECKING:
+    from cloudcompute.config import ClusterSpec
+    from cloudcompute.provision.servers import NodeInfo
+    from cloudcompute.ssh.client import NodeConnection
+    from cloudcompute.state import ClusterState
+
 LOG = logging.getLogger(__name__)
+
+
+class JobHost(Protocol):
+    """What Jobs needs of a cluster."""
+    spec: "ClusterSpec"
+    state: Optional["ClusterState"]
+    nodes: List["NodeInfo"]
+
+    @property
+    def name(self) -> str: ...
+
+    def connection(self, node: str) -> "NodeConnection": ...
 
 
 class GroupResult(dict):
@@ -24,20 +48,43 @@ class GroupResult(dict):
         return {k: v for k, v in self.items() if isinstance(v, BaseException)}
 
 
-class JobsMixin:
-    """Mixed into Cluster; needs ``nodes``, ``connection()`` and ``_executor``."""
+class Jobs:
+    """The work of one cluster, on its warm workers."""
+
+    def __init__(self, host: JobHost):
+        self.host = host
+        self._executor: Optional[Executor] = None
+
+    @property
+    def name(self) -> str:
+        return self.host.name
+
+    @property
+    def nodes(self) -> List["NodeInfo"]:
+        return self.host.nodes
+
+    def connection(self, node: str) -> "NodeConnection":
+        return self.host.connection(node)
 
     def executor(self) -> Executor:
-        if not getattr(self, "nodes", None):
+        """The executor over this cluster's nodes (its workers start on first use)."""
+        if not self.nodes:
             raise StateError("cluster %s has no ready nodes" % self.name)
         if self._executor is None:
-            pythons = (self.state.data.get("python") if self.state else None) or {}
+            st, spec = self.host.state, self.host.spec
+            pythons = (st.data.get("python") if st else None) or {}
             self._executor = Executor({n.name: self.connection(n.name) for n in self.nodes},
                                       python=pythons,
                                       slots={n.name: n.slots for n in self.nodes},
-                                      max_result_bytes=self.spec.max_result_bytes,
-                                      silence=self.spec.timeouts.node_silence)
+                                      max_result_bytes=spec.max_result_bytes,
+                                      silence=spec.timeouts.node_silence)
         return self._executor
+
+    def close(self) -> None:
+        """Stop the workers (they start again on next use)."""
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
 
     def prepare(self, requirements: Sequence[str] = (), match_client: bool = False,
                 wheels: Optional[str] = None) -> Dict[str, str]:
@@ -61,13 +108,12 @@ class JobsMixin:
             futures = {n: pool.submit(environment.ensure, self.connection(n), reqs, wheels)
                        for n in names[1:]}
             pythons.update({n: f.result() for n, f in futures.items()})
-        if self.state is not None:
-            with self.state.locked():
-                self.state.data["python"] = pythons
-                self.state.save()
-        if self._executor is not None:
-            self._executor.close()
-            self._executor = None
+        st = self.host.state
+        if st is not None:
+            with st.locked():
+                st.data["python"] = pythons
+                st.save()
+        self.close()
         return pythons
 
     def node_names(self) -> List[str]:
@@ -144,7 +190,7 @@ class JobsMixin:
         as each chunk of n bytes leaves the client (any thread). Raises
         FanOutError naming the nodes that did not get it."""
         from cloudcompute.jobs import fanout
-        fanout.put(self, data, remote_path, nodes, progress)
+        fanout.put(self.host, data, remote_path, nodes, progress)
 
     def get(self, remote_path: str, local_path: Optional[str] = None,
             node: Optional[str] = None,

@@ -83,7 +83,7 @@ def root_of(fn: Callable[..., Any]) -> Optional[str]:
     if filename.startswith(_installed_prefixes()) or "site-packages" in filename:
         return None
     spec = getattr(module, "__spec__", None)
-    name: str = getattr(spec, "name", None) or getattr(module, "__name__", "__main__")
+    name = str(getattr(spec, "name", None) or getattr(module, "__name__", "__main__"))
     root = os.path.dirname(filename)
     if name != "__main__":
         depth = name.count(".") + (1 if os.path.basename(filename) == "__init__.py" else 0)

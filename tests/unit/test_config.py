@@ -119,3 +119,14 @@ def test_attach_refuses_a_recorded_hostile_user(tmp_path):
                               "ssh": {"user": "-oProxyCommand=x"}}, str(tmp_path))
     with pytest.raises(StateError, match="not a user name"):
         Cluster.attach("c", conn=object(), state_dir=str(tmp_path))
+
+
+def test_a_spec_survives_its_record():
+    from cloudcompute.config import (ClusterSpec, NodeGroup, Timeouts, spec_from_dict,
+                                     spec_to_dict)
+    spec = ClusterSpec(name="rec", groups=[NodeGroup("a", 2, "m1.small", "img", slots=3)],
+                       timeouts=Timeouts(ssh=42, node_silence=7), max_result_bytes=1 << 30)
+    data = spec_to_dict(spec)
+    data["a_field_from_a_later_version"] = 1
+    back = spec_from_dict(data)
+    assert back == spec and back.timeouts.ssh == 42 and back.groups[0].slots == 3
