@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import functools
 import logging
 import signal
 import threading
@@ -163,7 +164,7 @@ class Cluster:
                     self.spec.floating_ips == "auto" and plan.external_network_id
                     and not directly_routable(node.fixed_ip or "")):
                 builder.attach_floating_ip(node)
-        ssh_from = self.spec.ssh_cidr or resources.caller_cidr(nodes[0].address)
+        ssh_from = self.spec.ssh_cidr or resources.caller_cidr(nodes[0].ssh_address)
         resources.allow_ssh(self.conn, sg.id, ssh_from)
         self._wait_ssh(builder, nodes, key_file, plan.ssh_user)
         self.timings["ssh"] = time.monotonic() - t1
@@ -185,7 +186,7 @@ class Cluster:
         def one(node: NodeInfo) -> None:
             if not node.keys_injected:
                 builder.console_host_keys(node, deadline)
-            conn = NodeConnection(node.name, node.address, user, key_file, node.host_keys)
+            conn = NodeConnection(node.name, node.ssh_address, user, key_file, node.host_keys)
             try:
                 wait_for_ssh(conn, deadline, stop=stop)
             except HostKeyMismatch:
@@ -194,7 +195,7 @@ class Cluster:
                 builder.console_host_keys(node, min(deadline, time.monotonic() + 30))
                 if node.host_keys == conn.host_keys:
                     raise
-                conn = NodeConnection(node.name, node.address, user, key_file,
+                conn = NodeConnection(node.name, node.ssh_address, user, key_file,
                                       node.host_keys)
                 wait_for_ssh(conn, deadline, stop=stop)
             node.timings["ssh_ready"] = time.monotonic() - builder.t0
@@ -254,8 +255,9 @@ class Cluster:
             failed = []
             for sid in self._server_ids():
                 try:
-                    retry.call(self.conn.compute.set_server_metadata, sid,
-                               **{tags.META_DETACHED: "1"})
+                    # partial: the metadata's keys are not retry.call's own (attempts)
+                    retry.call(functools.partial(self.conn.compute.set_server_metadata, sid,
+                                                 **{tags.META_DETACHED: "1"}))
                 except os_exc.NotFoundException:
                     pass  # deleted meanwhile: nothing left to protect
                 except os_exc.SDKException as exc:
@@ -269,9 +271,10 @@ class Cluster:
     def _server_ids(self) -> List[str]:
         """The servers of this cluster: recorded, or found by its tag."""
         assert self.state is not None
+        cluster_id = self.state.cluster_id
         ids = {e["id"] for e in self.state.resources["servers"].values() if e.get("id")}
         ids.update(s.id for s in retry.call(lambda: list(self.conn.compute.servers(
-            tags=tags.CLUSTER_TAG + self.state.cluster_id))))
+            tags=tags.CLUSTER_TAG + cluster_id))))
         return sorted(ids)
 
     @classmethod
@@ -308,7 +311,7 @@ class Cluster:
             if info is None or self.state is None:
                 raise StateError("no node %r in cluster %s" % (node, self.name))
             ssh = self.state.data["ssh"]
-            self._connections[node] = NodeConnection(info.name, info.address, ssh["user"],
+            self._connections[node] = NodeConnection(info.name, info.ssh_address, ssh["user"],
                                                      ssh["key_file"], info.host_keys)
         return self._connections[node]
 

@@ -163,6 +163,8 @@ def load_function(ref: str) -> Any:
             raise UsageError("no such file: %s" % target)
         name = os.path.splitext(os.path.basename(target))[0]
         spec = importlib.util.spec_from_file_location(name, target)
+        # A .py path always gets a spec with a source loader.
+        assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
@@ -226,6 +228,7 @@ def emit(args: argparse.Namespace, data: Any, rows: Optional[List[List[Any]]] = 
         for k, v in data.items():
             print("%-14s %s" % (k, v))
         return
+    assert headers is not None  # a table comes with its column names
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
     for line in [headers] + rows:
         print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=False)).rstrip())

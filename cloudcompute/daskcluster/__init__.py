@@ -72,7 +72,9 @@ def stop(cluster: Any) -> None:
             handle.close(stop=True)
             return
         state = getattr(cluster, "state", None)
-        record = state.data.get("dask") if state is not None else None
+        if state is None:
+            return
+        record = state.data.get("dask")
         if not record:
             return
         stop_processes(cluster, record.get("nodes") or cluster.node_names())

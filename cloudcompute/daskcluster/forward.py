@@ -120,9 +120,9 @@ class Forwarder:
             open_ends = 2
             while open_ends:
                 for key, _ in sel.select():
-                    src = key.fileobj
-                    if src is self._stop_r:
+                    if key.fileobj is self._stop_r:
                         return
+                    src = sock if key.fileobj is sock else chan
                     try:
                         data = src.recv(CHUNK)
                     except OSError:

@@ -289,7 +289,7 @@ class DaskHandle:
         """A connection of the forwards' own to ``n``, verified against the same
         recorded host key (the executor's and ``close_connections`` stay apart)."""
         ssh = self.cluster.state.data["ssh"]
-        return NodeConnection(n.name, n.address, ssh["user"], ssh["key_file"], n.host_keys)
+        return NodeConnection(n.name, n.ssh_address, ssh["user"], ssh["key_file"], n.host_keys)
 
     def _connect(self, sched: NodeInfo) -> None:
         self._conn = self._own_connection(sched)
@@ -410,7 +410,9 @@ def client_class() -> Any:
                 return super().gather(futures, *args, **kwargs)
             except (CancelledError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
                 handle = getattr(self, "cloudcompute", None)
-                reason = handle.scheduler_lost() if handle is not None else None
+                if handle is None:
+                    raise
+                reason = handle.scheduler_lost()
                 if reason is None:
                     raise
                 raise NodeLost(handle.scheduler_node.name,

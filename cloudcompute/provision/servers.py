@@ -19,7 +19,7 @@ from openstack import exceptions as os_exc
 
 from cloudcompute import retry, tags
 from cloudcompute.config import ClusterSpec
-from cloudcompute.exceptions import ProvisioningError, ServerFault, WaitTimeout
+from cloudcompute.exceptions import ProvisioningError, ServerFault, SSHError, WaitTimeout
 from cloudcompute.provision import policy
 from cloudcompute.provision.preflight import Plan, ResolvedGroup
 from cloudcompute.ssh import hostkeys
@@ -49,6 +49,16 @@ class NodeInfo:
         if self.fixed_ip and directly_routable(self.fixed_ip):
             return self.fixed_ip
         return self.floating_ip or self.fixed_ip
+
+    @property
+    def ssh_address(self) -> str:
+        """``address``, to connect to; a node with neither IP cannot be reached
+        (fatal SSHError)."""
+        address = self.address
+        if address is None:
+            raise SSHError(self.name, "no IPv4 address, fixed or floating, to reach it by",
+                           fatal=True)
+        return address
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -158,6 +168,7 @@ class ServerBuilder:
             for node in list(self.nodes.values()):
                 if node.name not in want or node.status == "ACTIVE":
                     continue
+                assert node.server_id is not None  # create_one set it, or raised
                 server = listing.get(node.server_id)
                 if server is None:
                     self._replace_or_drop(node, want, "server disappeared while building")
@@ -217,13 +228,14 @@ class ServerBuilder:
 
     def delete_quietly(self, node: NodeInfo) -> None:
         """Delete a failed server now; teardown verifies it is gone."""
-        if node.server_id:
-            try:
-                retry.call(self.conn.compute.delete_server, node.server_id,
-                           ignore_missing=True)
-            except os_exc.SDKException as exc:
-                LOG.warning("delete of failed server %s deferred to teardown: %s",
-                            node.name, exc)
+        # Only servers seen building come here, and create_one set their id (or raised).
+        assert node.server_id is not None
+        try:
+            retry.call(self.conn.compute.delete_server, node.server_id,
+                       ignore_missing=True)
+        except os_exc.SDKException as exc:
+            LOG.warning("delete of failed server %s deferred to teardown: %s",
+                        node.name, exc)
         self.st.record("servers", node.name, node.server_id, status="ERROR", dropped=True)
 
     def active_nodes(self) -> List[NodeInfo]:
@@ -249,6 +261,7 @@ class ServerBuilder:
 
     def console_host_keys(self, node: NodeInfo, deadline: float) -> None:
         """For clouds that ignore user-data: take the keys from the console log."""
+        assert node.server_id is not None  # only ACTIVE servers are asked
         while time.monotonic() < deadline:
             out = retry.call(self.conn.compute.get_server_console_output,
                              node.server_id).get("output", "")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import logging
 import os
 import shlex
@@ -82,9 +83,8 @@ Buffers = Union[bytes, bytearray, memoryview, Sequence[Any]]
 
 
 def parts_of(data: Buffers) -> List[memoryview]:
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        data = [data]
-    return [memoryview(p).cast("B") for p in data]
+    parts: Sequence[Any] = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
+    return [memoryview(p).cast("B") for p in parts]
 
 
 _CHUNK = 4 << 20
@@ -145,7 +145,7 @@ def get_command(path: str, expected: Optional[str] = None, remove: bool = False)
     return ["python3", "-c", REMOTE_GET, path] + ([flags] if flags else [])
 
 
-def check_download(node: str, path: str, data: bytes, node_err: bytes,
+def check_download(node: str, path: str, data: Union[bytes, bytearray], node_err: bytes,
                    expected: Optional[str]) -> None:
     """``data`` must hash to ``expected`` if given, else to what the node computed
     (last 64 characters of its stderr); the local hash is computed once."""
@@ -194,22 +194,25 @@ class OpenSSHBulk:
         cmd = self.base + self.dest + [" ".join(shlex.quote(a) for a in put_command(path))]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
+        # All three are PIPE above, so Popen has opened them.
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
         h = hashlib.sha256()
         with contextlib.suppress(OSError):  # fewer, larger writes
-            fcntl.fcntl(proc.stdin.fileno(), F_SETPIPE_SZ, 1 << 20)
+            fcntl.fcntl(stdin.fileno(), F_SETPIPE_SZ, 1 << 20)
         try:
             for view in parts_of(data):
                 for off in range(0, len(view), 4 << 20):
                     chunk = view[off:off + (4 << 20)]
                     h.update(chunk)
-                    proc.stdin.write(chunk)
+                    stdin.write(chunk)
                     if progress is not None:
                         progress(len(chunk))
-            proc.stdin.close()
+            stdin.close()
         except BrokenPipeError:
             pass
         # The node prints only its hash (or an error), so these reads cannot block it.
-        out, err = proc.stdout.read(), proc.stderr.read()
+        out, err = stdout.read(), stderr.read()
         proc.wait()
         self._check(proc.returncode, err)
         want = h.hexdigest()
@@ -228,19 +231,22 @@ class OpenSSHBulk:
             shlex.quote(a) for a in get_command(path, sha256, remove))]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, bufsize=0)
+        # Both are PIPE, and unbuffered (bufsize=0): raw files, which have readinto.
+        assert isinstance(proc.stdout, io.RawIOBase) and proc.stderr is not None
+        stdout, stderr = proc.stdout, proc.stderr
         with contextlib.suppress(OSError):  # fewer, larger reads
-            fcntl.fcntl(proc.stdout.fileno(), F_SETPIPE_SZ, 1 << 20)
+            fcntl.fcntl(stdout.fileno(), F_SETPIPE_SZ, 1 << 20)
         data: Optional[bytearray] = None
         try:
             # The node writes to stderr only at the end (its hash) or on error.
-            data = read_sized(proc.stdout.readinto, self.name, path, progress, max_bytes)
+            data = read_sized(stdout.readinto, self.name, path, progress, max_bytes)
         except SSHError as exc:
             if exc.fatal:  # refused: stop the transfer rather than wait for it
                 proc.kill()
                 proc.communicate()
                 raise
             # else the exit status and stderr below say why
-        err = proc.stderr.read()
+        err = stderr.read()
         proc.wait()
         self._check(proc.returncode, err)
         if proc.returncode != 0:

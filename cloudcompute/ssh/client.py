@@ -271,6 +271,7 @@ class NodeConnection:
         if code != 0:
             raise SSHError(self.name, "cannot read %s: %s"
                            % (path, err.decode("utf-8", "replace").strip()), fatal=True)
+        assert data is not None  # code == 0 here, and a missing body raised above
         bulk.check_download(self.name, path, data, err, sha256)
         return data
 
@@ -306,7 +307,8 @@ Progress = Optional[Callable[[int], None]]
 """Called with the number of bytes moved since the last call."""
 
 
-def send_all(chan: paramiko.Channel, data: bytes, progress: Progress = None) -> None:
+def send_all(chan: paramiko.Channel, data: Union[bytes, bytearray, memoryview],
+             progress: Progress = None) -> None:
     """Send without the copies sendall makes of its (shrinking) input."""
     view = memoryview(data).cast("B")
     while len(view):

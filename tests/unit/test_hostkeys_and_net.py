@@ -1,7 +1,9 @@
+import pytest
 import yaml
 
 from cloudcompute import tags
-from cloudcompute.provision.servers import directly_routable
+from cloudcompute.exceptions import SSHError
+from cloudcompute.provision.servers import NodeInfo, directly_routable
 from cloudcompute.ssh import hostkeys
 
 CONSOLE = """boot
@@ -46,6 +48,13 @@ def test_directly_routable_reads_specific_routes_only(tmp_path):
     assert not directly_routable("10.42.1.7", str(route))
     assert not directly_routable("8.8.8.8", str(route))
     assert not directly_routable("not-an-ip", str(route))
+
+
+def test_a_node_without_an_address_is_refused_by_name():
+    assert NodeInfo("n0", "g", floating_ip="203.0.113.5").ssh_address == "203.0.113.5"
+    with pytest.raises(SSHError, match="n0: no IPv4 address") as e:
+        _ = NodeInfo("n0", "g").ssh_address
+    assert e.value.fatal
 
 
 def test_tags_round_trip_and_foreign_resources():
