@@ -72,12 +72,13 @@ try:
    want=i.read(64).decode('ascii','replace')
  got=h.hexdigest()
  if left or got!=want:
-  sys.stderr.write('sha256 mismatch: %s (%d bytes missing)\\n'%(got,left)); print(got)
+  sys.stderr.write('sha256 mismatch: %s (%d bytes missing)\\n'%(got,left))
+  sys.stdout.write(got+'\\n')
   sys.exit(3)
  os.replace(t,p)
 finally:
  if os.path.exists(t): os.unlink(t)
-print(got)"""
+sys.stdout.write(got+'\\n')"""
 
 
 # -- what runs where (pure, unit tested) ----------------------------------

@@ -37,7 +37,7 @@ for name,text in sorted(json.load(sys.stdin).items()):
  p=os.path.join(d,name); t='%%s.tmp-%%d'%%(p,os.getpid())
  with os.fdopen(os.open(t,os.O_WRONLY|os.O_CREAT|os.O_EXCL,0o600),'w') as f: f.write(text)
  os.replace(t,p)
-print(d)""" % INTRA_DIR
+sys.stdout.write(d+'\\n')""" % INTRA_DIR
 
 
 @dataclasses.dataclass(frozen=True)
