@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import yaml
 from cryptography.hazmat.primitives import serialization
@@ -75,11 +75,3 @@ def keys_from_console(console: str) -> List[str]:
     block = console[start + len(KEYS_BEGIN):end]
     return ["%s %s" % m.groups() for m in _KEY_LINE.finditer(block)]
 
-
-def by_type(public_lines: List[str]) -> Dict[str, str]:
-    """{key type: base64} for paramiko's HostKeys."""
-    out = {}
-    for line in public_lines:
-        parts = line.split()
-        out[parts[0]] = parts[1]
-    return out

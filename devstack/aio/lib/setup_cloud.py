@@ -182,7 +182,7 @@ def write_clouds_yaml():
             "region_name": "RegionOne",
             "identity_api_version": 3,
             # Library settings for this cloud: instances are reached on
-            # their fixed IPs over the host bridge (see devstack/README.md).
+            # their fixed IPs over the host bridge (README.md, "The local cloud").
             "cloudcompute": {"network": "private", "floating_ips": "never",
                              "image": IMAGE, "flavor": "m1.tiny"},
         }
