@@ -128,6 +128,12 @@ def _external_network(conn: Any, spec: ClusterSpec, problems: List[str]) -> Opti
     return None
 
 
+# Neutron's quota names -> openstacksdk's attributes of QuotaDetails
+NETWORK_QUOTA_ATTRS = {"port": "ports", "floatingip": "floating_ips",
+                       "security_group": "security_groups", "network": "networks",
+                       "subnet": "subnets", "router": "routers"}
+
+
 def check_quotas(conn: Any, project_id: str, spec: ClusterSpec,
                  groups: List[ResolvedGroup], create_network: bool) -> List[str]:
     """Problems where the request exceeds what the project has left."""
@@ -159,7 +165,7 @@ def check_quotas(conn: Any, project_id: str, spec: ClusterSpec,
     try:
         q = retry.call(conn.network.get_quota, project_id, details=True)
         for key, wanted in net_need.items():
-            d = getattr(q, key, None)
+            d = getattr(q, NETWORK_QUOTA_ATTRS[key], None)
             if not wanted or not isinstance(d, dict):
                 continue
             limit = d.get("limit", -1)

@@ -181,9 +181,6 @@ def test_compute_quotas_exceeded_are_all_reported_together():
                                            "ram": (6144, 0)}), spec(nodes=3))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: check_quotas reads QuotaDetails.port etc., "
-                   "but openstacksdk names them ports, floating_ips, security_groups, ...; "
-                   "network quotas are never checked")
 def test_network_quotas_exceeded_are_reported():
     conn = cloud(network_quota={"port": {"limit": 10, "used": 8, "reserved": 0},
                                 "floatingip": {"limit": 50, "used": 0, "reserved": 0}})
