@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import threading
+import traceback
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
@@ -182,8 +183,12 @@ class RemoteWorker:
             return wire.read_frame(self._in, max_blob=self.max_bytes,
                                    max_header=wire.MAX_NODE_HEADER)
         except EOFError as exc:
+            # The failed read's frames would keep what it had buffered alive for
+            # as long as the error is kept (a node may have sent much of a claim).
+            traceback.clear_frames(exc.__traceback__)
             raise SSHError(self.node, "worker channel closed: %s" % exc) from exc
         except (OSError, paramiko.SSHException, wire.WireError, MemoryError) as exc:
+            traceback.clear_frames(exc.__traceback__)
             raise _channel_error(self.node, exc, self.silence) from exc
 
     def _read_loop(self, chan: paramiko.Channel) -> None:

@@ -304,6 +304,9 @@ class Executor:
         if tasks and not slots:
             raise NoLiveNodes(", ".join(sorted(self.dead)) or "?", "no live nodes to run on",
                               [t.id for t in tasks])
+        for node in slots:  # what a node cannot run is refused before anything runs
+            payload.function_spec(fn, payload.Blobs(), allow_pickle,
+                                  self.workers[node].hello["versions"], node)
         pool = SlotPool(slots, on_lost=self._mark_dead)
         threads = cf.ThreadPoolExecutor(max_workers=max(1, min(len(tasks), sum(slots.values()),
                                                                256)),
