@@ -20,9 +20,10 @@ import posixpath
 import re
 from typing import List, Optional, Sequence, Union
 
+from cloudcompute.jobs.protocol import NODE_DIR
 from cloudcompute.ssh.client import quote_command
 
-DASK_DIR = ".cloudcompute/dask"  # relative to the login user's home, as SSH commands start
+DASK_DIR = NODE_DIR + "/dask"  # relative to the login user's home, as SSH commands start
 ROLES = ("scheduler", "worker")
 ENV_MARK = "CLOUDCOMPUTE_DASK"
 """Set in the environment of every process we start (children inherit it): the node
@@ -97,7 +98,7 @@ def tool_argv(mode: str, *args: str, python: str = "python3") -> List[str]:
 
 NODE_TOOL = r'''
 import json, os, signal, sys, time
-D = os.path.expanduser("~/.cloudcompute/dask")
+D = os.path.expanduser("~/@DASK_DIR@")
 ROLES = ("scheduler", "worker")
 MARK = b"distributed.cli.dask_"
 ENV = b"CLOUDCOMPUTE_DASK="
@@ -223,7 +224,7 @@ elif mode == "stop":
 else:
     raise SystemExit("unknown mode %r" % mode)
 sys.stdout.write(json.dumps(result))
-'''
+'''.replace("@DASK_DIR@", DASK_DIR)
 
 
 def log_excerpt(text: Optional[str], lines: int = 15) -> str:

@@ -46,7 +46,7 @@ for _name in _SHIPPED:
 PACKAGE_SHA = hashlib.sha256(b"".join(
     name.encode() + b"\0" + hashlib.sha256(src).digest()
     for name, src in sorted(SOURCES.items()))).hexdigest()
-REMOTE_DIR = ".cloudcompute"
+REMOTE_DIR = P.NODE_DIR
 LAUNCH = ("import sys; sys.path.insert(0, sys.argv[1]); "
           "from ccnode.worker import main; sys.exit(main(sys.argv[2:]))")
 

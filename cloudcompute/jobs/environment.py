@@ -24,10 +24,11 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from cloudcompute.exceptions import EnvironmentMismatch
+from cloudcompute.jobs.protocol import NODE_DIR
 from cloudcompute.ssh.client import NodeConnection
 
 LOG = logging.getLogger(__name__)
-REMOTE_BASE = ".cloudcompute"
+REMOTE_BASE = NODE_DIR
 
 PROBE = r"""
 import json, sys, sysconfig

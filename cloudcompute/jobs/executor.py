@@ -36,7 +36,7 @@ from cloudcompute.ssh import bulk
 from cloudcompute.ssh.client import NodeConnection
 
 LOG = logging.getLogger(__name__)
-STAGE_DIR = ".cloudcompute/stage"
+STAGE_DIR = P.NODE_DIR + "/stage"
 STAGE_OVER = 16 << 20  # bytes; larger blobs travel as files through the bulk transfer
 REEXECUTION_BOUND = 600.0  # seconds after a task's first start when no new run starts
 
@@ -247,10 +247,11 @@ class Executor:
                 answer = self._answer(w, w.request({"op": P.OBJECTS, "id": rid,
                                                     "digest": shipped.digest,
                                                     "shas": missing}, data))
+                size = sum(len(d) for d in data)
                 self.project_files_sent += len(data)
-                self.project_bytes_sent += sum(len(d) for d in data)
+                self.project_bytes_sent += size
                 LOG.info("shipped %d project file(s) (%d bytes) from %s to %s",
-                         len(data), sum(len(d) for d in data), shipped.root, w.node)
+                         len(data), size, shipped.root, w.node)
             if answer.get("op") != P.READY:
                 raise SerializationError("%s did not take the project at %s: %s"
                                          % (w.node, shipped.root, answer.get("message")))

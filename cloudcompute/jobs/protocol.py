@@ -54,6 +54,11 @@ WIRE_ERROR = "wire_error"
 CLIENT_OPS = (TASK, CANCEL, PROJECT, OBJECTS, EXIT)
 NODE_OPS = (HELLO, RESULT, NEED, READY, LOG, BEAT, WIRE_ERROR)
 
+NODE_DIR = ".cloudcompute"
+"""Everything cloudcompute keeps on a node lives here, relative to the login
+user's home (where SSH commands start): the shipped worker, the project
+store, staged blobs, environments, intra-cluster SSH files, Dask's files."""
+
 BEAT_SECONDS = 2.0
 """The node sends a ``beat`` after this long without sending anything else."""
 

@@ -15,7 +15,7 @@ import types
 from . import protocol as P
 from .wire import WireError, decode, encode, read_frame, write_frame
 
-NODE_DIR = os.path.join("~", ".cloudcompute")
+NODE_DIR = os.path.join("~", P.NODE_DIR)
 _CODE = {}  # type: dict  # sha256 of a shipped module's source -> its code object
 
 

@@ -23,9 +23,10 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import paramiko
 
 from cloudcompute.exceptions import CloudComputeError, SSHError, StateError
+from cloudcompute.jobs.protocol import NODE_DIR
 from cloudcompute.ssh import bulk
 
-INTRA_DIR = ".cloudcompute"
+INTRA_DIR = NODE_DIR
 KEY_NAME, KNOWN_HOSTS_NAME, CONFIG_NAME = "intra_key", "known_hosts", "ssh_config"
 
 # Writes the files of intra-cluster SSH (a JSON object on stdin), each 0600
