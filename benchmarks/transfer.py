@@ -21,12 +21,12 @@ class OpenSSH:
 
     def __init__(self, cluster: Any, node: str, workdir: str):
         info = next(n for n in cluster.nodes if n.name == node)
-        ssh = cluster.state.data["ssh"]
+        ssh = cluster.state.record.ssh
         self.known = os.path.join(workdir, "known_hosts-%s" % node)
         with open(self.known, "w") as f:
             f.writelines("%s %s\n" % (info.address, k) for k in info.host_keys)
-        self.target = "%s@%s" % (ssh["user"], info.address)
-        self.opts = ["-i", ssh["key_file"], "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+        self.target = "%s@%s" % (ssh.user, info.address)
+        self.opts = ["-i", ssh.key_file, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
                      "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=" + self.known]
         self.control = os.path.join(workdir, "cm-%s" % node)
 

@@ -26,7 +26,8 @@ from cloudcompute.exceptions import (CloudComputeError, HostKeyMismatch, Provisi
 from cloudcompute.jobs.api import GroupResult, Jobs
 from cloudcompute.jobs.executor import Executor, TaskResult
 from cloudcompute.provision import preflight, resources
-from cloudcompute.provision.servers import NodeInfo, ServerBuilder, directly_routable
+from cloudcompute.provision.servers import ServerBuilder
+from cloudcompute.record import ClusterRecord, NodeInfo, SSHAccess, directly_routable
 from cloudcompute.ssh import hostkeys
 from cloudcompute.ssh.client import NodeConnection
 from cloudcompute.ssh.readiness import wait_for_ssh
@@ -79,8 +80,8 @@ class Cluster:
         self.jobs = Jobs(self)
         if record is not None:  # attach: the cluster as another process recorded it
             self.state = record
-            self.nodes = [NodeInfo(**n) for n in record.data.get("nodes", {}).values()]
-            self.timings = dict(record.data.get("timings", {}))
+            self.nodes = list(record.record.nodes)
+            self.timings = dict(record.record.timings)
 
     # -- lifecycle -----------------------------------------------------
     def __enter__(self) -> "Cluster":
@@ -136,14 +137,12 @@ class Cluster:
         plan = preflight.resolve(self.conn, self.spec)
         self.timings["preflight"] = time.monotonic() - t0
         cid = tags.new_cluster_id(self.spec.name)
-        self.state = ClusterState.create(self.spec.name, {
-            "name": self.spec.name, "cluster_id": cid, "cloud": self.conn.config.name,
-            "owner": tags.owner(), "owner_id": tags.Owner.current().to_dict(),
-            "detached": False, "created_at": time.time(),
-            "expires_at": time.time() + self.spec.ttl_hours * 3600,
-            "ssh": {"user": plan.ssh_user}, "nodes": {},
-            "spec": config.spec_to_dict(self.spec),
-        }, self.state_dir)
+        now = time.time()
+        self.state = ClusterState.create(ClusterRecord(
+            name=self.spec.name, cluster_id=cid, cloud=self.conn.config.name,
+            owner=tags.owner(), owner_id=tags.Owner.current(), created_at=now,
+            expires_at=now + self.spec.ttl_hours * 3600, ssh=SSHAccess(user=plan.ssh_user),
+            spec=self.spec), self.state_dir)
         st = self.state
         t1 = time.monotonic()
         keypair, key_file = resources.create_keypair(self.conn, st, self.spec.key_file)
@@ -171,8 +170,8 @@ class Cluster:
         self.timings["total"] = time.monotonic() - t0
         self.nodes = sorted(nodes, key=lambda n: n.name)
         with st.locked():
-            st.data["nodes"] = {n.name: n.to_dict() for n in self.nodes}
-            st.data["timings"] = self.timings
+            st.record.nodes = list(self.nodes)
+            st.record.timings = dict(self.timings)
             st.save()
         LOG.info("cluster %s up: %d nodes in %.1fs (%s)", self.name, len(self.nodes),
                  self.timings["total"], ", ".join("%s %.2fs" % kv for kv in
@@ -250,7 +249,7 @@ class Cluster:
         CloudComputeError naming the servers it could not mark."""
         if self.state is not None:
             with self.state.locked():
-                self.state.data["detached"] = True
+                self.state.record.detached = True
                 self.state.save()
             failed = []
             for sid in self._server_ids():
@@ -281,14 +280,11 @@ class Cluster:
     def attach(cls, name: str, cloud: Optional[str] = None, conn: Any = None,
                state_dir: Optional[str] = None) -> "Cluster":
         """A Cluster object for a cluster another process created."""
-        st = ClusterState.load(name, state_dir)
-        user = (st.data.get("ssh") or {}).get("user")
-        if user is not None and not config.valid_ssh_user(user):
-            raise StateError("%s: ssh user %r is not a user name" % (st.path, user))
-        spec = config.spec_from_dict(st.data.get("spec") or {"name": name})
-        self = cls(spec, cloud=cloud or st.data.get("cloud"), conn=conn, state_dir=state_dir,
+        st = ClusterState.load(name, state_dir)  # its ssh user is checked as it is read
+        spec = st.record.spec or ClusterSpec(name=name)
+        self = cls(spec, cloud=cloud or st.record.cloud, conn=conn, state_dir=state_dir,
                    record=st)
-        if not self.nodes and st.count() and not st.data.get("detached"):
+        if not self.nodes and st.count() and not st.record.detached:
             LOG.warning("cluster %s has no ready nodes recorded (still coming up or "
                         "failed); down() will still delete its resources", name)
         return self
@@ -307,13 +303,21 @@ class Cluster:
     def connection(self, node: str) -> NodeConnection:
         """The verified SSH connection to ``node`` (opened on first use)."""
         if node not in self._connections:
-            info = next((n for n in self.nodes if n.name == node), None)
-            if info is None or self.state is None:
-                raise StateError("no node %r in cluster %s" % (node, self.name))
-            ssh = self.state.data["ssh"]
-            self._connections[node] = NodeConnection(info.name, info.ssh_address, ssh["user"],
-                                                     ssh["key_file"], info.host_keys)
+            self._connections[node] = self.new_connection(node)
         return self._connections[node]
+
+    def new_connection(self, node: str) -> NodeConnection:
+        """A verified SSH connection to ``node`` of the caller's own (not shared,
+        not closed by ``close_connections``; connects on first use)."""
+        info = next((n for n in self.nodes if n.name == node), None)
+        if info is None or self.state is None:
+            raise StateError("no node %r in cluster %s" % (node, self.name))
+        ssh = self.state.record.ssh
+        if ssh.user is None or ssh.key_file is None:
+            raise StateError("cluster %s: its record names no SSH user or key (%s)"
+                             % (self.name, self.state.path))
+        return NodeConnection(info.name, info.ssh_address, ssh.user, ssh.key_file,
+                              info.host_keys)
 
     def close_connections(self) -> None:
         self.jobs.close()

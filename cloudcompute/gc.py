@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Set
 
 from cloudcompute import retry, tags
 from cloudcompute.exceptions import CloudComputeError
+from cloudcompute.record import ClusterRecord
 from cloudcompute.state import ClusterState
 from cloudcompute.teardown import Teardown
 
@@ -39,7 +40,7 @@ GRACE_SECONDS = 3600  # untagged-by-metadata leftovers younger than this are lef
 
 
 @dataclasses.dataclass
-class ClusterRecord:
+class FoundCluster:
     """What gc knows of one cluster id."""
     cluster_id: str
     name: Optional[str] = None
@@ -80,7 +81,7 @@ def _later(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return max([x for x in (a, b) if x is not None], default=None)
 
 
-def _add_server(r: ClusterRecord, s: Any) -> None:
+def _add_server(r: FoundCluster, s: Any) -> None:
     r.servers += 1
     r.resources.append("server %s" % s.name)
     r.oldest = min(filter(None, [r.oldest, _ts(s.created_at)]), default=None)
@@ -101,35 +102,30 @@ def _add_server(r: ClusterRecord, s: Any) -> None:
     r.detached = r.detached or meta.detached
 
 
-def _add_state(r: ClusterRecord, st: ClusterState) -> None:
+def _add_state(r: FoundCluster, st: ClusterState) -> None:
     r.name = r.name or st.name
     r.state_file = st.path
-    expires = st.data.get("expires_at")
-    if isinstance(expires, (int, float)):
-        r.expires_at = _later(r.expires_at, float(expires))
-    r.detached = r.detached or bool(st.data.get("detached"))
+    if st.record.expires_at is not None:
+        r.expires_at = _later(r.expires_at, float(st.record.expires_at))
+    r.detached = r.detached or st.record.detached
     if not r.servers:
         # No server carries an owner: the state file's record is all there is.
-        try:
-            owner = tags.Owner.from_dict(st.data.get("owner_id") or {})
-        except ValueError:
-            owner = None
-        if owner is not None:
-            r.owners.add(owner)
-        r.owner = r.owner or st.data.get("owner")
+        if st.record.owner_id is not None:
+            r.owners.add(st.record.owner_id)
+        r.owner = r.owner or st.record.owner
         if st.count() and not r.resources:
             r.resources = st.listing()
 
 
 def survey(conn: Any, state_dir: Optional[str] = None,
-           cluster_id: Optional[str] = None) -> Dict[str, ClusterRecord]:
+           cluster_id: Optional[str] = None) -> Dict[str, FoundCluster]:
     """Every cluster found in the cloud by tag, plus state files of this cloud
     whose clusters have nothing tagged left (only ``cluster_id``'s, if given)."""
-    recs: Dict[str, ClusterRecord] = {}
+    recs: Dict[str, FoundCluster] = {}
 
-    def rec(cid: str) -> ClusterRecord:
+    def rec(cid: str) -> FoundCluster:
         if cid not in recs:
-            recs[cid] = ClusterRecord(cid)
+            recs[cid] = FoundCluster(cid)
             if not tags.valid_cluster_id(cid):
                 recs[cid].problem("the cluster tag %r is not a cluster id" % cid[:60])
         return recs[cid]
@@ -158,14 +154,14 @@ def survey(conn: Any, state_dir: Optional[str] = None,
             continue
         if st.cluster_id in recs:
             _add_state(recs[st.cluster_id], st)  # whatever cloud name it was recorded under
-        elif st.data.get("cloud") in (None, conn.config.name) \
+        elif st.record.cloud in (None, conn.config.name) \
                 and tags.valid_cluster_id(st.cluster_id):
             # Nothing tagged in this cloud: resources gone, or not created yet.
             _add_state(rec(st.cluster_id), st)
     return recs
 
 
-def orphan_reason(r: ClusterRecord, now: float) -> Optional[str]:
+def orphan_reason(r: FoundCluster, now: float) -> Optional[str]:
     """Why this cluster may be collected, or None if it must be left alone."""
     if r.problems:
         return None
@@ -184,7 +180,7 @@ def orphan_reason(r: ClusterRecord, now: float) -> Optional[str]:
 
 
 def assess(conn: Any, state_dir: Optional[str] = None, now: Optional[float] = None,
-           cluster_id: Optional[str] = None) -> List[ClusterRecord]:
+           cluster_id: Optional[str] = None) -> List[FoundCluster]:
     """Every cluster found, with ``reason`` set where it may be collected."""
     now = time.time() if now is None else now
     out = list(survey(conn, state_dir, cluster_id).values())
@@ -194,13 +190,13 @@ def assess(conn: Any, state_dir: Optional[str] = None, now: Optional[float] = No
 
 
 def find_orphans(conn: Any, state_dir: Optional[str] = None,
-                 now: Optional[float] = None) -> List[ClusterRecord]:
+                 now: Optional[float] = None) -> List[FoundCluster]:
     # An empty record (no resources) still has its state file to remove.
     return [r for r in assess(conn, state_dir, now)
             if r.reason and (r.resources or r.state_file)]
 
 
-def _teardown_state(r: ClusterRecord) -> ClusterState:
+def _teardown_state(r: FoundCluster) -> ClusterState:
     """The cluster's own state file, or a scratch record of its id in a temp dir."""
     if r.state_file:
         st = ClusterState.load(os.path.basename(r.state_file)[:-5],
@@ -208,7 +204,7 @@ def _teardown_state(r: ClusterRecord) -> ClusterState:
         if st.cluster_id == r.cluster_id:
             return st
     name = r.name or r.cluster_id.rsplit("-", 1)[0]
-    return ClusterState.create(name, {"name": name, "cluster_id": r.cluster_id},
+    return ClusterState.create(ClusterRecord(name=name, cluster_id=r.cluster_id),
                                tempfile.mkdtemp(prefix="cloudcompute-gc-"))
 
 
@@ -235,7 +231,7 @@ def collect(conn: Any, dry_run: bool = True, state_dir: Optional[str] = None,
     return report
 
 
-def _delete(conn: Any, r: ClusterRecord, entry: Dict[str, Any], state_dir: Optional[str],
+def _delete(conn: Any, r: FoundCluster, entry: Dict[str, Any], state_dir: Optional[str],
             timeout: float) -> None:
     # Look again: it may have been detached, extended or forged since the survey.
     again = assess(conn, state_dir, cluster_id=r.cluster_id)

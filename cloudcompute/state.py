@@ -29,16 +29,13 @@ import logging
 import os
 import tempfile
 import threading
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Iterator, List, Optional
 
 from cloudcompute.config import NAME_RE
 from cloudcompute.exceptions import StateError
-from cloudcompute.tags import valid_cluster_id
+from cloudcompute.record import KINDS, ClusterRecord, Resources
 
 LOG = logging.getLogger(__name__)
-
-KINDS = ("servers", "floating_ips", "router_interfaces", "routers", "ports",
-         "subnets", "networks", "security_groups", "keypairs")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
@@ -94,19 +91,13 @@ def _flock(path: str, shared: bool = False) -> Iterator[None]:
 
 
 class ClusterState:
-    """A cluster's record; every ``save`` reaches the disk before returning."""
+    """A cluster's state file and its typed :class:`ClusterRecord` (``record``);
+    every ``save`` reaches the disk before returning."""
 
-    def __init__(self, path: str, data: Dict[str, Any]):
+    def __init__(self, path: str, record: ClusterRecord):
         self.path = path
-        self.data = self._normalised(data)
+        self.record = record
         self._held = threading.local()
-
-    @staticmethod
-    def _normalised(data: Dict[str, Any]) -> Dict[str, Any]:
-        data.setdefault("resources", {})
-        for kind in KINDS:
-            data["resources"].setdefault(kind, {})
-        return data
 
     # -- files ---------------------------------------------------------
     @classmethod
@@ -118,15 +109,15 @@ class ClusterState:
         return os.path.lexists(cls.path_for(name, directory))
 
     @classmethod
-    def create(cls, name: str, data: Dict[str, Any],
+    def create(cls, record: ClusterRecord,
                directory: Optional[str] = None) -> "ClusterState":
         """Record a new cluster; StateError if the name is taken, even by a
         process that is creating it at this very moment."""
-        path = cls.path_for(name, directory)
-        if not valid_cluster_id(data.get("cluster_id")) or data.get("name") != name:
-            raise StateError("record of %r: name and a valid cluster id are required" % name)
-        st = cls(path, dict(data))
-        text = json.dumps(st.data, indent=1, sort_keys=True)
+        path = cls.path_for(record.name, directory)
+        name = record.name
+        # through JSON and back: what is written is what any later reader gets
+        st = cls(path, ClusterRecord.from_json(record.to_json(), "record of %r" % name))
+        text = json.dumps(st.record.to_json(), indent=1, sort_keys=True)
         with _flock(path + ".lock"):
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
@@ -157,7 +148,7 @@ class ClusterState:
             return cls(path, cls._read(path, name))
 
     @staticmethod
-    def _read(path: str, name: str) -> Dict[str, Any]:
+    def _read(path: str, name: str) -> ClusterRecord:
         try:
             fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
             with os.fdopen(fd) as f:
@@ -167,10 +158,10 @@ class ClusterState:
                              % (name, path)) from None
         except (OSError, ValueError) as exc:
             raise StateError("cannot read %s: %s" % (path, exc)) from exc
-        if not isinstance(data, dict) or data.get("name") != name \
-                or not isinstance(data.get("cluster_id"), str):
+        record = ClusterRecord.from_json(data, path)
+        if record.name != name:
             raise StateError("%s is not the record of a cluster named %r" % (path, name))
-        return data
+        return record
 
     @classmethod
     def all(cls, directory: Optional[str] = None) -> List["ClusterState"]:
@@ -186,15 +177,15 @@ class ClusterState:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the name's lock, with ``data`` reloaded from disk: change it, then
+        """Hold the name's lock, with ``record`` reloaded from disk: change it, then
         ``save()`` inside the block. Re-entrant within a thread."""
         with self._exclusive() as outermost:
             if outermost:
                 fresh = self._read(self.path, self.name)
-                if fresh.get("cluster_id") != self.cluster_id:
+                if fresh.cluster_id != self.cluster_id:
                     raise StateError("%s now records another cluster (%s, not %s)"
-                                     % (self.path, fresh.get("cluster_id"), self.cluster_id))
-                self.data = self._normalised(fresh)
+                                     % (self.path, fresh.cluster_id, self.cluster_id))
+                self.record = fresh
             yield
 
     @contextlib.contextmanager
@@ -213,12 +204,12 @@ class ClusterState:
             self._held.depth = depth
 
     def save(self) -> None:
-        """Write ``data`` atomically; call it inside ``locked()``."""
+        """Write ``record`` atomically; call it inside ``locked()``."""
         d = os.path.dirname(self.path)
         fd, tmp = tempfile.mkstemp(dir=d, prefix=".%s.tmp-" % self.name, suffix=".json")
         try:
             with os.fdopen(fd, "w") as f:
-                json.dump(self.data, f, indent=1, sort_keys=True)
+                json.dump(self.record.to_json(), f, indent=1, sort_keys=True)
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o600)
@@ -234,7 +225,7 @@ class ClusterState:
         d = os.path.dirname(self.path)
         with self._exclusive():
             with contextlib.suppress(FileNotFoundError, StateError):
-                if self._read(self.path, self.name).get("cluster_id") != self.cluster_id:
+                if self._read(self.path, self.name).cluster_id != self.cluster_id:
                     LOG.warning("%s now records another cluster; leaving it", self.path)
                     return
             stale = glob.glob(os.path.join(glob.escape(d), ".%s.tmp-*.json"
@@ -266,15 +257,15 @@ class ClusterState:
     # -- records -------------------------------------------------------
     @property
     def cluster_id(self) -> str:
-        return self.data["cluster_id"]
+        return self.record.cluster_id
 
     @property
     def name(self) -> str:
-        return self.data["name"]
+        return self.record.name
 
     @property
-    def resources(self) -> Dict[str, Dict[str, Any]]:
-        return self.data["resources"]
+    def resources(self) -> Resources:
+        return self.record.resources
 
     def intend(self, kind: str, name: str, **info: Any) -> None:
         """Record that ``name`` is about to be created (id not known yet)."""
@@ -282,7 +273,8 @@ class ClusterState:
             self.resources[kind][name] = dict(info, name=name, id=None)
             self.save()
 
-    def record(self, kind: str, name: str, res_id: str, **info: Any) -> None:
+    def created(self, kind: str, name: str, res_id: str, **info: Any) -> None:
+        """Record that ``name`` exists, with its id."""
         with self.locked():
             entry = self.resources[kind].setdefault(name, {"name": name})
             entry.update(info, id=res_id)

@@ -68,7 +68,7 @@ class Teardown:
                 found = [r for r in retry.call(lambda n=name: list(lister(name=n)))
                          if r.name == name]
             for r in found[:1]:
-                self.st.record(kind, name, r.id)
+                self.st.created(kind, name, r.id)
                 ids.add(r.id)
         return ids
 
@@ -111,10 +111,10 @@ class Teardown:
         left = self.verify()
         if left:
             raise TeardownError(left, self.errors)
-        ssh = self.st.data.get("ssh", {})
-        keys = [ssh.get("internal_key_file")]
-        if ssh.get("generated_key"):
-            keys.append(ssh.get("key_file"))
+        ssh = self.st.record.ssh
+        keys = [ssh.internal_key_file]
+        if ssh.generated_key:
+            keys.append(ssh.key_file)
         for key in filter(None, keys):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(key)

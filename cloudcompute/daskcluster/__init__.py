@@ -74,12 +74,12 @@ def stop(cluster: Any) -> None:
         state = getattr(cluster, "state", None)
         if state is None:
             return
-        record = state.data.get("dask")
-        if not record:
+        record = state.record.dask
+        if record is None:
             return
-        stop_processes(cluster, record.get("nodes") or cluster.node_names())
+        stop_processes(cluster, record.nodes or cluster.node_names())
         with state.locked():
-            state.data.pop("dask", None)
+            state.record.dask = None
             state.save()
     except Exception as exc:  # teardown must go on; the servers' deletion ends them
         LOG.warning("stopping Dask on %s: %s", getattr(cluster, "name", "?"), exc)

@@ -22,7 +22,7 @@ from cloudcompute.daskcluster import remote, versions
 from cloudcompute.daskcluster.forward import Forwarder, ssh_opener
 from cloudcompute.exceptions import (CloudComputeError, EnvironmentMismatch, NodeLost,
                                      StateError)
-from cloudcompute.provision.servers import NodeInfo
+from cloudcompute.record import DaskRecord, NodeInfo
 from cloudcompute.ssh.client import NodeConnection
 
 LOG = logging.getLogger("cloudcompute.dask")
@@ -159,8 +159,8 @@ class DaskHandle:
         state = found[sched.name]["scheduler"]
         self.reused = bool(state["alive"] and (state.get("info") or {}).get("address")
                            == wanted)
-        self._record({"scheduler_node": sched.name, "nodes": [n.name for n in nodes],
-                      "scheduler": wanted})
+        self._record(DaskRecord(scheduler_node=sched.name, nodes=[n.name for n in nodes],
+                                scheduler=wanted))
         try:
             return self._start(nodes, found, t0)
         except BaseException:
@@ -208,7 +208,7 @@ class DaskHandle:
                      nodes: List[NodeInfo]) -> Dict[str, str]:
         """node -> the python that runs Dask there."""
         if not self.options.prepare:
-            recorded = self.cluster.state.data.get("python") or {}
+            recorded = self.cluster.state.record.python
             return {n.name: recorded.get(n.name, "python3") for n in nodes}
         from cloudcompute.jobs import environment
         covered = set(environment.client_requirements())  # match_client pins these
@@ -288,8 +288,7 @@ class DaskHandle:
     def _own_connection(self, n: NodeInfo) -> NodeConnection:
         """A connection of the forwards' own to ``n``, verified against the same
         recorded host key (the executor's and ``close_connections`` stay apart)."""
-        ssh = self.cluster.state.data["ssh"]
-        return NodeConnection(n.name, n.ssh_address, ssh["user"], ssh["key_file"], n.host_keys)
+        return self.cluster.new_connection(n.name)
 
     def _connect(self, sched: NodeInfo) -> None:
         self._conn = self._own_connection(sched)
@@ -340,15 +339,12 @@ class DaskHandle:
             return "the Dask scheduler process on %s is gone" % name
         return None
 
-    def _record(self, data: Optional[Dict[str, Any]]) -> None:
+    def _record(self, dask: Optional[DaskRecord]) -> None:
         st = self.cluster.state
         if st is None:
             return
         with st.locked():
-            if data is None:
-                st.data.pop("dask", None)
-            else:
-                st.data["dask"] = data
+            st.record.dask = dask
             st.save()
 
     def close(self, stop: bool = True) -> None:
@@ -366,8 +362,8 @@ class DaskHandle:
             self._conn.close()
             self._conn = None
         if stop and self.cluster.state is not None:
-            rec = self.cluster.state.data.get("dask") or {}
-            stop_processes(self.cluster, rec.get("nodes") or self.cluster.node_names())
+            rec = self.cluster.state.record.dask
+            stop_processes(self.cluster, rec.nodes if rec else self.cluster.node_names())
             self._record(None)
         if getattr(self.cluster, "_dask_handle", None) is self:
             self.cluster._dask_handle = None

@@ -17,7 +17,7 @@ from cloudcompute.jobs.partition import concat, split
 
 if TYPE_CHECKING:
     from cloudcompute.config import ClusterSpec
-    from cloudcompute.provision.servers import NodeInfo
+    from cloudcompute.record import NodeInfo
     from cloudcompute.ssh.client import NodeConnection
     from cloudcompute.state import ClusterState
 
@@ -72,7 +72,7 @@ class Jobs:
             raise StateError("cluster %s has no ready nodes" % self.name)
         if self._executor is None:
             st, spec = self.host.state, self.host.spec
-            pythons = (st.data.get("python") if st else None) or {}
+            pythons = st.record.python if st else {}
             self._executor = Executor({n.name: self.connection(n.name) for n in self.nodes},
                                       python=pythons,
                                       slots={n.name: n.slots for n in self.nodes},
@@ -111,7 +111,7 @@ class Jobs:
         st = self.host.state
         if st is not None:
             with st.locked():
-                st.data["python"] = pythons
+                st.record.python = dict(pythons)
                 st.save()
         self.close()
         return pythons

@@ -64,8 +64,8 @@ def create_keypair(conn: Any, st: ClusterState, key_file: Optional[str]) -> Tupl
     # Recorded before the key is written, so that a rollback interrupted at
     # any later point still removes a generated private key.
     with st.locked():
-        st.data["ssh"]["key_file"] = key_path
-        st.data["ssh"]["generated_key"] = not key_file
+        st.record.ssh.key_file = key_path
+        st.record.ssh.generated_key = not key_file
         st.save()
     if key_file:
         with open(key_path + ".pub") as f:
@@ -77,7 +77,7 @@ def create_keypair(conn: Any, st: ClusterState, key_file: Optional[str]) -> Tupl
     kp = retry.create_checked(
         lambda: conn.compute.create_keypair(name=name, public_key=public),
         lambda: retry.call(conn.compute.find_keypair, name, ignore_missing=True))
-    st.record("keypairs", name, kp.id or name)
+    st.created("keypairs", name, kp.id or name)
     return name, key_path
 
 
@@ -97,7 +97,7 @@ def create_internal_key(st: ClusterState) -> str:
     """
     path = st.key_path("internal.key")
     with st.locked():
-        st.data["ssh"]["internal_key_file"] = path
+        st.record.ssh.internal_key_file = path
         st.save()
     private, public = hostkeys.generate_ed25519()
     write_private_key(path, private)
@@ -110,7 +110,7 @@ def create_security_group(conn: Any, st: ClusterState) -> Any:
     st.intend("security_groups", name)
     sg = _create(conn.network.create_security_group, conn.network.security_groups,
                  name=name, description=_describe(st))
-    st.record("security_groups", name, sg.id)
+    st.created("security_groups", name, sg.id)
     _tag(conn, sg, st)
     for ethertype in ("IPv4", "IPv6"):
         _create_rule(conn, security_group_id=sg.id, direction="ingress",
@@ -144,12 +144,12 @@ def create_network(conn: Any, st: ClusterState, cidr: str,
     st.intend("networks", name)
     net = _create(conn.network.create_network, conn.network.networks,
                   name=name, description=_describe(st))
-    st.record("networks", name, net.id)
+    st.created("networks", name, net.id)
     _tag(conn, net, st)
     st.intend("subnets", name, network_id=net.id)
     subnet = _create(conn.network.create_subnet, conn.network.subnets, name=name,
                      network_id=net.id, ip_version=4, cidr=cidr, description=_describe(st))
-    st.record("subnets", name, subnet.id, network_id=net.id)
+    st.created("subnets", name, subnet.id, network_id=net.id)
     _tag(conn, subnet, st)
     if external_network_id:
         st.intend("routers", name)
@@ -157,13 +157,13 @@ def create_network(conn: Any, st: ClusterState, cidr: str,
             conn.network.create_router, conn.network.routers, name=name,
             description=_describe(st),
             external_gateway_info={"network_id": external_network_id})
-        st.record("routers", name, router.id)
+        st.created("routers", name, router.id)
         _tag(conn, router, st)
         st.intend("router_interfaces", name, router_id=router.id, subnet_id=subnet.id)
         retry.create_checked(
             lambda: conn.network.add_interface_to_router(router, subnet_id=subnet.id),
             lambda: _first(conn.network.ports, device_id=router.id,
                            fixed_ips="subnet_id=%s" % subnet.id))
-        st.record("router_interfaces", name, subnet.id, router_id=router.id,
+        st.created("router_interfaces", name, subnet.id, router_id=router.id,
                   subnet_id=subnet.id)
     return net.id

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures as cf
-import dataclasses
-import ipaddress
 import logging
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -19,68 +17,15 @@ from openstack import exceptions as os_exc
 
 from cloudcompute import retry, tags
 from cloudcompute.config import ClusterSpec
-from cloudcompute.exceptions import ProvisioningError, ServerFault, SSHError, WaitTimeout
+from cloudcompute.exceptions import ProvisioningError, ServerFault, WaitTimeout
 from cloudcompute.provision import policy
 from cloudcompute.provision.preflight import Plan, ResolvedGroup
+from cloudcompute.record import NodeInfo
 from cloudcompute.ssh import hostkeys
 from cloudcompute.state import ClusterState
 
 LOG = logging.getLogger(__name__)
 POLL = 0.5
-
-
-@dataclasses.dataclass
-class NodeInfo:
-    """One node of a cluster as the library knows it."""
-    name: str
-    group: str
-    server_id: Optional[str] = None
-    fixed_ip: Optional[str] = None
-    floating_ip: Optional[str] = None
-    host_keys: List[str] = dataclasses.field(default_factory=list)
-    keys_injected: bool = True
-    status: str = "BUILD"
-    timings: Dict[str, float] = dataclasses.field(default_factory=dict)
-    slots: int = 1
-    ram_mb: int = 0
-
-    @property
-    def address(self) -> Optional[str]:
-        if self.fixed_ip and directly_routable(self.fixed_ip):
-            return self.fixed_ip
-        return self.floating_ip or self.fixed_ip
-
-    @property
-    def ssh_address(self) -> str:
-        """``address``, to connect to; a node with neither IP cannot be reached
-        (fatal SSHError)."""
-        address = self.address
-        if address is None:
-            raise SSHError(self.name, "no IPv4 address, fixed or floating, to reach it by",
-                           fatal=True)
-        return address
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def directly_routable(address: str, route_file: str = "/proc/net/route") -> bool:
-    """True if this host has a specific (non-default) route to an IPv4 address."""
-    try:
-        ip = int(ipaddress.IPv4Address(address))
-        with open(route_file) as f:
-            lines = f.read().splitlines()[1:]
-    except (ValueError, OSError):
-        return False
-    for line in lines:
-        cols = line.split()
-        dest = int.from_bytes(bytes.fromhex(cols[1]), "little")
-        mask = int.from_bytes(bytes.fromhex(cols[7]), "little")
-        flags = int(cols[3], 16)
-        up, reject = flags & 0x1, flags & 0x200
-        if up and not reject and mask and (ip & mask) == dest:
-            return True
-    return False
 
 
 class ServerBuilder:
@@ -129,7 +74,7 @@ class ServerBuilder:
         self.nodes[name] = node
         self.st.intend("servers", name, group=group.name, host_keys=node.host_keys)
         meta = tags.server_metadata(self.st.cluster_id, self.st.name, group.name,
-                                    self.spec.ttl_hours, self.st.data["owner"],
+                                    self.spec.ttl_hours, self.st.record.owner or "",
                                     extra=dict(self.spec.metadata, **group.metadata))
         args = dict(name=name, flavor_id=group.flavor_id, image_id=group.image_id,
                     networks=[{"uuid": self.network_id}], key_name=self.keypair,
@@ -141,7 +86,7 @@ class ServerBuilder:
         node.server_id = server.id
         node.timings["created"] = time.monotonic() - self.t0
         self.progress("created", name)
-        self.st.record("servers", name, server.id, group=group.name,
+        self.st.created("servers", name, server.id, group=group.name,
                        host_keys=node.host_keys)
         return node
 
@@ -178,7 +123,7 @@ class ServerBuilder:
                     node.timings["active"] = time.monotonic() - self.t0
                     self.progress("active", node.name)
                     node.fixed_ip = self._fixed_ip(server)
-                    self.st.record("servers", node.name, node.server_id,
+                    self.st.created("servers", node.name, node.server_id,
                                    fixed_ip=node.fixed_ip, status="ACTIVE")
                 elif server.status == "ERROR":
                     fault = (server.fault or {}).get("message") or "no fault message"
@@ -236,7 +181,7 @@ class ServerBuilder:
         except os_exc.SDKException as exc:
             LOG.warning("delete of failed server %s deferred to teardown: %s",
                         node.name, exc)
-        self.st.record("servers", node.name, node.server_id, status="ERROR", dropped=True)
+        self.st.created("servers", node.name, node.server_id, status="ERROR", dropped=True)
 
     def active_nodes(self) -> List[NodeInfo]:
         return [n for n in self.nodes.values() if n.status == "ACTIVE"]
@@ -254,7 +199,7 @@ class ServerBuilder:
                 description="cloudcompute cluster %s" % self.st.cluster_id),
             lambda: next(iter(retry.call(lambda: list(self.conn.network.ips(
                 port_id=ports[0].id)))), None))
-        self.st.record("floating_ips", node.name, fip.id,
+        self.st.created("floating_ips", node.name, fip.id,
                        address=fip.floating_ip_address, port_id=ports[0].id)
         retry.call(self.conn.network.set_tags, fip, tags.tags(self.st.cluster_id))
         node.floating_ip = fip.floating_ip_address
@@ -268,7 +213,7 @@ class ServerBuilder:
             keys = hostkeys.keys_from_console(out or "")
             if keys:
                 node.host_keys = keys
-                self.st.record("servers", node.name, node.server_id, host_keys=keys)
+                self.st.created("servers", node.name, node.server_id, host_keys=keys)
                 LOG.info("host keys of %s taken from its console log", node.name)
                 return
             retry.SLEEP(1.0)

@@ -124,14 +124,13 @@ def install(cluster: Any, nodes: Optional[Sequence[str]] = None) -> Dict[str, In
 
 def _install_on(cluster: Any, names: Sequence[str]) -> Tuple[Dict[str, IntraSSH],
                                                            Dict[str, BaseException]]:
-    key_path = (cluster.state.data.get("ssh") or {}).get("internal_key_file") \
-        if cluster.state else None
+    key_path = cluster.state.record.ssh.internal_key_file if cluster.state else None
     if not key_path or not os.path.exists(key_path):
         raise StateError("cluster %s has no internal key (it was created by an older "
                          "cloudcompute); node-to-node SSH is not set up" % cluster.name)
     with open(key_path) as f:
         private = f.read()
-    user = cluster.state.data["ssh"]["user"]
+    user = cluster.state.record.ssh.user
     peers = {n.name: n.fixed_ip for n in cluster.nodes}
     known = known_hosts_text(cluster.nodes)
 

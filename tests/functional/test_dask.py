@@ -233,7 +233,7 @@ def test_a_node_environment_with_another_dask_is_refused_before_start(
         assert "distributed: client %s, node 2024.12.1" % distributed.__version__ \
             in err.value.problems
         assert dask_processes(c.nodes[0].server_id) == []
-        assert "dask" not in c.state.data
+        assert c.state.record.dask is None
         out = c.connection(c.node_names()[0]).run(["ls", "-A", ".cloudcompute"]).stdout
         assert "dask" not in out.split()  # not even its directory: nothing was started
 
@@ -253,7 +253,7 @@ def test_a_scheduler_that_dies_at_start_fails_fast_with_its_log(conn, fault, uni
         assert "PermissionError" in str(err.value)  # the log's tail is in the message
         assert took < 10
         assert dask_processes(c.nodes[0].server_id) == []
-        assert "dask" not in c.state.data
+        assert c.state.record.dask is None
         fault.observed += " (after %.1fs)" % took
 
 

@@ -68,7 +68,7 @@ def test_intra_cluster_ssh_files_are_private_and_verified(cluster, caplog):
                   ssh[a].key_file, ssh[a].known_hosts, ssh[a].config_file])
     modes = [line.split()[0] for line in r.stdout.splitlines()]
     assert modes == ["700", "600", "600", "600"]
-    local = cluster.state.data["ssh"]["internal_key_file"]
+    local = cluster.state.record.ssh.internal_key_file
     assert stat.S_IMODE(os.stat(local).st_mode) == 0o600
     body = open(local).read().splitlines()[1]
     assert body not in caplog.text  # never logged, even at DEBUG
@@ -126,7 +126,7 @@ def test_hop_refused_by_a_node_falls_back_to_the_client(cluster, big, fault, mon
 
 def test_down_leaves_nothing(cluster, conn, admin_conn):
     st = cluster.state
-    files = [st.path, st.data["ssh"]["key_file"], st.data["ssh"]["internal_key_file"]]
+    files = [st.path, st.record.ssh.key_file, st.record.ssh.internal_key_file]
     assert all(os.path.exists(f) for f in files)
     cluster.down()
     assert leftovers(admin_conn, conn.current_project_id, st.cluster_id) == []

@@ -193,7 +193,7 @@ def test_security_group_opens_ssh_to_one_address(one, fault, conn):
 
 def test_private_key_file_mode(one, fault):
     fault("cluster private key on disk", "security", "mode 0600, ed25519, never uploaded")
-    path = one.state.data["ssh"]["key_file"]
+    path = one.state.record.ssh.key_file
     mode = stat.S_IMODE(os.stat(path).st_mode)
     assert mode == 0o600
     assert "OPENSSH PRIVATE KEY" in open(path).read()

@@ -25,7 +25,7 @@ def test_three_nodes_up_ssh_down(conn, admin_conn, unique, state_dir):
     c = Cluster(ClusterSpec(name=unique, nodes=3), cloud=CLOUD)
     with c:
         assert len(c.nodes) == 3
-        assert os.stat(c.state.data["ssh"]["key_file"]).st_mode & 0o777 == 0o600
+        assert os.stat(c.state.record.ssh.key_file).st_mode & 0o777 == 0o600
         for n in c.nodes:
             r = c.connection(n.name).run(["python3", "-c", "import numpy, pandas; print('ok')"])
             assert r.ok and r.stdout == "ok\n"

@@ -148,12 +148,13 @@ def test_ssh_verifies_the_host_by_its_recorded_key_only_and_cleans_up(monkeypatc
     import types
 
     from cloudcompute.cluster import Cluster
+    from cloudcompute.record import SSHAccess
     node = types.SimpleNamespace(name="n0", address="10.0.0.5",
                                  host_keys=["ssh-ed25519 AAAAC3Nz"])
     fake = types.SimpleNamespace(nodes=[node], node_names=lambda: ["n0"],
                                  close_connections=lambda: None,
-                                 state=types.SimpleNamespace(data={"ssh": {
-                                     "user": "debian", "key_file": "/k/c-1.key"}}))
+                                 state=types.SimpleNamespace(record=types.SimpleNamespace(
+                                     ssh=SSHAccess(user="debian", key_file="/k/c-1.key"))))
     monkeypatch.setattr(Cluster, "attach", classmethod(lambda cls, *a, **k: fake))
     seen = {}
 

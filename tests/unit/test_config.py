@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from cloudcompute.config import ClusterSpec, NodeGroup, Timeouts, validate
@@ -114,10 +116,9 @@ def test_a_hostile_user_from_an_image_property_is_refused_by_preflight():
 def test_attach_refuses_a_recorded_hostile_user(tmp_path):
     from cloudcompute.cluster import Cluster
     from cloudcompute.exceptions import StateError
-    from cloudcompute.state import ClusterState
-    ClusterState.create("c", {"name": "c", "cluster_id": "c-1",
-                              "ssh": {"user": "-oProxyCommand=x"}}, str(tmp_path))
-    with pytest.raises(StateError, match="not a user name"):
+    (tmp_path / "c.json").write_text(json.dumps(
+        {"name": "c", "cluster_id": "c-1", "ssh": {"user": "-oProxyCommand=x"}}))
+    with pytest.raises(StateError, match="ssh.user '-oProxyCommand=x' is not a user name"):
         Cluster.attach("c", conn=object(), state_dir=str(tmp_path))
 
 

@@ -20,7 +20,7 @@ from cloudcompute import daskcluster
 from cloudcompute.daskcluster import remote, versions
 from cloudcompute.daskcluster.forward import Forwarder, ssh_opener
 from cloudcompute.exceptions import EnvironmentMismatch
-from cloudcompute.provision.servers import NodeInfo
+from cloudcompute.record import NodeInfo
 
 CLIENT = {"python": "3.11.7", "dask": "2026.8.0", "distributed": "2026.8.0",
           "cloudpickle": "3.1.3", "msgpack": "1.2.4", "numpy": "2.4.6", "pandas": "3.1.1",

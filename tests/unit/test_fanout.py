@@ -24,6 +24,7 @@ from cloudcompute.exceptions import HostKeyMismatch, IntegrityError, SSHError, S
 from cloudcompute.jobs import fanout
 from cloudcompute.provision import resources
 from cloudcompute.ssh import hostkeys, intra
+from cloudcompute.record import ClusterRecord, SSHAccess
 from cloudcompute.state import ClusterState
 from cloudcompute.teardown import Teardown
 from tests.unit.test_teardown import fake_conn
@@ -226,17 +227,16 @@ def test_user_data_authorizes_the_internal_key_next_to_the_callers_keys():
 
 def test_internal_key_is_recorded_before_it_is_written_and_teardown_removes_it(
         tmp_path, monkeypatch):
-    st = ClusterState.create("c", {"name": "c", "cluster_id": "c-1", "ssh": {}},
-                             str(tmp_path))
+    st = ClusterState.create(ClusterRecord(name="c", cluster_id="c-1"), str(tmp_path))
     seen = []
     real = hostkeys.generate_ed25519
 
     def spy():
-        seen.append(ClusterState.load("c", str(tmp_path)).data["ssh"].get("internal_key_file"))
+        seen.append(ClusterState.load("c", str(tmp_path)).record.ssh.internal_key_file)
         return real()
     monkeypatch.setattr(hostkeys, "generate_ed25519", spy)
     public = resources.create_internal_key(st)
-    path = st.data["ssh"]["internal_key_file"]
+    path = st.record.ssh.internal_key_file
     assert seen == [path] and path == str(tmp_path / "c-1.internal.key")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert "OPENSSH PRIVATE KEY" in open(path).read() and public.startswith("ssh-ed25519 ")
@@ -280,7 +280,8 @@ class Nodes:
         self.names = names(n)
         self.log = []
         self.fail_hops, self.fail_direct = set(fail_hops), set(fail_direct)
-        self.state = types.SimpleNamespace(data={"ssh": {"user": "debian"}})
+        self.state = types.SimpleNamespace(record=types.SimpleNamespace(
+            ssh=SSHAccess(user="debian")))
         self.name = "c"
         self.nodes = [node(x, "10.42.0.%d" % (10 + i), ["ssh-ed25519 AAAA"])
                       for i, x in enumerate(self.names)]
@@ -387,8 +388,8 @@ def test_nodes_are_set_up_once_per_membership_and_again_after_forget(tmp_path):
     c = Members(
         name="c", nodes=[node(n, "10.42.0.%d" % i, ["ssh-ed25519 AAAA"])
                          for i, n in enumerate(names(3))],
-        state=types.SimpleNamespace(data={"ssh": {"user": "debian",
-                                                  "internal_key_file": str(key)}}),
+        state=types.SimpleNamespace(record=types.SimpleNamespace(
+            ssh=SSHAccess(user="debian", internal_key_file=str(key)))),
         connection=members.__getitem__, node_names=lambda: names(3))
     ready, unset = intra.prepared(c, names(3))
     assert sorted(ready) == names(3) and unset == {}
@@ -408,7 +409,7 @@ def test_nodes_are_set_up_once_per_membership_and_again_after_forget(tmp_path):
     intra.forget(c)
     intra.prepared(c, names(1))
     assert [len(m.runs) for m in members.values()] == [3, 2, 1]
-    c.state.data["ssh"].pop("internal_key_file")
+    c.state.record.ssh.internal_key_file = None
     with pytest.raises(StateError, match="no internal key"):
         intra.install(c)
 

@@ -15,6 +15,7 @@ import pytest
 
 from cloudcompute import gc, retry, tags
 from cloudcompute.cluster import Cluster
+from cloudcompute.record import ClusterRecord, SSHAccess
 from cloudcompute.state import ClusterState
 
 NOW = float(int(time.time()))
@@ -235,14 +236,14 @@ def test_detach_marks_every_server_and_gc_elsewhere_leaves_it(tmp_path):
     mine, elsewhere = tmp_path / "mine", tmp_path / "elsewhere"
     mine.mkdir()
     elsewhere.mkdir()
-    ClusterState.create("c1", {"name": "c1", "cluster_id": "c1-00000001", "cloud": "devstack",
-                               "ssh": {"user": "debian"}}, str(mine)).record(
+    ClusterState.create(ClusterRecord(name="c1", cluster_id="c1-00000001", cloud="devstack",
+                                      ssh=SSHAccess(user="debian")), str(mine)).created(
         "servers", "cc-c1-00000001-node-0", "c1-00000001-s0")
     assert reasons(cloud, elsewhere, now=time.time())["c1-00000001"][0].startswith("owner")
     Cluster.attach("c1", conn=cloud, state_dir=str(mine)).detach()
     assert sorted(c[2] for c in cloud.calls if c[1] == "set_metadata") == [
         "c1-00000001-s0", "c1-00000001-s1"]  # the recorded one and the one found by tag
-    assert ClusterState.load("c1", str(mine)).data["detached"] is True
+    assert ClusterState.load("c1", str(mine)).record.detached is True
     assert gc.collect(cloud, dry_run=False, state_dir=str(elsewhere)) == []
     assert len(cloud.servers.items) == 2
 
@@ -252,18 +253,18 @@ def test_state_file_counts_whatever_cloud_name_recorded_it(tmp_path):
     # and it was written under another name for the same cloud (OS_* variables).
     cloud = FakeCloud(name="devstack")
     cloud.cluster("c1-00000001", meta=here())
-    ClusterState.create("c1", {"name": "c1", "cluster_id": "c1-00000001", "cloud": "envvars",
-                               "detached": True}, str(tmp_path))
+    ClusterState.create(ClusterRecord(name="c1", cluster_id="c1-00000001", cloud="envvars",
+                                      detached=True), str(tmp_path))
     assert reasons(cloud, tmp_path, now=time.time()) == {"c1-00000001": (None, [])}
     assert gc.collect(cloud, dry_run=False, state_dir=str(tmp_path)) == []
 
 
 def test_a_state_file_of_another_cloud_with_nothing_tagged_here_is_left_alone(tmp_path):
     cloud = FakeCloud(name="devstack")
-    ClusterState.create("c1", {"name": "c1", "cluster_id": "c1-00000001", "cloud": "other",
-                               "expires_at": NOW - 60}, str(tmp_path))
-    ClusterState.create("c2", {"name": "c2", "cluster_id": "c2-00000002",
-                               "cloud": "devstack", "expires_at": NOW - 60}, str(tmp_path))
+    ClusterState.create(ClusterRecord(name="c1", cluster_id="c1-00000001", cloud="other",
+                                      expires_at=NOW - 60), str(tmp_path))
+    ClusterState.create(ClusterRecord(name="c2", cluster_id="c2-00000002", cloud="devstack",
+                                      expires_at=NOW - 60), str(tmp_path))
     got = reasons(cloud, tmp_path)
     assert list(got) == ["c2-00000002"] and got["c2-00000002"][0].startswith("expired")
     report = gc.collect(cloud, dry_run=False, state_dir=str(tmp_path))
@@ -277,9 +278,8 @@ def test_the_owner_recorded_in_the_state_decides_for_a_cluster_without_servers(t
     meta = here()
     owner = tags.Owner.parse(meta[tags.META_OWNER], meta[tags.META_MACHINE],
                              meta[tags.META_BOOT], meta[tags.META_PIDNS])
-    ClusterState.create("c1", {"name": "c1", "cluster_id": "c1-00000001",
-                               "owner": str(owner), "owner_id": owner.to_dict(),
-                               "expires_at": NOW + HOUR}, str(tmp_path))
+    ClusterState.create(ClusterRecord(name="c1", cluster_id="c1-00000001", owner=str(owner),
+                                      owner_id=owner, expires_at=NOW + HOUR), str(tmp_path))
     assert reasons(cloud, tmp_path, now=time.time())["c1-00000001"][0].startswith("owner")
 
 

@@ -3,7 +3,7 @@ import yaml
 
 from cloudcompute import tags
 from cloudcompute.exceptions import SSHError
-from cloudcompute.provision.servers import NodeInfo, directly_routable
+from cloudcompute.record import NodeInfo, directly_routable
 from cloudcompute.ssh import hostkeys
 
 CONSOLE = """boot

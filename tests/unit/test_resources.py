@@ -27,6 +27,7 @@ from openstack.network.v2.subnet import Subnet
 from cloudcompute import retry, tags
 from cloudcompute.exceptions import StateError
 from cloudcompute.provision import resources
+from cloudcompute.record import ClusterRecord
 from cloudcompute.state import ClusterState
 
 CID = "c-1"
@@ -48,8 +49,8 @@ def no_sleep(monkeypatch):
 
 @pytest.fixture
 def st(tmp_path):
-    return ClusterState.create("c", {"name": "c", "cluster_id": CID, "owner": tags.owner(),
-                                     "ssh": {}}, str(tmp_path))
+    return ClusterState.create(ClusterRecord(name="c", cluster_id=CID, owner=tags.owner()),
+                               str(tmp_path))
 
 
 class Kind:
@@ -113,7 +114,7 @@ def fake_cloud():
 
 
 def on_disk(st):
-    return ClusterState.load(st.name, os.path.dirname(st.path)).data
+    return ClusterState.load(st.name, os.path.dirname(st.path)).record.to_json()
 
 
 # ------------------------------------------------------------ caller_cidr
@@ -150,7 +151,8 @@ def test_a_generated_key_is_written_0600_and_only_its_public_half_uploaded(st):
     assert kp.name == NAME and kp.public_key == public_of(private)
     assert "PRIVATE" not in kp.public_key
     data = on_disk(st)
-    assert data["ssh"] == {"key_file": path, "generated_key": True}
+    assert data["ssh"] == {"key_file": path, "generated_key": True, "user": None,
+                           "internal_key_file": None}
     assert data["resources"]["keypairs"][NAME]["id"] == NAME
 
 
@@ -163,7 +165,8 @@ def test_the_key_is_recorded_before_the_upload_that_fails(st):
     with pytest.raises(os_exc.BadRequestException):
         resources.create_keypair(cloud, st, None)
     data = on_disk(st)  # what a rollback reads: the key to remove, the keypair intended
-    assert data["ssh"] == {"key_file": st.key_path("key"), "generated_key": True}
+    assert data["ssh"] == {"key_file": st.key_path("key"), "generated_key": True,
+                           "user": None, "internal_key_file": None}
     assert os.path.exists(st.key_path("key"))
     assert data["resources"]["keypairs"][NAME]["id"] is None
 
@@ -183,7 +186,8 @@ def test_a_given_key_is_uploaded_and_left_alone(st, tmp_path):
     name, path = resources.create_keypair(cloud, st, str(mine))
     assert path == str(mine) and name == NAME
     assert cloud.keypairs.items[0].public_key == "ssh-ed25519 AAAAmine me@here"
-    assert on_disk(st)["ssh"] == {"key_file": str(mine), "generated_key": False}
+    assert on_disk(st)["ssh"] == {"key_file": str(mine), "generated_key": False,
+                                  "user": None, "internal_key_file": None}
     assert not os.path.exists(st.key_path("key")) and mine.read_text() == "PRIVATE, NOT READ"
 
 

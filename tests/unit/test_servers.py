@@ -20,6 +20,7 @@ from cloudcompute.config import ClusterSpec, Timeouts
 from cloudcompute.exceptions import ServerFault, WaitTimeout
 from cloudcompute.provision.preflight import Plan, ResolvedGroup
 from cloudcompute.provision.servers import ServerBuilder
+from cloudcompute.record import ClusterRecord
 from cloudcompute.state import ClusterState
 
 CID = "c-1"
@@ -103,8 +104,8 @@ def build(tmp_path):
         spec = ClusterSpec(name="c", **spec_kw)
         plan = Plan([ResolvedGroup("w", 2, "f1", "m1.small", 2, 2048, "i1", "ubuntu",
                                    "ubuntu", {}, 2)], "n1", None, "p1", "ubuntu")
-        st = ClusterState.create("c", {"name": "c", "cluster_id": CID, "owner": tags.owner(),
-                                       "ssh": {}}, str(tmp_path))
+        st = ClusterState.create(ClusterRecord(name="c", cluster_id=CID, owner=tags.owner()),
+                                 str(tmp_path))
         nova = Nova(scripts)
         progress = []
         b = ServerBuilder(types.SimpleNamespace(compute=nova), st, spec, plan, "n1", "sg",

@@ -5,15 +5,16 @@ import stat
 import pytest
 
 from cloudcompute.exceptions import StateError
+from cloudcompute.record import ClusterRecord
 from cloudcompute.state import ClusterState
 
 
 def test_intent_is_on_disk_before_the_id(tmp_path):
-    st = ClusterState.create("c1", {"name": "c1", "cluster_id": "c1-x"}, str(tmp_path))
+    st = ClusterState.create(ClusterRecord(name="c1", cluster_id="c1-x"), str(tmp_path))
     st.intend("servers", "cc-c1-x-node-0", group="node")
     on_disk = json.load(open(st.path))
     assert on_disk["resources"]["servers"]["cc-c1-x-node-0"]["id"] is None
-    st.record("servers", "cc-c1-x-node-0", "abc", fixed_ip="10.0.0.5")
+    st.created("servers", "cc-c1-x-node-0", "abc", fixed_ip="10.0.0.5")
     again = ClusterState.load("c1", str(tmp_path))
     entry = again.resources["servers"]["cc-c1-x-node-0"]
     assert entry["id"] == "abc" and entry["group"] == "node" and entry["fixed_ip"] == "10.0.0.5"
@@ -21,16 +22,16 @@ def test_intent_is_on_disk_before_the_id(tmp_path):
 
 
 def test_name_taken_and_missing_are_clear_errors(tmp_path):
-    ClusterState.create("c1", {"name": "c1", "cluster_id": "a"}, str(tmp_path))
+    ClusterState.create(ClusterRecord(name="c1", cluster_id="a"), str(tmp_path))
     with pytest.raises(StateError, match="already recorded"):
-        ClusterState.create("c1", {"name": "c1", "cluster_id": "b"}, str(tmp_path))
+        ClusterState.create(ClusterRecord(name="c1", cluster_id="b"), str(tmp_path))
     with pytest.raises(StateError, match="no cluster named 'nope'"):
         ClusterState.load("nope", str(tmp_path))
 
 
 def test_listing_forget_remove(tmp_path):
-    st = ClusterState.create("c1", {"name": "c1", "cluster_id": "a"}, str(tmp_path))
-    st.record("keypairs", "cc-a", "cc-a")
+    st = ClusterState.create(ClusterRecord(name="c1", cluster_id="a"), str(tmp_path))
+    st.created("keypairs", "cc-a", "cc-a")
     st.intend("networks", "cc-a")
     assert st.listing() == ["network cc-a (id unknown)", "keypair cc-a (cc-a)"]
     st.forget("networks", "cc-a")
@@ -41,12 +42,12 @@ def test_listing_forget_remove(tmp_path):
 
 def test_unreadable_file_is_skipped_in_all(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
-    ClusterState.create("ok", {"name": "ok", "cluster_id": "a"}, str(tmp_path))
+    ClusterState.create(ClusterRecord(name="ok", cluster_id="a"), str(tmp_path))
     assert [s.name for s in ClusterState.all(str(tmp_path))] == ["ok"]
 
 
 def test_remove_also_deletes_what_a_killed_writer_left(tmp_path):
-    st = ClusterState.create("c", {"name": "c", "cluster_id": "c-1"}, str(tmp_path))
+    st = ClusterState.create(ClusterRecord(name="c", cluster_id="c-1"), str(tmp_path))
     (tmp_path / ".c.tmp-abc123.json").write_text("{")  # SIGKILL between write and rename
     (tmp_path / ".other.tmp-x.json").write_text("{")
     st.remove()

@@ -12,6 +12,7 @@ from cloudcompute import state as state_mod
 from cloudcompute.cluster import Cluster
 from cloudcompute.config import ClusterSpec
 from cloudcompute.exceptions import StateError
+from cloudcompute.record import ClusterRecord
 from cloudcompute.state import ClusterState
 
 
@@ -23,7 +24,7 @@ def _race(directory, name, racers=2):
     def one(i):
         barrier.wait()
         try:
-            ClusterState.create(name, {"name": name, "cluster_id": "%s-%08x" % (name, i)},
+            ClusterState.create(ClusterRecord(name=name, cluster_id="%s-%08x" % (name, i)),
                                 directory)
             out[i] = "won"
         except StateError as exc:
@@ -50,7 +51,7 @@ def test_two_threads_creating_one_name_exactly_one_wins_200_times(tmp_path):
 def _create_in_child(directory, name, cid, go, results):
     go.wait()
     try:
-        ClusterState.create(name, {"name": name, "cluster_id": cid}, directory)
+        ClusterState.create(ClusterRecord(name=name, cluster_id=cid), directory)
         results.put((cid, "won"))
     except StateError:
         results.put((cid, "lost"))
@@ -79,44 +80,44 @@ def test_create_never_follows_a_symlink(tmp_path):
     target.write_text("precious")
     os.symlink(target, tmp_path / "c.json")
     with pytest.raises(StateError, match="already recorded"):
-        ClusterState.create("c", {"name": "c", "cluster_id": "c-1"}, str(tmp_path))
+        ClusterState.create(ClusterRecord(name="c", cluster_id="c-1"), str(tmp_path))
     assert target.read_text() == "precious"
 
 
 def test_names_keep_their_pattern(tmp_path):
     for bad in ("../x", "a/b", "Upper", "", ".hidden"):
         with pytest.raises(StateError, match="not a cluster name"):
-            ClusterState.create(bad, {"name": bad, "cluster_id": "x-1"}, str(tmp_path))
+            ClusterState.create(ClusterRecord(name=bad, cluster_id="x-1"), str(tmp_path))
         with pytest.raises(StateError, match="not a cluster name"):
             ClusterState.load(bad, str(tmp_path))
     with pytest.raises(StateError, match="valid cluster id"):
-        ClusterState.create("c", {"name": "c", "cluster_id": "../../k"}, str(tmp_path))
+        ClusterState.create(ClusterRecord(name="c", cluster_id="../../k"), str(tmp_path))
     assert os.listdir(tmp_path) == []
 
 
 def test_changes_are_made_on_the_record_reloaded_under_the_lock(tmp_path):
-    ClusterState.create("c", {"name": "c", "cluster_id": "c-1"}, str(tmp_path))
+    ClusterState.create(ClusterRecord(name="c", cluster_id="c-1"), str(tmp_path))
     a = ClusterState.load("c", str(tmp_path))  # two processes' views of one record
     b = ClusterState.load("c", str(tmp_path))
-    a.record("servers", "s1", "id1")
-    b.record("servers", "s2", "id2")
+    a.created("servers", "s1", "id1")
+    b.created("servers", "s2", "id2")
     with a.locked():
-        a.data["detached"] = True
+        a.record.detached = True
         a.save()
     b.intend("keypairs", "cc-c-1")
     final = ClusterState.load("c", str(tmp_path))
     assert sorted(final.resources["servers"]) == ["s1", "s2"]
-    assert final.data["detached"] is True and "cc-c-1" in final.resources["keypairs"]
-    assert b.data["detached"] is True  # b saw a's change when it took the lock
+    assert final.record.detached is True and "cc-c-1" in final.resources["keypairs"]
+    assert b.record.detached is True  # b saw a's change when it took the lock
 
 
 def test_concurrent_writers_lose_nothing(tmp_path):
-    ClusterState.create("c", {"name": "c", "cluster_id": "c-1"}, str(tmp_path))
+    ClusterState.create(ClusterRecord(name="c", cluster_id="c-1"), str(tmp_path))
 
     def writer(w):
         st = ClusterState.load("c", str(tmp_path))
         for i in range(10):
-            st.record("servers", "w%d-%d" % (w, i), "id")
+            st.created("servers", "w%d-%d" % (w, i), "id")
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
     for t in threads:
         t.start()
@@ -126,13 +127,13 @@ def test_concurrent_writers_lose_nothing(tmp_path):
 
 
 def test_locked_is_reentrant_and_refuses_a_record_replaced_by_another_cluster(tmp_path):
-    st = ClusterState.create("c", {"name": "c", "cluster_id": "c-1"}, str(tmp_path))
+    st = ClusterState.create(ClusterRecord(name="c", cluster_id="c-1"), str(tmp_path))
     with st.locked():
-        st.record("servers", "s1", "id1")  # takes the lock again: must not deadlock
+        st.created("servers", "s1", "id1")  # takes the lock again: must not deadlock
     st.remove()
-    ClusterState.create("c", {"name": "c", "cluster_id": "c-2"}, str(tmp_path))
+    ClusterState.create(ClusterRecord(name="c", cluster_id="c-2"), str(tmp_path))
     with pytest.raises(StateError, match="another cluster"):
-        st.record("servers", "s2", "id2")
+        st.created("servers", "s2", "id2")
     st.remove()  # the stale view removes nothing of the new cluster
     assert ClusterState.load("c", str(tmp_path)).cluster_id == "c-2"
 
@@ -183,7 +184,7 @@ def test_a_waiter_never_holds_a_lock_file_that_remove_unlinked(tmp_path):
 
 
 def test_keys_are_named_by_cluster_id_and_created_exclusively(tmp_path):
-    one = ClusterState.create("c", {"name": "c", "cluster_id": "c-00000001"}, str(tmp_path))
+    one = ClusterState.create(ClusterRecord(name="c", cluster_id="c-00000001"), str(tmp_path))
     assert one.key_path("key") == str(tmp_path / "c-00000001.key")
     ClusterState.write_key(one.key_path("key"), "PRIVATE 1")
     assert oct(os.stat(one.key_path("key")).st_mode & 0o777) == "0o600"
@@ -199,7 +200,7 @@ def test_keys_are_named_by_cluster_id_and_created_exclusively(tmp_path):
 
 
 def test_second_up_of_a_recorded_name_is_a_state_error_before_any_api_call(tmp_path):
-    ClusterState.create("c", {"name": "c", "cluster_id": "c-1"}, str(tmp_path))
+    ClusterState.create(ClusterRecord(name="c", cluster_id="c-1"), str(tmp_path))
     calls = []
 
     class Conn:

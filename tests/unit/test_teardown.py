@@ -10,6 +10,7 @@ from openstack import exceptions as os_exc
 
 from cloudcompute import retry
 from cloudcompute.exceptions import TeardownError
+from cloudcompute.record import ClusterRecord
 from cloudcompute.state import ClusterState
 from cloudcompute.teardown import Teardown
 
@@ -76,10 +77,10 @@ def no_sleep(monkeypatch):
 
 
 def state(tmp_path):
-    st = ClusterState.create("c", {"name": "c", "cluster_id": "c-1"}, str(tmp_path))
-    st.record("servers", "s1", "s1")
-    st.record("keypairs", "cc-c-1", "cc-c-1")
-    st.record("router_interfaces", "cc-c-1", "sub1", router_id="r1", subnet_id="sub1")
+    st = ClusterState.create(ClusterRecord(name="c", cluster_id="c-1"), str(tmp_path))
+    st.created("servers", "s1", "s1")
+    st.created("keypairs", "cc-c-1", "cc-c-1")
+    st.created("router_interfaces", "cc-c-1", "sub1", router_id="r1", subnet_id="sub1")
     return st
 
 
@@ -108,7 +109,7 @@ def test_what_cannot_be_deleted_is_named_and_kept(tmp_path):
     log = []
     conn = fake_conn(log, security_group=(["g1"], ["g1"]))
     st = state(tmp_path)
-    st.record("security_groups", "cc-c-1", "g1")
+    st.created("security_groups", "cc-c-1", "g1")
     with pytest.raises(TeardownError) as err:
         Teardown(conn, st).run()
     assert any("g1" in x for x in err.value.leftovers)

@@ -1,0 +1,271 @@
+"""The typed, versioned record of a cluster that the state file holds.
+
+:class:`ClusterRecord` is what ``up()`` writes and ``attach``, ``down()``,
+``gc``, the CLI and Dask read. On disk it is JSON with a ``schema`` number:
+
+- schema 1 (no ``schema`` key): records written before the number existed;
+  read with defaults for whatever they lack, and written back as the current
+  schema;
+- a schema newer than this version's is refused (a newer cloudcompute wrote
+  it; this one would drop what it does not know).
+
+Every field is checked when a record is read, so a damaged or foreign file is
+a :class:`StateError` naming the field, never a KeyError somewhere later.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from typing import Any, Dict, List, Mapping, Optional
+
+from cloudcompute import config, tags
+from cloudcompute.exceptions import SSHError, StateError
+
+SCHEMA_VERSION = 2
+KINDS = ("servers", "floating_ips", "router_interfaces", "routers", "ports",
+         "subnets", "networks", "security_groups", "keypairs")
+
+# kind -> resource name -> {"name", "id" (None while only intended), ...}
+Resources = Dict[str, Dict[str, Dict[str, Any]]]
+
+
+@dataclasses.dataclass
+class NodeInfo:
+    """One node of a cluster as the library knows it."""
+    name: str
+    group: str
+    server_id: Optional[str] = None
+    fixed_ip: Optional[str] = None
+    floating_ip: Optional[str] = None
+    host_keys: List[str] = dataclasses.field(default_factory=list)
+    keys_injected: bool = True
+    status: str = "BUILD"
+    timings: Dict[str, float] = dataclasses.field(default_factory=dict)
+    slots: int = 1
+    ram_mb: int = 0
+
+    @property
+    def address(self) -> Optional[str]:
+        if self.fixed_ip and directly_routable(self.fixed_ip):
+            return self.fixed_ip
+        return self.floating_ip or self.fixed_ip
+
+    @property
+    def ssh_address(self) -> str:
+        """``address``, to connect to; a node with neither IP cannot be reached
+        (fatal SSHError)."""
+        address = self.address
+        if address is None:
+            raise SSHError(self.name, "no IPv4 address, fixed or floating, to reach it by",
+                           fatal=True)
+        return address
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def directly_routable(address: str, route_file: str = "/proc/net/route") -> bool:
+    """True if this host has a specific (non-default) route to an IPv4 address."""
+    try:
+        ip = int(ipaddress.IPv4Address(address))
+        with open(route_file) as f:
+            lines = f.read().splitlines()[1:]
+    except (ValueError, OSError):
+        return False
+    for line in lines:
+        cols = line.split()
+        dest = int.from_bytes(bytes.fromhex(cols[1]), "little")
+        mask = int.from_bytes(bytes.fromhex(cols[7]), "little")
+        flags = int(cols[3], 16)
+        up, reject = flags & 0x1, flags & 0x200
+        if up and not reject and mask and (ip & mask) == dest:
+            return True
+    return False
+
+
+@dataclasses.dataclass
+class SSHAccess:
+    """How the client logs in to the nodes, and which key files are the cluster's."""
+    user: Optional[str] = None
+    key_file: Optional[str] = None
+    generated_key: bool = False  # key_file was made for this cluster: teardown deletes it
+    internal_key_file: Optional[str] = None  # the nodes' key to each other
+
+
+@dataclasses.dataclass
+class DaskRecord:
+    """Where this cluster's Dask processes run, so that any process can stop them."""
+    scheduler_node: str
+    nodes: List[str]
+    scheduler: str
+
+
+@dataclasses.dataclass
+class ClusterRecord:
+    """Everything the state file says about one cluster."""
+    name: str
+    cluster_id: str
+    cloud: Optional[str] = None
+    owner: Optional[str] = None  # user@host:pid, as in the servers' metadata
+    owner_id: Optional[tags.Owner] = None
+    detached: bool = False
+    created_at: Optional[float] = None
+    expires_at: Optional[float] = None
+    ssh: SSHAccess = dataclasses.field(default_factory=SSHAccess)
+    nodes: List[NodeInfo] = dataclasses.field(default_factory=list)
+    timings: Dict[str, float] = dataclasses.field(default_factory=dict)
+    spec: Optional[config.ClusterSpec] = None
+    python: Dict[str, str] = dataclasses.field(default_factory=dict)  # node -> interpreter
+    dask: Optional[DaskRecord] = None
+    resources: Resources = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for kind in KINDS:
+            self.resources.setdefault(kind, {})
+
+    def to_json(self) -> Dict[str, Any]:
+        """The record as JSON-able data, tagged with the current schema."""
+        return {
+            "schema": SCHEMA_VERSION, "name": self.name, "cluster_id": self.cluster_id,
+            "cloud": self.cloud, "owner": self.owner,
+            "owner_id": self.owner_id.to_dict() if self.owner_id else None,
+            "detached": self.detached, "created_at": self.created_at,
+            "expires_at": self.expires_at, "ssh": dataclasses.asdict(self.ssh),
+            "nodes": {n.name: n.to_dict() for n in self.nodes},
+            "timings": dict(self.timings),
+            "spec": config.spec_to_dict(self.spec) if self.spec else None,
+            "python": dict(self.python),
+            "dask": dataclasses.asdict(self.dask) if self.dask else None,
+            "resources": self.resources,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "ClusterRecord":
+        """Read (and upgrade) a record; StateError naming ``where`` and the field
+        at fault if it is not one."""
+        return _Reader(where).read(data)
+
+
+class _Reader:
+    """Checks each field of a record's JSON as it builds the typed record."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def fail(self, field: str, what: str) -> StateError:
+        return StateError("%s: %s %s" % (self.where, field, what))
+
+    def typed(self, data: Mapping[str, Any], field: str, types: Any, default: Any) -> Any:
+        value = data.get(field, default)
+        if value is not default and not isinstance(value, types) \
+                or isinstance(value, bool) and bool not in _as_tuple(types):
+            raise self.fail(field, "is %r, not %s" % (value, _names(types)))
+        return value
+
+    def read(self, data: Any) -> ClusterRecord:
+        if not isinstance(data, dict):
+            raise StateError("%s is not a cluster record (not a JSON object)" % self.where)
+        schema = data.get("schema", 1)
+        if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
+            raise self.fail("schema", "is %r, not a version number" % (schema,))
+        if schema > SCHEMA_VERSION:
+            raise StateError("%s was written by a newer cloudcompute (record schema %d; this "
+                             "version reads up to %d): upgrade cloudcompute to use it"
+                             % (self.where, schema, SCHEMA_VERSION))
+        name = self.typed(data, "name", str, None)
+        cluster_id = self.typed(data, "cluster_id", str, None)
+        if name is None or cluster_id is None or not tags.valid_cluster_id(cluster_id):
+            raise StateError("%s is not a cluster record (a name and a valid cluster id "
+                             "are required)" % self.where)
+        number = (int, float)
+        return ClusterRecord(
+            name=name, cluster_id=cluster_id,
+            cloud=self.typed(data, "cloud", str, None),
+            owner=self.typed(data, "owner", str, None),
+            owner_id=self.owner_id(data.get("owner_id")),
+            detached=self.typed(data, "detached", bool, False),
+            created_at=self.typed(data, "created_at", number, None),
+            expires_at=self.typed(data, "expires_at", number, None),
+            ssh=self.ssh(self.typed(data, "ssh", dict, {})),
+            nodes=self.nodes(self.typed(data, "nodes", dict, {})),
+            timings=dict(self.typed(data, "timings", dict, {})),
+            spec=self.spec(self.typed(data, "spec", dict, None)),
+            python=self.strings("python", self.typed(data, "python", dict, {})),
+            dask=self.dask(self.typed(data, "dask", dict, None)),
+            resources=self.resources(self.typed(data, "resources", dict, {})),
+        )
+
+    def owner_id(self, value: Any) -> Optional[tags.Owner]:
+        if not value:
+            return None
+        try:
+            return tags.Owner.from_dict(value) if isinstance(value, dict) else None
+        except ValueError:
+            return None  # an unreadable owner is an unknown one: gc treats it so
+
+    def ssh(self, data: Dict[str, Any]) -> SSHAccess:
+        user = self.typed(data, "user", str, None)
+        if user is not None and not config.valid_ssh_user(user):
+            raise self.fail("ssh.user", "%r is not a user name" % user)
+        return SSHAccess(user=user,
+                         key_file=self.typed(data, "key_file", str, None),
+                         generated_key=self.typed(data, "generated_key", bool, False),
+                         internal_key_file=self.typed(data, "internal_key_file", str, None))
+
+    def nodes(self, data: Dict[str, Any]) -> List[NodeInfo]:
+        out = []
+        for key, node in data.items():
+            if not isinstance(node, dict) or node.get("name") != key \
+                    or not isinstance(node.get("group"), str):
+                raise self.fail("nodes.%s" % key, "is not a node record")
+            fields = {f: self.typed(node, f, types, None) for f, types in _NODE_FIELDS.items()}
+            if not all(isinstance(k, str) for k in fields["host_keys"] or []):
+                raise self.fail("nodes.%s.host_keys" % key, "must be a list of key lines")
+            # fields this version does not know are dropped, as in a spec
+            out.append(NodeInfo(**{f: v for f, v in fields.items() if v is not None}))
+        return out
+
+    def spec(self, data: Optional[Dict[str, Any]]) -> Optional[config.ClusterSpec]:
+        if data is None:
+            return None
+        try:
+            return config.spec_from_dict(data)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise self.fail("spec", "is not a cluster spec (%s)" % exc) from None
+
+    def strings(self, field: str, data: Dict[str, Any]) -> Dict[str, str]:
+        if not all(isinstance(v, str) for v in data.values()):
+            raise self.fail(field, "must map names to strings")
+        return dict(data)
+
+    def dask(self, data: Optional[Dict[str, Any]]) -> Optional[DaskRecord]:
+        if data is None:
+            return None
+        nodes = data.get("nodes")
+        if not isinstance(data.get("scheduler_node"), str) or not isinstance(
+                data.get("scheduler"), str) or not isinstance(nodes, list) \
+                or not all(isinstance(n, str) for n in nodes):
+            raise self.fail("dask", "is not a Dask record")
+        return DaskRecord(data["scheduler_node"], list(nodes), data["scheduler"])
+
+    def resources(self, data: Dict[str, Any]) -> Resources:
+        for kind, entries in data.items():
+            if kind not in KINDS:
+                raise self.fail("resources", "names an unknown kind %r" % kind)
+            if not isinstance(entries, dict) or not all(
+                    isinstance(e, dict) and e.get("name") == n for n, e in entries.items()):
+                raise self.fail("resources.%s" % kind, "is not a list of resources")
+        return data
+
+
+_NODE_FIELDS = {"name": str, "group": str, "server_id": str, "fixed_ip": str,
+                "floating_ip": str, "host_keys": list, "keys_injected": bool, "status": str,
+                "timings": dict, "slots": int, "ram_mb": int}
+
+
+def _as_tuple(types: Any) -> tuple:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _names(types: Any) -> str:
+    return " or ".join(t.__name__ for t in _as_tuple(types))
