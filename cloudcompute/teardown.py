@@ -1,7 +1,8 @@
 """Delete a cluster in dependency order, idempotently, and verify by listing.
 
 Order: servers (then wait until they are gone), floating IPs, router
-interfaces, routers, ports, subnets, networks, security groups, keypairs.
+interfaces, routers, ports, subnets, networks, security groups, keypairs,
+the watchdog's application credential.
 A 404 counts as deleted, so teardown can be run again after any failure.
 Resources are found both from the state file and by the cluster's tag, so
 that a crash between a create call and its state record loses nothing.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -18,6 +20,7 @@ from typing import Any, Callable, Dict, List, Set
 from openstack import exceptions as os_exc
 
 from cloudcompute import retry, tags
+from cloudcompute.autodown import credential
 from cloudcompute.exceptions import TeardownError
 from cloudcompute.state import ClusterState
 
@@ -99,6 +102,7 @@ class Teardown:
         self.timings["servers"] = time.monotonic() - t0
         self.network_side()
         self.keypairs()
+        self.credentials()
         # Look again for creates that were in flight; the first pass after the
         # grace period forgets those that never appeared.
         while self._in_flight() and time.monotonic() < self.deadline:
@@ -107,6 +111,7 @@ class Teardown:
             self.servers()
             self.network_side()
             self.keypairs()
+            self.credentials()
         self.timings["total"] = time.monotonic() - t0
         left = self.verify()
         if left:
@@ -149,8 +154,9 @@ class Teardown:
         for name, e in list(self.st.resources["router_interfaces"].items()):
             if e.get("router_id") and e.get("subnet_id"):
                 try:
+                    # positional: openstacksdk renamed subnet_id to subnet
                     retry.call(net.remove_interface_from_router, e["router_id"],
-                               subnet_id=e["subnet_id"])
+                               e["subnet_id"])
                 except (os_exc.NotFoundException, os_exc.BadRequestException):
                     pass
                 except os_exc.SDKException as exc:
@@ -191,6 +197,23 @@ class Teardown:
                     and (entry is None or entry.get("id")
                          or time.monotonic() >= self.grace_end):
                 self.st.forget("keypairs", name)
+
+    def credentials(self) -> None:
+        """The watchdog's application credential (:mod:`cloudcompute.autodown`),
+        by its recorded id and by its name, ``cc-<cluster id>``."""
+        identity, user = self.conn.identity, self.conn.current_user_id
+        ids = set(_ids(self.st, "application_credentials"))
+        try:
+            ids.update(credential.find_ids(self.conn, self.cid))
+        except os_exc.SDKException as exc:
+            self.errors.append("application credential %s: %s"
+                               % (tags.resource_name(self.cid), exc))
+        for cid in sorted(ids):
+            self._delete("application credential %s" % cid,
+                         identity.delete_application_credential, user, cid,
+                         ignore_missing=True)
+        self._forget_missing("application_credentials", functools.partial(
+            identity.find_application_credential, user))
 
     def _in_flight(self) -> List[str]:
         """Creates recorded as intended whose resource has not been seen yet."""

@@ -12,6 +12,7 @@ import socket
 from typing import Any, Callable, Optional, Tuple
 
 from cloudcompute import retry, tags
+from cloudcompute.exceptions import StateError
 from cloudcompute.ssh import hostkeys
 from cloudcompute.state import ClusterState
 
@@ -72,7 +73,7 @@ def create_keypair(conn: Any, st: ClusterState, key_file: Optional[str]) -> Tupl
             public = f.read().strip()
     else:
         private, public = hostkeys.generate_ed25519()
-        write_private_key(key_path, private)
+        _write_cluster_key(st, key_path, private, "key_file")
     st.intend("keypairs", name)
     kp = retry.create_checked(
         lambda: conn.compute.create_keypair(name=name, public_key=public),
@@ -100,8 +101,23 @@ def create_internal_key(st: ClusterState) -> str:
         st.record.ssh.internal_key_file = path
         st.save()
     private, public = hostkeys.generate_ed25519()
-    write_private_key(path, private)
+    _write_cluster_key(st, path, private, "internal_key_file")
     return public
+
+
+def _write_cluster_key(st: ClusterState, path: str, private: str, field: str) -> None:
+    """Write a key whose path the record already names; if a file is already
+    there, it is not the cluster's: the record lets go of it, so that no
+    rollback or teardown deletes it."""
+    try:
+        write_private_key(path, private)
+    except StateError:
+        with st.locked():
+            setattr(st.record.ssh, field, None)
+            if field == "key_file":
+                st.record.ssh.generated_key = False
+            st.save()
+        raise
 
 
 def create_security_group(conn: Any, st: ClusterState) -> Any:
@@ -161,7 +177,8 @@ def create_network(conn: Any, st: ClusterState, cidr: str,
         _tag(conn, router, st)
         st.intend("router_interfaces", name, router_id=router.id, subnet_id=subnet.id)
         retry.create_checked(
-            lambda: conn.network.add_interface_to_router(router, subnet_id=subnet.id),
+            # positional: openstacksdk renamed subnet_id to subnet
+            lambda: conn.network.add_interface_to_router(router, subnet.id),
             lambda: _first(conn.network.ports, device_id=router.id,
                            fixed_ips="subnet_id=%s" % subnet.id))
         st.created("router_interfaces", name, subnet.id, router_id=router.id,

@@ -25,7 +25,13 @@ def banner_probe(address: str, port: int = 22, timeout: float = 3.0) -> bool:
     try:
         with socket.create_connection((address, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
-            return sock.recv(4) == b"SSH-"
+            banner = b""
+            while len(banner) < 4:  # the four bytes may come in more than one segment
+                chunk = sock.recv(4 - len(banner))
+                if not chunk:
+                    return False
+                banner += chunk
+            return banner == b"SSH-"
     except OSError:
         return False
 

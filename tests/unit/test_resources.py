@@ -29,6 +29,7 @@ from cloudcompute.exceptions import StateError
 from cloudcompute.provision import resources
 from cloudcompute.record import ClusterRecord
 from cloudcompute.state import ClusterState
+from cloudcompute.teardown import Teardown
 
 CID = "c-1"
 NAME = "cc-" + CID
@@ -191,6 +192,12 @@ def test_a_given_key_is_uploaded_and_left_alone(st, tmp_path):
     assert not os.path.exists(st.key_path("key")) and mine.read_text() == "PRIVATE, NOT READ"
 
 
+def empty_cloud():
+    """A cloud where everything is already gone, for teardown."""
+    from tests.unit.test_teardown import fake_conn
+    return fake_conn([])
+
+
 def test_an_existing_file_at_the_key_path_is_not_overwritten(st):
     with open(st.key_path("key"), "w") as f:
         f.write("someone else's")
@@ -200,6 +207,21 @@ def test_an_existing_file_at_the_key_path_is_not_overwritten(st):
     with open(st.key_path("key")) as f:
         assert f.read() == "someone else's"
     assert cloud.keypairs.items == []
+    # ... and the record lets go of it: the rollback that follows leaves it alone
+    assert on_disk(st)["ssh"] == {"key_file": None, "generated_key": False, "user": None,
+                                  "internal_key_file": None}
+    Teardown(empty_cloud(), st, timeout=5).run()
+    assert open(st.key_path("key")).read() == "someone else's"
+
+
+def test_an_existing_file_at_the_internal_key_path_is_kept_by_the_rollback(st):
+    with open(st.key_path("internal.key"), "w") as f:
+        f.write("someone else's")
+    with pytest.raises(StateError, match="already exists; not overwriting"):
+        resources.create_internal_key(st)
+    assert on_disk(st)["ssh"]["internal_key_file"] is None
+    Teardown(empty_cloud(), st, timeout=5).run()
+    assert open(st.key_path("internal.key")).read() == "someone else's"
 
 
 # ------------------------------------------------------------ security group

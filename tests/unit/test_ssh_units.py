@@ -285,7 +285,11 @@ class Listener:
             except socket.timeout:
                 continue
             self.conns.append(conn)
-            if self.greeting is not None:
+            if isinstance(self.greeting, list):  # in pieces, as TCP may deliver them
+                for piece in self.greeting:
+                    conn.sendall(piece)
+                    time.sleep(0.05)
+            elif self.greeting is not None:
                 conn.sendall(self.greeting)
             if self.greeting == b"":
                 conn.close()
@@ -325,6 +329,10 @@ def test_banner_probe_wants_ssh_and_nothing_else(listener):
     assert not readiness.banner_probe("127.0.0.1", listener(b"HTTP/1.1 400 Bad\r\n").port,
                                       timeout=2)
     assert not readiness.banner_probe("127.0.0.1", listener(b"").port, timeout=2)
+    assert readiness.banner_probe("127.0.0.1", listener([b"SS", b"H-2.0-x\r\n"]).port,
+                                  timeout=2)
+    assert not readiness.banner_probe("127.0.0.1", listener([b"SS", b"X-2.0\r\n"]).port,
+                                      timeout=2)
     t0 = time.monotonic()
     assert not readiness.banner_probe("127.0.0.1", listener(None).port, timeout=0.2)
     assert not readiness.banner_probe("127.0.0.1", closed_port(), timeout=2)
