@@ -17,6 +17,8 @@ from cloudcompute.jobs.partition import concat, split
 
 if TYPE_CHECKING:
     from cloudcompute.config import ClusterSpec
+    from cloudcompute.jobs.detached import Job
+    from cloudcompute.jobs.jobstate import JobRecord
     from cloudcompute.record import NodeInfo
     from cloudcompute.ssh.client import NodeConnection
     from cloudcompute.state import ClusterState
@@ -177,6 +179,30 @@ class Jobs:
         results back in order."""
         parts = split(data, partitions or sum(n.slots for n in self.nodes))
         return concat(self.map(fn, parts, allow_pickle=allow_pickle, timeout=timeout))
+
+    # -- detached jobs (cloudcompute.jobs.detached) ----------------------
+    def submit(self, fn: Callable[..., Any], items: Iterable[Any], allow_pickle: bool = False,
+               star: bool = False, timeout: Optional[float] = None) -> "Job":
+        """Start ``fn`` over ``items`` as a detached job; the Job at once.
+
+        The same function and payload rules as ``map``; the tasks run under a
+        supervisor on each node that outlives this process and its SSH
+        connections, and their results, output and status stay on the nodes."""
+        from cloudcompute.jobs import detached
+        return detached.submit(self.executor(), fn, items, allow_pickle, star, timeout)
+
+    def job(self, job_id: str, allow_pickle: bool = False) -> "Job":
+        """The detached job ``job_id`` (submitted by any process); its record is
+        read from the nodes. ``allow_pickle`` lets ``results`` unpickle."""
+        from cloudcompute.jobs import detached
+        job = detached.Job(self.executor(), job_id, allow_pickle=allow_pickle)
+        job.record  # noqa: B018 - an unknown id fails here, not later
+        return job
+
+    def __call__(self) -> List["JobRecord"]:
+        """The detached jobs recorded on the nodes (``cluster.jobs()``), oldest first."""
+        from cloudcompute.jobs import detached
+        return detached.list_jobs(self.executor())
 
     # -- files and arrays ----------------------------------------------
     def put(self, data: Union[str, Any], remote_path: str,

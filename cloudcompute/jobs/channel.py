@@ -38,7 +38,7 @@ without other output."""
 
 NODE_PACKAGE = "ccnode"
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_SHIPPED = ("protocol.py", "wire.py", "taskproc.py", "worker.py")
+_SHIPPED = ("protocol.py", "wire.py", "taskproc.py", "worker.py", "jobd.py")
 SOURCES: Dict[str, bytes] = {"__init__.py": b""}
 for _name in _SHIPPED:
     with open(os.path.join(_HERE, _name), "rb") as _f:
@@ -49,6 +49,8 @@ PACKAGE_SHA = hashlib.sha256(b"".join(
 REMOTE_DIR = P.NODE_DIR
 LAUNCH = ("import sys; sys.path.insert(0, sys.argv[1]); "
           "from ccnode.worker import main; sys.exit(main(sys.argv[2:]))")
+LAUNCH_JOBD = ("import sys; sys.path.insert(0, sys.argv[1]); "
+               "from ccnode.jobd import main; sys.exit(main(sys.argv[2:]))")
 
 Frame = Tuple[Dict[str, Any], List[bytearray]]
 

@@ -86,8 +86,14 @@ class LocalNode:
             raise OSError("node %s does not answer" % self.name)
         proc = subprocess.run(argv, cwd=self.home, capture_output=True, timeout=timeout,
                               env=dict(os.environ, HOME=self.home))
-        return types.SimpleNamespace(ok=proc.returncode == 0, stdout=proc.stdout.decode(),
-                                     stderr=proc.stderr.decode())
+        result = types.SimpleNamespace(ok=proc.returncode == 0, stdout=proc.stdout.decode(),
+                                       stderr=proc.stderr.decode(), truncated=False,
+                                       exit_code=proc.returncode, node=self.name,
+                                       command=" ".join(map(str, argv)))
+        if not warn and not result.ok:
+            from cloudcompute.exceptions import RemoteCommandError
+            raise RemoteCommandError(result)
+        return result
 
     def upload(self, path, data, progress=None):
         import hashlib

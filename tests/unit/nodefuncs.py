@@ -40,3 +40,22 @@ def crash(_):
 def chatty(n):
     print("line", n, flush=True)
     return n
+
+
+def ticker(n, pause=0.3):
+    """Prints ``n`` timestamped lines, ``pause`` seconds apart; returns their times."""
+    times = []
+    for k in range(n):
+        times.append(time.time())
+        print("tick %d %.3f" % (k, times[-1]), flush=True)
+        time.sleep(pause)
+    return times
+
+
+def square_slowly(x, pause=0.05):
+    time.sleep(pause)
+    return x * x
+
+
+def as_set(values):
+    return set(values)
