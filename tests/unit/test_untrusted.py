@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from cloudcompute.exceptions import SSHError
-from cloudcompute.jobs import wire
+from cloudcompute.jobs import untrusted, wire
 from cloudcompute.ssh import bulk, client
 
 pa = pytest.importorskip("pyarrow")
@@ -436,8 +436,8 @@ def test_the_arrow_schema_walk_finds_nested_extension_types(trap):
     for typ in (trap, pa.struct([pa.field("x", trap)]), pa.list_(trap),
                 pa.map_(pa.string(), pa.list_(pa.struct([pa.field("y", trap)])))):
         with pytest.raises(wire.WireError, match="extension type"):
-            wire._refuse_extension(pa, pa.field("c", typ), "c")
-    wire._refuse_extension(pa, pa.field("c", pa.map_(pa.string(), pa.list_(pa.int8()))), "c")
+            untrusted.refuse_extension(pa, pa.field("c", typ), "c")
+    untrusted.refuse_extension(pa, pa.field("c", pa.map_(pa.string(), pa.list_(pa.int8()))), "c")
 
 
 def test_compressed_arrow_batches_are_refused():
