@@ -7,7 +7,6 @@ cluster recorded by another process.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import functools
 import logging
@@ -21,16 +20,14 @@ from openstack import exceptions as os_exc
 
 from cloudcompute import config, retry, tags
 from cloudcompute.config import ClusterSpec
-from cloudcompute.exceptions import (CloudComputeError, HostKeyMismatch, ProvisioningError,
+from cloudcompute.exceptions import (CloudComputeError, ProvisioningError,
                                      StateError)
 from cloudcompute.jobs.api import GroupResult, Jobs
 from cloudcompute.jobs.executor import Executor, TaskResult
-from cloudcompute.provision import preflight, resources
-from cloudcompute.provision.servers import ServerBuilder
-from cloudcompute.record import ClusterRecord, NodeInfo, SSHAccess, directly_routable
+from cloudcompute.provision import phases, preflight
+from cloudcompute.record import NodeInfo
 from cloudcompute.ssh import hostkeys
 from cloudcompute.ssh.client import NodeConnection
-from cloudcompute.ssh.readiness import wait_for_ssh
 from cloudcompute.state import ClusterState
 from cloudcompute.teardown import Teardown
 
@@ -133,39 +130,21 @@ class Cluster:
         return self
 
     def _up(self) -> None:
+        """The phases of :mod:`cloudcompute.provision.phases`, timed."""
         t0 = time.monotonic()
         plan = preflight.resolve(self.conn, self.spec)
         self.timings["preflight"] = time.monotonic() - t0
-        cid = tags.new_cluster_id(self.spec.name)
-        now = time.time()
-        self.state = ClusterState.create(ClusterRecord(
-            name=self.spec.name, cluster_id=cid, cloud=self.conn.config.name,
-            owner=tags.owner(), owner_id=tags.Owner.current(), created_at=now,
-            expires_at=now + self.spec.ttl_hours * 3600, ssh=SSHAccess(user=plan.ssh_user),
-            spec=self.spec), self.state_dir)
-        st = self.state
+        st = self.state = phases.record(self.conn, self.spec, plan, self.state_dir)
         t1 = time.monotonic()
-        keypair, key_file = resources.create_keypair(self.conn, st, self.spec.key_file)
-        internal_public = resources.create_internal_key(st)
-        sg = resources.create_security_group(self.conn, st)
-        network_id = plan.network_id or resources.create_network(
-            self.conn, st, self.spec.cidr, plan.external_network_id)
-        builder = ServerBuilder(self.conn, st, self.spec, plan, network_id, sg.name, keypair,
-                                self.progress, authorized_keys=[internal_public])
-        builder.create_all()
-        self.timings["create"] = time.monotonic() - t1
-        builder.wait_active()
-        self.timings["active"] = time.monotonic() - t1
+        base = phases.base_resources(self.conn, st, self.spec, plan)
+        builder = phases.servers(self.conn, st, self.spec, plan, base, self.progress,
+                                 self.timings, since=t1)
         nodes = builder.active_nodes()
-        for node in nodes:
-            # auto: a floating IP only where this host has no direct route to the node
-            if self.spec.floating_ips == "always" or (
-                    self.spec.floating_ips == "auto" and plan.external_network_id
-                    and not directly_routable(node.fixed_ip or "")):
-                builder.attach_floating_ip(node)
-        ssh_from = self.spec.ssh_cidr or resources.caller_cidr(nodes[0].ssh_address)
-        resources.allow_ssh(self.conn, sg.id, ssh_from)
-        self._wait_ssh(builder, nodes, key_file, plan.ssh_user)
+        phases.floating_ips(builder, self.spec, plan, nodes)
+        phases.open_ssh(self.conn, self.spec, base, nodes)
+        self._connections.update(phases.wait_ssh(builder, nodes, base.key_file,
+                                                 plan.ssh_user, self.spec.timeouts.ssh,
+                                                 self.progress))
         self.timings["ssh"] = time.monotonic() - t1
         self.timings["total"] = time.monotonic() - t0
         self.nodes = sorted(nodes, key=lambda n: n.name)
@@ -176,40 +155,6 @@ class Cluster:
         LOG.info("cluster %s up: %d nodes in %.1fs (%s)", self.name, len(self.nodes),
                  self.timings["total"], ", ".join("%s %.2fs" % kv for kv in
                                                   self.timings.items()))
-
-    def _wait_ssh(self, builder: ServerBuilder, nodes: List[NodeInfo], key_file: str,
-                  user: str) -> None:
-        deadline = time.monotonic() + self.spec.timeouts.ssh
-        stop = threading.Event()
-
-        def one(node: NodeInfo) -> None:
-            if not node.keys_injected:
-                builder.console_host_keys(node, deadline)
-            conn = NodeConnection(node.name, node.ssh_address, user, key_file, node.host_keys)
-            try:
-                wait_for_ssh(conn, deadline, stop=stop)
-            except HostKeyMismatch:
-                # The cloud may have ignored user-data: trust the console log only.
-                conn.close()
-                builder.console_host_keys(node, min(deadline, time.monotonic() + 30))
-                if node.host_keys == conn.host_keys:
-                    raise
-                conn = NodeConnection(node.name, node.ssh_address, user, key_file,
-                                      node.host_keys)
-                wait_for_ssh(conn, deadline, stop=stop)
-            node.timings["ssh_ready"] = time.monotonic() - builder.t0
-            self.progress("ssh", node.name)
-            self._connections[node.name] = conn
-
-        # No with-block: its exit would wait for every probe, and Ctrl-C must
-        # reach the rollback at once.
-        pool = cf.ThreadPoolExecutor(max_workers=min(16, len(nodes)))
-        try:
-            for f in [pool.submit(one, n) for n in nodes]:
-                f.result()
-        finally:
-            stop.set()
-            pool.shutdown(wait=False, cancel_futures=True)
 
     def _rollback(self, cause: BaseException) -> None:
         if self.state is None:
