@@ -4,22 +4,20 @@ Those lines are INFO records of ``cloudcompute.cli.progress``, a logger the
 command line sets to INFO, so they show without ``-v`` and are not warnings."""
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import logging
 import sys
 import threading
-from typing import Any, Callable, Iterator
-import contextlib
+from typing import Any, Callable, Iterator, Optional
+
+from tqdm import tqdm
 
 PROGRESS_LOGGER = "cloudcompute.cli.progress"
 LOG = logging.getLogger(PROGRESS_LOGGER)
 
 
-def _tqdm(**kw: Any) -> Any:
-    if sys.stderr.isatty() and importlib.util.find_spec("tqdm"):
-        from tqdm import tqdm
-        return tqdm(file=sys.stderr, **kw)
-    return None
+def _tqdm(**kw: Any) -> Optional[tqdm]:
+    return tqdm(file=sys.stderr, **kw) if sys.stderr.isatty() else None
 
 
 class progress_bar:
@@ -60,7 +58,7 @@ def byte_bar(total: int, label: str) -> Iterator[Callable[[int], None]]:
             if tenth > state["logged"]:
                 state["logged"] = tenth
                 LOG.info("%s: %d%% (%d of %d bytes)", label, tenth * 10,
-                            min(state["done"], total), total)
+                         min(state["done"], total), total)
     try:
         yield moved
     finally:

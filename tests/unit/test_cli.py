@@ -74,7 +74,7 @@ def test_inputs_and_outputs_round_trip(tmp_path):
 
 def test_main_maps_errors_to_exit_codes(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("CLOUDCOMPUTE_STATE_DIR", str(tmp_path))
-    monkeypatch.setattr(cli.config, "connect", lambda *a, **k: None)
+    monkeypatch.setattr("cloudcompute.config.connect", lambda *a, **k: None)
     assert cli.main(["status", "missing"]) == 2
     err = capsys.readouterr().err
     assert "no cluster named 'missing'" in err and "Traceback" not in err
@@ -100,6 +100,7 @@ def test_put_of_a_missing_file_is_usage_error(capsys):
 FAKE_CLI = """
 import sys
 from cloudcompute import cli
+from cloudcompute.cli import clustercmds, opscmds
 from cloudcompute.cli.progress import progress_bar
 
 
@@ -113,8 +114,8 @@ def steps(args):
         tick("n0 ssh")
 
 
-cli.COMMANDS["list"] = many
-cli.COMMANDS["status"] = steps
+opscmds.cmd_list = many
+clustercmds.cmd_status = steps
 sys.exit(cli.main(sys.argv[1:]))
 """
 
@@ -163,7 +164,8 @@ def test_ssh_verifies_the_host_by_its_recorded_key_only_and_cleans_up(monkeypatc
         seen["argv"], seen["known"] = argv, known.split("=", 1)[1]
         seen["text"] = open(seen["known"]).read()
         return 7
-    monkeypatch.setattr(cli.subprocess, "call", call)
+    from cloudcompute.cli import nodecmds
+    monkeypatch.setattr(nodecmds.subprocess, "call", call)
     assert cli.main(["ssh", "c1"]) == 7
     argv = seen["argv"]
     assert argv[-4:] == ["-l", "debian", "--", "10.0.0.5"]

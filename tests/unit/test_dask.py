@@ -416,7 +416,7 @@ def test_cli_dask_prints_json_holds_until_ctrl_c_and_leaves_dask_running(monkeyp
         dask=lambda **kw: calls.append(("dask", kw)) or types.SimpleNamespace(
             cloudcompute=handle),
         close_connections=lambda: calls.append(("close_connections",)))
-    monkeypatch.setattr(cli, "_cluster", lambda args: fake)
+    monkeypatch.setattr("cloudcompute.cli.nodecmds.attach", lambda args: fake)
     monkeypatch.setattr(daskcluster, "detach", lambda c: calls.append(("detach",)))
 
     def ctrl_c(self, timeout=None):
@@ -433,7 +433,7 @@ def test_cli_dask_stop(monkeypatch, capsys):
     from cloudcompute import cli
     stopped = []
     fake = types.SimpleNamespace(close_connections=lambda: None)
-    monkeypatch.setattr(cli, "_cluster", lambda args: fake)
+    monkeypatch.setattr("cloudcompute.cli.nodecmds.attach", lambda args: fake)
     monkeypatch.setattr(daskcluster, "stop", lambda c: stopped.append(c))
     assert cli.main(["-f", "json", "dask", "c1", "--stop"]) == 0
     assert json.loads(capsys.readouterr().out) == {"name": "c1", "stopped": True}

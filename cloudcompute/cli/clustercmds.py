@@ -1,0 +1,102 @@
+"""Commands over a cluster's life: ``up``, ``status`` and ``down``."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from cloudcompute import config
+from cloudcompute.cli.common import NAME_HELP, attach, emit
+from cloudcompute.cli.parser import add_command, option
+from cloudcompute.cli.progress import progress_bar
+from cloudcompute.cli.spec import (GROUP_SYNTAX, build_spec, field_default, parse_group,
+                                   parse_groups)
+
+
+
+def register(sub: Any) -> None:
+    up = add_command(sub, "up", cmd_up, "Create a cluster and leave it running.", """\
+Create a cluster and leave it running (detached: `down` or `gc` deletes it).
+Flavors, images, networks and quotas are checked before anything is created.
+Settings come from, highest first: these flags, the --spec file, the
+CLOUDCOMPUTE_* variables, the cloud's `cloudcompute:` section of clouds.yaml.""")
+    up.add_argument("name", metavar="NAME", help=NAME_HELP)
+    option(up, "--spec", metavar="FILE", env=True, shown="none",
+           help="A YAML or TOML file of ClusterSpec fields; the flags below win over it")
+    option(up, "--nodes", type=int, metavar="N", env=True, shown="1",
+           help="How many servers to create, as one group named node")
+    option(up, "--group", action="append", metavar=GROUP_SYNTAX, env="CLOUDCOMPUTE_GROUPS",
+           type=parse_group, env_type=parse_groups, shown="one group from --nodes",
+           help="A group of COUNT servers with its own flavor and image (else --flavor's "
+                "and --image's); repeat it for more groups, instead of --nodes; the "
+                "variable holds groups separated by spaces")
+    option(up, "--flavor", metavar="NAME", env=True,
+           shown="the cloud's cloudcompute.flavor setting",
+           help="The flavor (name or id) of the servers")
+    option(up, "--image", metavar="NAME", env=True,
+           shown="the cloud's cloudcompute.image setting",
+           help="The image (name or id) of the servers")
+    option(up, "--network", metavar="NAME", env=True,
+           shown="the cloud's cloudcompute.network setting, else a new network",
+           help="An existing network (name or id) to put the servers on")
+    option(up, "--create-network", action="store_true", env=True, shown="off",
+           help="Create a network, subnet and router for this cluster alone")
+    option(up, "--floating-ips", choices=config.FLOATING_IP_MODES, env=True, shown="auto",
+           help="Give the nodes floating IPs: auto (only when this machine has no route to "
+                "their fixed address), always or never")
+    option(up, "--ssh-user", metavar="USER", env=True,
+           shown="the image's os_admin_user property, or the cloud's setting",
+           help="The user to log in to the nodes as")
+    option(up, "--ssh-cidr", metavar="CIDR", env=True,
+           shown="this machine's address as the nodes see it",
+           help="The addresses allowed to reach the nodes' SSH port")
+    option(up, "--key-file", metavar="PATH", env=True,
+           shown="a new ed25519 key for this cluster",
+           help="A private key to log in with (its public half in PATH.pub)")
+    option(up, "--ttl-hours", type=float, metavar="HOURS", env=True,
+           shown=str(field_default("ttl_hours")),
+           help="Hours after which gc may delete the cluster")
+    option(up, "--min-nodes", type=int, metavar="N", env=True, shown="every node",
+           help="The fewest nodes up may finish with when failed servers cannot be replaced")
+    option(up, "--max-replacements", type=int, metavar="N", env=True,
+           shown=str(field_default("max_replacements")),
+           help="How many failed servers up replaces before it drops nodes or fails")
+    option(up, "--timeout-active", type=float, metavar="SECONDS", env=True,
+           shown=str(field_default("active", config.Timeouts)),
+           help="Seconds the servers may take to become ACTIVE")
+    option(up, "--timeout-ssh", type=float, metavar="SECONDS", env=True,
+           shown=str(field_default("ssh", config.Timeouts)),
+           help="Seconds the nodes may take to answer SSH once ACTIVE")
+
+    status = add_command(sub, "status", cmd_status,
+                         "Show a cluster's nodes, addresses, host key fingerprints and timings.")
+    status.add_argument("name", metavar="NAME", help=NAME_HELP)
+    down = add_command(sub, "down", cmd_down,
+                       "Delete a cluster and every resource it created, and check that "
+                       "none is left.")
+    down.add_argument("name", metavar="NAME", help=NAME_HELP)
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    from cloudcompute.cluster import Cluster
+    from cloudcompute.provision import preflight
+    c = Cluster(build_spec(args), cloud=args.os_cloud)  # a bad spec: ConfigError
+    preflight.resolve(c.conn, c.spec)  # unknown names, short quota: PreflightError
+    with progress_bar(c.spec.total_nodes * 3, "steps") as tick:
+        c.progress = lambda phase, node: tick("%s %s" % (node, phase))
+        c.up()
+    c.detach()
+    d = c.describe()
+    emit(args, d, [[n["name"], n["address"], n["host_key_fingerprints"][0]
+                    if n["host_key_fingerprints"] else "-"] for n in d["nodes"]],
+         ["node", "address", "host key"])
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    d = attach(args).describe()
+    emit(args, d, [[n["name"], n["group"], n["address"], n["server_id"]] for n in d["nodes"]],
+         ["node", "group", "address", "server id"])
+
+
+def cmd_down(args: argparse.Namespace) -> None:
+    timings = attach(args).down()
+    emit(args, {"name": args.name, "deleted": True, "seconds": round(timings.get("total", 0), 2)})
