@@ -31,7 +31,7 @@ from cloudcompute.jobs import payload, wire
 from cloudcompute.jobs import protocol as P
 from cloudcompute.jobs.channel import LAUNCH_JOBD, RemoteWorker
 from cloudcompute.jobs.executor import Executor, _task_error
-from cloudcompute.jobs.jobstate import (JOB_ID, TERMINAL, JobRecord, JobStatus, NodeReport,
+from cloudcompute.jobs.jobstate import (JOB_ID, LABEL, TERMINAL, JobRecord, JobStatus, NodeReport,
                                         TaskState, merge)
 from cloudcompute.jobs.placement import Cancelled, NoLiveNodes, is_node_loss
 
@@ -86,8 +86,17 @@ def _launch(ex: Executor, node: str) -> List[str]:
 
 
 def run_jobd(ex: Executor, node: str, *args: str, timeout: float = COMMAND_TIMEOUT) -> str:
-    """What a jobd command printed on ``node``; its output is capped."""
-    result = ex.connections[node].run(_launch(ex, node) + list(args), timeout=timeout)
+    """What a jobd command printed on ``node``; its output is capped. A
+    connection that broke (a dropped session) is reopened once."""
+    conn = ex.connections[node]
+    try:
+        result = conn.run(_launch(ex, node) + list(args), timeout=timeout)
+    except _LOSS as exc:
+        if not is_node_loss(exc):
+            raise
+        LOG.info("%s: %s; reconnecting once", node, exc)
+        conn.close()
+        result = conn.run(_launch(ex, node) + list(args), timeout=timeout)
     if result.truncated:
         raise NodeDataRefused(node, "jobd %s answered over the output cap" % args[0])
     return result.stdout
@@ -95,11 +104,16 @@ def run_jobd(ex: Executor, node: str, *args: str, timeout: float = COMMAND_TIMEO
 
 def submit(ex: Executor, fn: Callable[..., Any], items: Iterable[Any],
            allow_pickle: bool = False, star: bool = False, timeout: Optional[float] = None,
-           replicate: bool = True) -> "Job":
-    """Start ``fn`` over ``items`` on the nodes, detached; the Job at once."""
+           replicate: bool = True, labels: Optional[List[str]] = None) -> "Job":
+    """Start ``fn`` over ``items`` on the nodes, detached; the Job at once.
+    ``labels`` names each task (file-name-safe, kept in the record)."""
     items = list(items)
     if not items:
         raise ValueError("submit needs at least one item")
+    labels = list(labels or [])
+    if labels and (len(labels) != len(items) or not all(
+            isinstance(x, str) and LABEL.match(x) for x in labels)):
+        raise ValueError("labels must be one file-name-safe string per item")
     first = ex.task(fn, allow_pickle=allow_pickle, timeout=timeout)  # refuses what cannot go
     live = [n for n in ex.connections if n not in ex.dead]
     slots = ex._start_all(live) if live else {}
@@ -118,7 +132,7 @@ def submit(ex: Executor, fn: Callable[..., Any], items: Iterable[Any],
     record = JobRecord(job_id, "%s:%s" % (getattr(fn, "__module__", "?"),
                                           getattr(fn, "__qualname__", fn)),
                        len(items), assign, replicas, time.time(), timeout, allow_pickle,
-                       socket.gethostname())
+                       socket.gethostname(), labels)
     batches = {n: _batch(ex, n, job_id, fn, [(i, items[i]) for i in ix], star,
                          allow_pickle, timeout, first.project) for n, ix in assign.items()}
     job = Job(ex, job_id, record, allow_pickle=allow_pickle)

@@ -105,8 +105,6 @@ class Supervisor:
 
     def serve(self):
         """Run until no task of this node is left (the caller holds the lock)."""
-        _write_json(os.path.join(self.jdir, "supervisor.json"),
-                    {"pid": os.getpid(), "node": self.node, "started": time.time()})
         tasks, todo = {}, []
         while True:
             names = sorted(os.listdir(os.path.join(self.jdir, "batches")))
@@ -244,6 +242,11 @@ def _run_task(tdir, path, entry):
     _write_json(os.path.join(tdir, "answer.json"), header)
 
 
+def _announce(jdir, node):
+    _write_json(os.path.join(jdir, "supervisor.json"),
+                {"pid": os.getpid(), "node": node, "started": time.time()})
+
+
 def start(jdir, node, slots):
     """Fork the supervisor into its own session; return once it holds the job's
     lock (or waits behind the supervisor that does)."""
@@ -276,10 +279,15 @@ def start(jdir, node, slots):
         sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.close(ready_w)
+            first = True
         except OSError:
-            os.close(ready_w)
+            first = False
+        if first:
+            _announce(jdir, node)
+        os.close(ready_w)
+        if not first:
             fcntl.flock(lock, fcntl.LOCK_EX)  # after the running one, for what it left
+            _announce(jdir, node)
         sys.meta_path.append(taskproc.ClientOnlyFinder())
         for mod in ("numpy", "pandas", "pyarrow"):  # warm: each task forks with them
             try:

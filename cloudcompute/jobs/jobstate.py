@@ -17,6 +17,8 @@ from cloudcompute.exceptions import NodeDataRefused
 
 JOB_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+LABEL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+"""A task's label: usable as a file name's stem."""
 STATES = ("queued", "running", "done", "failed", "cancelled", "lost")
 TERMINAL = ("done", "failed", "cancelled")
 MAX_TASKS = 1_000_000
@@ -39,6 +41,8 @@ class JobRecord:
     timeout: Optional[float] = None
     allow_pickle: bool = False
     client: str = ""
+    labels: List[str] = dataclasses.field(default_factory=list)
+    """A name per task (e.g. its input file's stem), or none."""
 
     def to_dict(self) -> Dict[str, Any]:
         return dict(dataclasses.asdict(self), version=1)
@@ -75,10 +79,15 @@ class JobRecord:
         timeout = data.get("timeout")
         if timeout is not None and not isinstance(timeout, (int, float)):
             raise bad("bad timeout")
+        labels = data.get("labels") or []
+        if not isinstance(labels, list) or (labels and len(labels) != n) or not all(
+                isinstance(x, str) and LABEL.match(x) for x in labels):
+            raise bad("bad labels")
         return cls(jid, str(data.get("function", "?"))[:512], n, nodes, dict(replicas),
                    float(data.get("created_at") or 0.0),
                    float(timeout) if timeout is not None else None,
-                   data.get("allow_pickle") is True, str(data.get("client", ""))[:256])
+                   data.get("allow_pickle") is True, str(data.get("client", ""))[:256],
+                   list(labels))
 
 
 @dataclasses.dataclass

@@ -82,3 +82,22 @@ def span(seconds):
     t0 = time.time()
     time.sleep(seconds)
     return [os.getpid(), t0, time.time()]
+
+
+def ticker(n, pause=0.5):
+    """Prints ``n`` lines with the time of each print, ``pause`` seconds apart."""
+    for k in range(n):
+        print("tick %d %.3f" % (k, time.time()), flush=True)
+        time.sleep(pause)
+    return n
+
+
+def hang_recording(path):
+    """Starts a child, writes 'own pid, child pid' to ``path`` and hangs."""
+    import os
+    import subprocess
+    child = subprocess.Popen(["sleep", "600"])
+    with open(path, "w") as f:
+        f.write("%d %d" % (os.getpid(), child.pid))
+    while True:
+        time.sleep(1)

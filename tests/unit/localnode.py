@@ -72,6 +72,7 @@ class LocalNode:
         self.sftp = types.SimpleNamespace(open=self._open_file)
         self.uploads = 0
         self.hung = False
+        self.sessions = []  # the session (and process group) id of every command run
 
     def _open(self, timeout=None):
         chan = LocalChannel(self.home, self.hung)
@@ -84,10 +85,19 @@ class LocalNode:
     def run(self, argv, warn=False, timeout=None):
         if self.hung:
             raise OSError("node %s does not answer" % self.name)
-        proc = subprocess.run(argv, cwd=self.home, capture_output=True, timeout=timeout,
-                              env=dict(os.environ, HOME=self.home))
-        result = types.SimpleNamespace(ok=proc.returncode == 0, stdout=proc.stdout.decode(),
-                                       stderr=proc.stderr.decode(), truncated=False,
+        # Each command in a session of its own, as sshd starts them.
+        proc = subprocess.Popen(argv, cwd=self.home, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=dict(os.environ, HOME=self.home),
+                                start_new_session=True)
+        self.sessions.append(proc.pid)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        result = types.SimpleNamespace(ok=proc.returncode == 0, stdout=out.decode(),
+                                       stderr=err.decode(), truncated=False,
                                        exit_code=proc.returncode, node=self.name,
                                        command=" ".join(map(str, argv)))
         if not warn and not result.ok:
@@ -121,6 +131,20 @@ class LocalNode:
         self.hung = sig == signal.SIGSTOP
         for pid in self.worker_pids():
             os.killpg(pid, sig)
+
+    def drop_sessions(self):
+        """SIGKILL what is left in the process groups of the commands run here (in
+        this node's home), as if their SSH sessions took their groups along."""
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                pgid = os.getpgid(int(entry))
+                cwd = os.readlink("/proc/%s/cwd" % entry)
+            except OSError:
+                continue
+            if pgid in self.sessions and cwd == self.home:
+                os.kill(int(entry), signal.SIGKILL)
 
     def close(self):
         for c in self.channels:

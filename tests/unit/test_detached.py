@@ -148,12 +148,15 @@ def test_logs_follow_streams_prints_as_they_happen(cluster):
 
 def test_the_job_outlives_the_clients_connections(cluster):
     ex, nodes = cluster(2, slots=2)
-    job = detached.submit(ex, nf.square_slowly, range(8))
+    job = detached.submit(ex, nf.span, [0.5] * 8)
+    sups = [os.path.join(_job_dir(node, job), "supervisor.json") for node in nodes.values()]
     for node in nodes.values():
-        node.close()  # every channel's process gone, as with a dropped SSH connection
+        node.close()  # every channel's process group killed, as when SSH drops
+        node.drop_sessions()  # and what is left of the commands' sessions
     ex.close()
-    assert detached.Job(cluster.fresh(nodes), job.id).results(timeout=30) == \
-        [x * x for x in range(8)]
+    time.sleep(0.3)
+    assert all(_alive(json.load(open(p))["pid"]) for p in sups)  # detached: still there
+    assert len(detached.Job(cluster.fresh(nodes), job.id).results(timeout=30)) == 8
 
 
 def test_a_dead_supervisor_is_restarted_by_an_attached_client(cluster):
