@@ -84,7 +84,7 @@ def _common(p: Any) -> None:
 
 def _job(c: Any, job_id: str, allow_pickle: bool = False) -> Any:
     try:
-        return c.job(job_id, allow_pickle=allow_pickle)
+        return c.jobs.job(job_id, allow_pickle=allow_pickle)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
 

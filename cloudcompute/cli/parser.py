@@ -26,6 +26,7 @@ COMMAND_MODULES: List[str] = [
     "cloudcompute.cli.transfercmds",
     "cloudcompute.cli.nodecmds",
     "cloudcompute.cli.opscmds",
+    "cloudcompute.cli.jobcmds",
 ]
 """Modules with ``register(subparsers)``, in the order of ``--help``."""
 
