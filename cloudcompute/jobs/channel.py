@@ -38,7 +38,8 @@ without other output."""
 
 NODE_PACKAGE = "ccnode"
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_SHIPPED = ("protocol.py", "wire.py", "untrusted.py", "taskproc.py", "worker.py", "jobd.py")
+_SHIPPED = ("protocol.py", "wire.py", "untrusted.py", "taskproc.py", "worker.py",
+            "supervisor.py", "jobd.py")
 SOURCES: Dict[str, bytes] = {"__init__.py": b""}
 for _name in _SHIPPED:
     with open(os.path.join(_HERE, _name), "rb") as _f:

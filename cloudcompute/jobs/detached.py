@@ -15,40 +15,25 @@ import concurrent.futures as cf
 import io
 import logging
 import queue
-import secrets
 import socket
 import threading
 import time
-import weakref
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set
 
-import paramiko
 
 from cloudcompute import retry
 from cloudcompute.exceptions import (CloudComputeError, MapError, NodeDataRefused, NodeLost,
-                                     RemoteCommandError, SSHError, WaitTimeout)
+                                     RemoteCommandError, WaitTimeout)
 from cloudcompute.jobs import payload, wire
 from cloudcompute.jobs import protocol as P
-from cloudcompute.jobs.channel import LAUNCH_JOBD, RemoteWorker
+from cloudcompute.jobs.jobclient import (COMMAND_TIMEOUT, JOBS_DIR, LOSS, check_job_id,
+                                         list_jobs, new_job_id, run_jobd, stream_logs)
 from cloudcompute.jobs.executor import Executor, _task_error
-from cloudcompute.jobs.jobstate import (JOB_ID, LABEL, TERMINAL, JobRecord, JobStatus, NodeReport,
+from cloudcompute.jobs.jobstate import (LABEL, TERMINAL, JobRecord, JobStatus, NodeReport,
                                         TaskState, merge)
 from cloudcompute.jobs.placement import Cancelled, NoLiveNodes, is_node_loss
 
 LOG = logging.getLogger(__name__)
-JOBS_DIR = P.NODE_DIR + "/jobs"
-COMMAND_TIMEOUT = 120.0  # seconds for one jobd command on a node
-_LOSS = (SSHError, NodeLost, OSError, EOFError, paramiko.SSHException, socket.timeout)
-
-
-def new_job_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
-
-
-def check_job_id(job_id: str) -> str:
-    if not isinstance(job_id, str) or not JOB_ID.match(job_id):
-        raise ValueError("%r is not a job id (lowercase letters, digits and '-')" % (job_id,))
-    return job_id
 
 
 class _Frames(io.RawIOBase):
@@ -72,34 +57,6 @@ def _spread(count: int, slots: Dict[str, int]) -> Dict[str, List[int]]:
     for i in range(count):
         out[cycle[i % len(cycle)]].append(i)
     return {n: ix for n, ix in out.items() if ix}
-
-
-_PACKAGES: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
-
-
-def _launch(ex: Executor, node: str) -> List[str]:
-    """The argv that runs jobd on ``node`` (the node package shipped once)."""
-    conn = ex.connections[node]
-    if conn not in _PACKAGES:
-        _PACKAGES[conn] = RemoteWorker(conn).ensure_shipped()
-    return [ex.python.get(node, "python3"), "-c", LAUNCH_JOBD, _PACKAGES[conn]]
-
-
-def run_jobd(ex: Executor, node: str, *args: str, timeout: float = COMMAND_TIMEOUT) -> str:
-    """What a jobd command printed on ``node``; its output is capped. A
-    connection that broke (a dropped session) is reopened once."""
-    conn = ex.connections[node]
-    try:
-        result = conn.run(_launch(ex, node) + list(args), timeout=timeout)
-    except _LOSS as exc:
-        if not is_node_loss(exc):
-            raise
-        LOG.info("%s: %s; reconnecting once", node, exc)
-        conn.close()
-        result = conn.run(_launch(ex, node) + list(args), timeout=timeout)
-    if result.truncated:
-        raise NodeDataRefused(node, "jobd %s answered over the output cap" % args[0])
-    return result.stdout
 
 
 def submit(ex: Executor, fn: Callable[..., Any], items: Iterable[Any],
@@ -224,7 +181,7 @@ class Job:
             try:
                 self.ex.connections[node].run(["rm", "-rf", "--", self._dir()], warn=True,
                                               timeout=60)
-            except _LOSS as exc:
+            except LOSS as exc:
                 LOG.warning("job %s: could not remove its files on %s: %s", self.id, node, exc)
 
     # -- the record ----------------------------------------------------
@@ -252,7 +209,7 @@ class Job:
             try:
                 text = self._jobd(node, "status", self.id, "--node", node,
                                   timeout=3 * self.ex.silence + 10)
-            except _LOSS as exc:
+            except LOSS as exc:
                 if not is_node_loss(exc):
                     raise
                 self._unreachable.setdefault(node, time.monotonic())
@@ -391,7 +348,8 @@ class Job:
         nodes = [n for n in self._nodes() if n not in self._lost()]
         args = ["--task", str(task)] if task is not None else []
         for node in nodes:
-            threading.Thread(target=self._stream, args=(node, args, follow, lines),
+            threading.Thread(target=stream_logs, args=(self.ex, self.id, node, args, follow,
+                                                       lines),
                              daemon=True, name="cc-logs-%s" % node).start()
         ended = 0
         while ended < len(nodes):
@@ -401,42 +359,13 @@ class Job:
             else:
                 yield line
 
-    def _stream(self, node: str, args: List[str], follow: bool,
-                out: "queue.Queue[Optional[str]]") -> None:
-        try:
-            conn = self.ex.connections[node]
-            argv = _launch(self.ex, node) + ["logs", self.id, "--node", node] + args
-            from cloudcompute.ssh.client import quote_command
-            chan = conn.client.get_transport().open_session(timeout=30)
-            chan.settimeout(None if follow else COMMAND_TIMEOUT)
-            chan.exec_command(quote_command(argv + (["--follow"] if follow else [])))
-            partial = b""
-            while True:
-                chunk = chan.recv(1 << 16)
-                if not chunk:
-                    break
-                partial += chunk
-                *complete, partial = partial.split(b"\n")
-                for line in complete:
-                    out.put(line.decode("utf-8", "replace"))
-                if len(partial) > 1 << 20:  # a line without end: passed on in pieces
-                    out.put(partial.decode("utf-8", "replace"))
-                    partial = b""
-            if partial:
-                out.put(partial.decode("utf-8", "replace"))
-            chan.close()
-        except _LOSS as exc:
-            LOG.warning("job %s: logs of %s: %s", self.id, node, exc)
-        finally:
-            out.put(None)
-
     def cancel(self) -> JobStatus:
         """Stop the job: running tasks are killed (their process groups), queued
         ones never start. Returns the status afterwards."""
         def one(node: str) -> None:
             try:
                 self._jobd(node, "cancel", self.id, "--node", node, timeout=60)
-            except _LOSS as exc:
+            except LOSS as exc:
                 LOG.warning("job %s: cancel on %s: %s", self.id, node, exc)
         nodes = [n for n in self._nodes() if n not in self._lost()]
         with cf.ThreadPoolExecutor(max_workers=min(8, len(nodes) or 1)) as pool:
@@ -444,29 +373,3 @@ class Job:
         return self.status()
 
 
-def list_jobs(ex: Executor, job_id: Optional[str] = None) -> List[JobRecord]:
-    """The jobs recorded on the cluster's nodes (each node holds every record of
-    its jobs; the first that answers is asked), oldest first."""
-    import json
-    for node in sorted(ex.connections):
-        if node in ex.dead:
-            continue
-        try:
-            text = run_jobd(ex, node, "list", *([check_job_id(job_id)] if job_id else []))
-        except _LOSS as exc:
-            LOG.info("jobs: %s does not answer: %s", node, exc)
-            continue
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise NodeDataRefused(node, "job list is not JSON: %s" % exc) from None
-        if not isinstance(data, list):
-            raise NodeDataRefused(node, "job list is not a JSON list")
-        out = []
-        for raw in data:
-            try:
-                out.append(JobRecord.parse(raw, node))
-            except NodeDataRefused as exc:
-                LOG.warning("%s", exc)
-        return sorted(out, key=lambda r: (r.created_at, r.id))
-    raise NodeLost(", ".join(sorted(ex.connections)), "no node answers")
