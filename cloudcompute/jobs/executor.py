@@ -196,15 +196,17 @@ class Executor:
                 raise TaskTimeout(node, task.id, task.timeout or 0) from None
         finally:
             self.inflight.pop(task.id, None)
-        if "blob" in request["fn"] and "sha256" in request["fn"]:
-            w.modules.add(request["fn"]["sha256"])
+        fn = request["fn"]
+        if "blob" in fn and "sha256" in fn and str(fn["blob"]) not in request.get("staged", {}):
+            w.modules.add(fn["sha256"])  # a staged one is read by its task alone
         return self._result(w, task, request, header, rblobs)
 
     def _request(self, w: RemoteWorker, task: Task):
         blobs = payload.Blobs()
         formats = [f for f in w.hello["formats"] if f != "pickle" or task.allow_pickle]
         fn_spec = payload.function_spec(task.fn, blobs, task.allow_pickle,
-                                        w.hello["versions"], w.node, sent=w.modules)
+                                        w.hello["versions"], w.node, sent=w.modules,
+                                        pickled=task.pickled)
         a, kw = payload.encode_args(task.args, task.kwargs, blobs, formats, task.allow_pickle)
         result_formats = [f for f in wire.formats_here() if f != "pickle" or task.allow_pickle]
         request: Dict[str, Any] = {
@@ -298,8 +300,9 @@ class Executor:
         first = self.task(fn, allow_pickle=allow_pickle, timeout=timeout)
         # ids name the map too: two maps (or run_all) at once share the channels
         name = "%s#%s" % (getattr(fn, "__name__", "fn"), first.id)
+        pickled: Dict[int, bytes] = {}  # the function pickled once for the whole map
         tasks = [Task("%s.%d" % (name, i), fn, item if star else (item,), {}, allow_pickle,
-                      timeout, first.project) for i, item in enumerate(items)]
+                      timeout, first.project, pickled) for i, item in enumerate(items)]
         live = [n for n in (nodes or list(self.connections)) if n not in self.dead]
         slots = self._start_all(live) if live and tasks else {}
         if tasks and not slots:
@@ -307,7 +310,7 @@ class Executor:
                               [t.id for t in tasks])
         for node in slots:  # what a node cannot run is refused before anything runs
             payload.function_spec(fn, payload.Blobs(), allow_pickle,
-                                  self.workers[node].hello["versions"], node)
+                                  self.workers[node].hello["versions"], node, pickled=pickled)
         pool = SlotPool(slots, on_lost=self._mark_dead)
         threads = cf.ThreadPoolExecutor(max_workers=max(1, min(len(tasks), sum(slots.values()),
                                                                256)),

@@ -75,11 +75,14 @@ def _package_of(fn: Callable[..., Any]) -> str:
 
 def function_spec(fn: Callable[..., Any], blobs: Blobs, allow_pickle: bool,
                   node_versions: Optional[Mapping[str, Any]] = None,
-                  node: str = "?", sent: Optional[Set[str]] = None) -> Dict[str, Any]:
+                  node: str = "?", sent: Optional[Set[str]] = None,
+                  pickled: Optional[Dict[int, bytes]] = None) -> Dict[str, Any]:
     """Describe ``fn`` for the worker; raise SerializationError if it cannot go.
 
-    A module's source travels once per worker: ``sent`` holds the hashes that
-    worker already has."""
+    A module's source, or a function's pickle, travels once per worker:
+    ``sent`` holds the hashes that worker already has. ``pickled`` keeps a
+    function's pickle for the tasks of one call (the function's own state is
+    pickled once per call, not once per task)."""
     if not callable(fn):
         raise SerializationError("%r is not callable" % (fn,))
     found = _module_source(fn)
@@ -100,12 +103,20 @@ def function_spec(fn: Callable[..., Any], blobs: Blobs, allow_pickle: bool,
                                  % getattr(fn, "__qualname__", fn))
     if node_versions is not None:
         check_pickle_compatible(node, node_versions)
-    import cloudpickle
-    try:
-        data = cloudpickle.dumps(fn, protocol=4)
-    except Exception as exc:  # cloudpickle raises many types for unpicklable closures
-        raise SerializationError("cannot serialize %s: %s" % (fn, exc)) from exc
-    return {"kind": "pickle", "blob": blobs.add(data)}
+    data = pickled.get(id(fn)) if pickled is not None else None
+    if data is None:
+        import cloudpickle
+        try:
+            data = cloudpickle.dumps(fn, protocol=4)
+        except Exception as exc:  # cloudpickle raises many types for unpicklable closures
+            raise SerializationError("cannot serialize %s: %s" % (fn, exc)) from exc
+        if pickled is not None:
+            pickled[id(fn)] = data
+    sha = hashlib.sha256(data).hexdigest()
+    spec = {"kind": "pickle", "sha256": sha}
+    if sent is None or sha not in sent:
+        spec["blob"] = blobs.add(data)
+    return spec
 
 
 def check_pickle_compatible(node: str, remote: Mapping[str, Any]) -> None:

@@ -35,6 +35,8 @@ class Task:
     allow_pickle: bool = False
     timeout: Optional[float] = None
     project: Optional[project.Project] = None
+    # the function's pickle, shared by the tasks of one call (id(fn) -> bytes)
+    pickled: Dict[int, bytes] = dataclasses.field(default_factory=dict)
 
 
 class Cancelled(CloudComputeError):

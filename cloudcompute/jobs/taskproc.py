@@ -17,6 +17,7 @@ from .wire import WireError, decode, encode, read_frame, write_frame
 
 NODE_DIR = os.path.join("~", P.NODE_DIR)
 _CODE = {}  # type: dict  # sha256 of a shipped module's source -> its code object
+SOURCES = {}  # type: dict  # sha256 -> a shipped function's bytes (module source or pickle)
 
 
 def node_path(*parts):
@@ -24,15 +25,42 @@ def node_path(*parts):
     return os.path.join(os.path.expanduser(NODE_DIR), *parts)
 
 
-def remember_module(spec, blobs):
-    """In the worker: compile a shipped module once; later tasks name it by hash."""
-    if spec.get("kind") != "ref" or spec["sha256"] in _CODE or "blob" not in spec:
+def remember_module(req, blobs):
+    """In the worker: keep a shipped function's bytes (and compile a module once);
+    later tasks name it by hash, and task processes forked from then on have it."""
+    spec = req.get("fn") or {}
+    sha = spec.get("sha256")
+    if sha is None or "blob" not in spec or sha in SOURCES \
+            or str(spec["blob"]) in req.get("staged", {}):  # a file only the task reads
         return
-    try:
-        _CODE[spec["sha256"]] = compile(blobs[spec["blob"]],
-                                        spec.get("filename", spec["module"]), "exec")
-    except (SyntaxError, ValueError):
-        pass  # the task's own process reports it
+    SOURCES[sha] = bytes(blobs[spec["blob"]])
+    if spec.get("kind") == "ref":
+        try:
+            _CODE[sha] = compile(SOURCES[sha], spec.get("filename", spec["module"]), "exec")
+        except (SyntaxError, ValueError):
+            pass  # the task's own process reports it
+
+
+def with_function(req, blobs, known):
+    """``req`` and ``blobs`` for a task process that holds the function hashes in
+    ``known``: the worker attaches the bytes of one it lacks (sent to this worker
+    once, for another task process)."""
+    spec = req.get("fn") or {}
+    sha = spec.get("sha256")
+    if sha is None or "blob" in spec or sha in known or sha not in SOURCES:
+        return req, blobs
+    blobs = list(blobs)
+    blobs.append(SOURCES[sha])
+    return dict(req, fn=dict(spec, blob=len(blobs) - 1)), blobs
+
+
+def _function_bytes(spec, blobs, what):
+    if "blob" in spec:
+        SOURCES[spec["sha256"]] = blobs[spec["blob"]]
+        return SOURCES[spec["sha256"]]
+    if spec["sha256"] not in SOURCES:
+        raise WireError("%s (%s) was never sent to this worker" % (what, spec["sha256"][:12]))
+    return SOURCES[spec["sha256"]]
 
 
 def _load_function(spec, blobs):
@@ -43,18 +71,18 @@ def _load_function(spec, blobs):
         sys.modules[spec["module"]] = mod
         code = _CODE.get(spec["sha256"])
         if code is None:
-            if "blob" not in spec:
-                raise WireError("module %s (%s) was never sent to this worker"
-                                % (spec["module"], spec["sha256"][:12]))
-            code = _CODE[spec["sha256"]] = compile(blobs[spec["blob"]], mod.__file__, "exec")
+            source = _function_bytes(spec, blobs, "module %s" % spec["module"])
+            code = _CODE[spec["sha256"]] = compile(source, mod.__file__, "exec")
         exec(code, mod.__dict__)
         obj = mod
         for part in spec["qualname"].split("."):
             obj = getattr(obj, part)
         return obj
-    if spec["kind"] == "pickle":
+    if spec["kind"] == "pickle":  # unpickled for each task: no state carries over
         import pickle
-        return pickle.loads(blobs[spec["blob"]])
+        if "sha256" not in spec:
+            return pickle.loads(blobs[spec["blob"]])
+        return pickle.loads(_function_bytes(spec, blobs, "pickled function"))
     raise WireError("unknown function kind %r" % spec["kind"])
 
 

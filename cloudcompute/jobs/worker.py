@@ -40,6 +40,7 @@ class Slot:
         self.deadline = None
         self.t0 = 0.0
         self.result = bytearray()
+        self.known = set()  # hashes of the functions its process holds
 
     @property
     def busy(self):
@@ -70,12 +71,16 @@ class Slot:
         for fd in (req_r, res_w, out_w):
             os.close(fd)
         self.pid = pid
+        self.known = set(taskproc.SOURCES)  # what the worker held when it forked
         self.req_pipe = os.fdopen(req_w, "wb")
         self.res, self.out = res_r, out_r
 
     def start(self, req, blobs):
         if self.pid is None:
             self._fork()
+        req, blobs = taskproc.with_function(req, blobs, self.known)
+        if "sha256" in req.get("fn", {}):
+            self.known.add(req["fn"]["sha256"])
         self.req, self.task_id, self.t0 = req, req["id"], time.monotonic()
         self.deadline = self.t0 + req["timeout"] if req.get("timeout") else None
         self.result = bytearray()
@@ -244,7 +249,7 @@ class Worker:
             if missing:
                 self.send({"op": P.WIRE_ERROR, "id": req.get("id"), "message": missing})
             else:
-                taskproc.remember_module(req.get("fn", {}), blobs)
+                taskproc.remember_module(req, blobs)
                 self.queue.append((req, blobs))
                 self._schedule()
         elif op == P.CANCEL:

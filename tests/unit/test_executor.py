@@ -194,3 +194,44 @@ def test_the_project_travels_by_content_once(nodes, tmp_path):
         sys.path.remove(str(proj))
         for name in ("jobmod", "sib", "pkgx", "pkgx.mod"):
             sys.modules.pop(name, None)
+
+
+def test_a_function_sent_once_reaches_every_slot(nodes):
+    """The worker holds what it was sent once and hands it to a task process
+    that was forked before (here: slot 1 ran other work while slot 0 got it)."""
+    import colorsys
+    ex, _ = nodes(1, slots=2)
+    assert [r.value for r in ex.map(nf.add_one, [1, 2, 3, 4])] == [2, 3, 4, 5]  # both forked
+    assert ex.map(colorsys.rgb_to_hsv, [(0.1, 0.2, 0.3)], star=True)[0].value  # one slot
+    scale = 7
+    ex.map(lambda x: x * scale, [1], allow_pickle=True)
+    many = ex.map(colorsys.rgb_to_hsv, [(0.1, 0.2, 0.3)] * 8, star=True)
+    assert [r.value for r in many] == [list(colorsys.rgb_to_hsv(0.1, 0.2, 0.3))] * 8
+    assert [r.value for r in ex.map(lambda x: x * scale, range(8), allow_pickle=True)] \
+        == [x * 7 for x in range(8)]
+    ex.close()
+
+
+def test_a_closure_is_pickled_once_per_map_and_sent_once_per_worker(nodes, monkeypatch):
+    import cloudpickle
+
+    from cloudcompute.jobs import executor as executor_mod
+    ex, _ = nodes(1, slots=2)
+    dumps, carried = [], []
+    real_dumps, real_request = cloudpickle.dumps, executor_mod.Executor._request
+    monkeypatch.setattr(cloudpickle, "dumps", lambda *a, **k: dumps.append(1) or
+                        real_dumps(*a, **k))
+
+    def request(self, w, task):
+        req, blobs = real_request(self, w, task)
+        carried.append("blob" in req["fn"])
+        return req, blobs
+    monkeypatch.setattr(executor_mod.Executor, "_request", request)
+    offset = 100
+    out = ex.map(lambda x: x + offset, range(12), allow_pickle=True)
+    assert [r.value for r in out] == list(range(100, 112))
+    assert len(dumps) == 2  # the up-front check, then once for all twelve tasks
+    assert carried[-4:] == [False] * 4 and 1 <= sum(carried) <= 3  # only until it is known
+    offset = 200  # a new call pickles the closure's state afresh
+    assert ex.map(lambda x: x + offset, [1], allow_pickle=True)[0].value == 201
+    ex.close()

@@ -270,7 +270,7 @@ def test_module_source_travels_once_per_worker(tmp_path):
                 "result_formats": ALL}, blobs.items
     header, _, _ = worker.run_here(*task(spec2, payload.Blobs()))
     assert not header["ok"] and "never sent" in header["message"]
-    taskproc.remember_module(spec1, first.items)  # as the worker does on arrival
+    taskproc.remember_module({"fn": spec1}, first.items)  # as the worker does on arrival
     for spec, blobs in ((spec1, first), (spec2, payload.Blobs())):
         header, rblobs, _ = worker.run_here(*task(spec, blobs))
         assert header["ok"] and wire.decode(header["result"], rblobs[0]) == 2
