@@ -80,7 +80,7 @@ def each(fn: Callable[[Any], T], items: Iterable[Any], key: Callable[[Any], str]
 
 
 def tool(conn: NodeConnection, mode: str, *args: Any, timeout: float = 30.0) -> Dict[str, Any]:
-    """Run the node tool (:data:`remote.NODE_TOOL`); its JSON answer."""
+    """Run the node tool (:func:`remote.tool_argv`); its JSON answer."""
     result = conn.run(remote.tool_argv(mode, *args), timeout=timeout)
     return json.loads(result.stdout)
 

@@ -10,9 +10,10 @@ process-group id in a pid file:
 
 ``scheduler.json`` is Dask's scheduler file: it appears once the scheduler
 listens, so it is what the start-up waits for. Finding, waiting for and
-stopping processes is :data:`NODE_TOOL`, a short script run by the node's
-own ``python3`` (no Dask needed); it acts only on process groups whose
-leader was started by these commands, and every wait in it is bounded.
+stopping processes is the node tool (:mod:`cloudcompute.nodeside.dask_tool`,
+:func:`tool_argv`), run by the node's own ``python3`` (no Dask needed); it acts
+only on process groups whose leader was started by these commands, and every
+wait in it is bounded.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import posixpath
 import re
 from typing import List, Optional, Sequence, Union
 
+from cloudcompute import nodeside
 from cloudcompute.jobs.protocol import NODE_DIR
 from cloudcompute.ssh.client import quote_command
 
@@ -91,140 +93,11 @@ def start_command(role: str, argv: Sequence[str]) -> str:
         quote_command(prepare), quote_command(launch), quote_command([path(role + ".log")]))
 
 
-def tool_argv(mode: str, *args: str, python: str = "python3") -> List[str]:
-    """``python3 -c NODE_TOOL mode args...``: status | wait ROLE TIMEOUT | stop GRACE."""
-    return [python, "-c", NODE_TOOL, mode] + [str(a) for a in args]
-
-
-NODE_TOOL = r'''
-import json, os, signal, sys, time
-D = os.path.expanduser("~/@DASK_DIR@")
-ROLES = ("scheduler", "worker")
-MARK = b"distributed.cli.dask_"
-ENV = b"CLOUDCOMPUTE_DASK="
-
-
-def pid_of(role):
-    try:
-        with open(os.path.join(D, role + ".pid")) as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def read(pid, name):
-    try:
-        with open("/proc/%d/%s" % (pid, name), "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
-def ours(pid):
-    return any(e.startswith(ENV) for e in read(pid, "environ").split(bytes(1)))
-
-
-def is_leader(pid):
-    """The recorded pid still runs one of our Dask commands (not a reused pid)."""
-    return MARK in read(pid, "cmdline") and ours(pid)
-
-
-def members(pgid):
-    """Processes of the group our launch created (the leader may be gone), each
-    carrying our environment mark."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry, "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != b"Z" and ours(int(entry)):
-            out.append(int(entry))
-    return out
-
-
-def tail(role, size=4000):
-    try:
-        with open(os.path.join(D, role + ".log"), "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - size))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def scheduler_info():
-    try:
-        with open(os.path.join(D, "scheduler.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def status():
-    out = {}
-    for role in ROLES:
-        pid = pid_of(role)
-        out[role] = {"pid": pid, "alive": bool(pid and is_leader(pid)),
-                     "processes": len(members(pid)) if pid else 0}
-    out["scheduler"]["info"] = scheduler_info()
-    return out
-
-
-def wait(role, timeout):
-    """Until the scheduler file appears (scheduler) or the pid runs (worker),
-    the process dies, or the timeout passes."""
-    t0 = time.monotonic()
-    while True:
-        pid = pid_of(role)
-        alive = bool(pid and is_leader(pid))
-        info = scheduler_info() if role == "scheduler" else None
-        if alive and (role != "scheduler" or info):
-            return {"state": "ready", "pid": pid, "info": info}
-        elapsed = time.monotonic() - t0
-        if not alive and (pid or elapsed > 5):
-            return {"state": "died", "pid": pid, "log": tail(role)}
-        if elapsed > timeout:
-            return {"state": "timeout", "pid": pid, "log": tail(role)}
-        time.sleep(0.1)
-
-
-def stop(grace):
-    groups = {r: pid_of(r) for r in ROLES}
-    groups = {r: p for r, p in groups.items() if p and members(p)}
-    for sig, bound in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        left = [p for p in groups.values() if members(p)]
-        for pgid in left:
-            try:
-                os.killpg(pgid, sig)
-            except OSError:
-                pass
-        deadline = time.monotonic() + bound
-        while any(members(p) for p in left) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    for name in ("scheduler.pid", "worker.pid", "scheduler.json"):
-        try:
-            os.unlink(os.path.join(D, name))
-        except OSError:
-            pass
-    return {"stopped": sorted(groups), "left": sorted(r for r, p in groups.items()
-                                                      if members(p))}
-
-
-mode = sys.argv[1]
-if mode == "status":
-    result = status()
-elif mode == "wait":
-    result = wait(sys.argv[2], float(sys.argv[3]))
-elif mode == "stop":
-    result = stop(float(sys.argv[2]))
-else:
-    raise SystemExit("unknown mode %r" % mode)
-sys.stdout.write(json.dumps(result))
-'''.replace("@DASK_DIR@", DASK_DIR)
+def tool_argv(mode: str, *args: Union[str, float], python: str = "python3") -> List[str]:
+    """The node tool (:mod:`cloudcompute.nodeside.dask_tool`) on :data:`DASK_DIR`:
+    ``status`` | ``wait ROLE TIMEOUT`` | ``stop GRACE``; it prints one JSON object."""
+    return nodeside.command("dask_tool", DASK_DIR, mode, *[str(a) for a in args],
+                            python=python)
 
 
 def log_excerpt(text: Optional[str], lines: int = 15) -> str:

@@ -10,7 +10,7 @@ client's. A hop that fails is retried, then that node gets the file straight
 from the client; errors name the node. A small file (at most
 ``DIRECT_MAX_EXTRA`` extra bytes) goes from the client to every node.
 
-Each hop is ``ssh peer RECEIVE < file`` run on the sending node, with the
+Each hop is ``ssh peer receive < file`` run on the sending node, with the
 cluster's internal key and the members' recorded host keys
 (:mod:`cloudcompute.ssh.intra`).
 """
@@ -27,7 +27,7 @@ import subprocess
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from cloudcompute import retry
+from cloudcompute import nodeside, retry
 from cloudcompute.exceptions import (CloudComputeError, FanOutError, HostKeyMismatch,
                                      IntegrityError, SSHError, StateError)
 from cloudcompute.ssh import bulk, intra
@@ -43,49 +43,18 @@ DIRECT_MAX_EXTRA = 8 << 20
 """The client sends a file to every node itself while that costs at most this
 many extra bytes (size x (N - 1)): a hop's SSH handshake costs more than that."""
 MISMATCH_EXIT = 3
+"""The receiving program's exit status for a copy whose sha256 is not the one sent."""
+SIGNALLED_EXIT = 4
+"""... and for one cut short by SIGTERM or SIGHUP (its ssh session went away)."""
 
 Progress = Optional[Callable[[int], None]]
 
-# The receiving side of every copy. With a sha256 argument it reads stdin to
-# the end (a node-to-node copy); without, stdin is framed by the client: an
-# 8-byte size, the bytes, then the client's sha256 in hex. Either way the
-# file is written to a temporary name and renamed only if the hashes agree.
-RECEIVE = """import hashlib,os,signal,sys,fcntl
-def bye(*a): sys.exit(4)
-signal.signal(signal.SIGTERM,bye); signal.signal(signal.SIGHUP,bye)
-p=sys.argv[1]; want=sys.argv[2] if len(sys.argv)>2 else ''
-d=os.path.dirname(p) or '.'; os.makedirs(d,exist_ok=True)
-t=os.path.join(d,'.%s.cc-part-%d'%(os.path.basename(p),os.getpid()))
-i=sys.stdin.buffer; h=hashlib.sha256(); left=0
-try: fcntl.fcntl(0,1031,1<<20)
-except OSError: pass
-try:
- with open(t,'wb') as f:
-  if want:
-   for b in iter(lambda: i.read1(4<<20),b''): h.update(b); f.write(b)
-  else:
-   left=int.from_bytes(i.read(8),'big')
-   while left:
-    b=i.read1(min(left,4<<20))
-    if not b: break
-    h.update(b); f.write(b); left-=len(b)
-   want=i.read(64).decode('ascii','replace')
- got=h.hexdigest()
- if left or got!=want:
-  sys.stderr.write('sha256 mismatch: %s (%d bytes missing)\\n'%(got,left))
-  sys.stdout.write(got+'\\n')
-  sys.exit(3)
- os.replace(t,p)
-finally:
- if os.path.exists(t): os.unlink(t)
-sys.stdout.write(got+'\\n')"""
-
-
 # -- what runs where (pure, unit tested) ----------------------------------
 def receive_command(path: str, sha256: Optional[str] = None) -> List[str]:
-    """The node side of a copy to ``path``: framed from the client, or (with
-    ``sha256``) plain stdin from another node, checked against ``sha256``."""
-    return ["python3", "-c", RECEIVE, path] + ([sha256] if sha256 else [])
+    """The node side of a copy to ``path`` (:mod:`cloudcompute.nodeside.receive`):
+    framed from the client, or (with ``sha256``) plain stdin from another node,
+    checked against ``sha256``; renamed into place only if the hashes agree."""
+    return nodeside.command("receive", path, *([sha256] if sha256 else []))
 
 
 def hop_command(sender: IntraSSH, peer: str, path: str, sha256: str) -> str:
@@ -161,7 +130,7 @@ class Source:
 
 
 def _send_framed(write: Callable[[Any], Any], source: Source, progress: Progress) -> str:
-    """Size, bytes, sha256: what ``RECEIVE`` expects from the client."""
+    """Size, bytes, sha256: what ``nodeside.receive`` expects from the client."""
     size = source.size()
     h = hashlib.sha256()
     write(size.to_bytes(8, "big"))
@@ -192,7 +161,7 @@ def _outcome(node: str, what: str, code: int, out: bytes, err: bytes, want: str)
     if code == MISMATCH_EXIT or code == 0:
         raise IntegrityError(node, what, want, got or "nothing")
     raise SSHError(node, "%s failed (exit %s): %s" % (what, code, text.strip()[-500:]),
-                   fatal=code not in (-1, 4))
+                   fatal=code not in (-1, SIGNALLED_EXIT))
 
 
 def stream_to_node(conn: Any, path: str, source: Source, progress: Progress = None) -> str:

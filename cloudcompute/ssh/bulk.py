@@ -6,6 +6,10 @@ payloads go through it instead: one ControlMaster connection per node
 (aes128-gcm preferred), verified against the same recorded host keys
 (``StrictHostKeyChecking=yes`` with a known_hosts file holding only them),
 with the cluster's key only. Set ``CLOUDCOMPUTE_BULK=paramiko`` to turn it off.
+
+The OpenSSH options of every ``ssh`` this library starts (here, node to node
+in :mod:`cloudcompute.ssh.intra`, the CLI's ``ssh``) come from
+:func:`openssh_options` and :func:`destination`.
 """
 from __future__ import annotations
 
@@ -21,8 +25,10 @@ import subprocess
 import tempfile
 from typing import Any, Callable, List, Optional, Sequence, Union
 
+from cloudcompute import nodeside
 from cloudcompute.exceptions import HostKeyMismatch, IntegrityError, SSHError
 
+# Linux's F_SETPIPE_SZ: the fcntl module names it from Python 3.10 on.
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 KEEPALIVE_SECONDS = 5
@@ -57,27 +63,6 @@ def destination(user: str, address: str) -> List[str]:
     return ["-l", user, "--", address]
 
 
-# Node-side halves of upload/download: stream and hash in one pass with the
-# node's python3 (hashlib uses OpenSSL; coreutils' sha256sum is several times slower).
-REMOTE_PUT = ("import hashlib,os,sys,fcntl\nh=hashlib.sha256()\n"
-              "try: fcntl.fcntl(0,1031,1<<20)\nexcept OSError: pass\n"
-              "os.makedirs(os.path.dirname(sys.argv[1]) or '.',exist_ok=True)\n"
-              "with open(sys.argv[1],'wb') as f:\n"
-              " for b in iter(lambda: sys.stdin.buffer.read1(4<<20), b''):\n"
-              "  h.update(b); f.write(b)\nprint(h.hexdigest())")
-
-# Download: an 8-byte size, then the bytes; the hash goes to stderr at the end.
-# Flags (argv[2]): "r" removes the file once open; "n" skips the node's hash,
-# for files whose sha256 the client already knows (it checks that instead).
-REMOTE_GET = ("import hashlib,os,sys,fcntl\nh=hashlib.sha256()\nout=sys.stdout.buffer\n"
-              "fl=sys.argv[2] if len(sys.argv)>2 else ''\n"
-              "try: fcntl.fcntl(1,1031,1<<20)\nexcept OSError: pass\n"
-              "with open(sys.argv[1],'rb') as f:\n"
-              " 'r' in fl and os.unlink(sys.argv[1])\n"
-              " out.write(os.fstat(f.fileno()).st_size.to_bytes(8,'big'))\n"
-              " for b in iter(lambda: f.read(4<<20), b''):\n"
-              "  'n' in fl or h.update(b); out.write(b)\n"
-              "out.flush()\n'n' in fl or sys.stderr.write(h.hexdigest())")
 Buffers = Union[bytes, bytearray, memoryview, Sequence[Any]]
 """What upload sends: one buffer, or several sent back to back (no joined copy)."""
 
@@ -136,13 +121,15 @@ def _fill(read_into: Callable[[memoryview], int], view: memoryview, name: str, p
 
 
 def put_command(path: str) -> List[str]:
-    return ["python3", "-c", REMOTE_PUT, path]
+    """The node side of an upload (:mod:`cloudcompute.nodeside.put`)."""
+    return nodeside.command("put", path)
 
 
 def get_command(path: str, expected: Optional[str] = None, remove: bool = False) -> List[str]:
-    """The node side of a download; with ``expected`` the node does not hash."""
+    """The node side of a download (:mod:`cloudcompute.nodeside.get`); with
+    ``expected`` the node does not hash."""
     flags = ("n" if expected else "") + ("r" if remove else "")
-    return ["python3", "-c", REMOTE_GET, path] + ([flags] if flags else [])
+    return nodeside.command("get", path, *([flags] if flags else []))
 
 
 def check_download(node: str, path: str, data: Union[bytes, bytearray], node_err: bytes,
@@ -161,7 +148,8 @@ def available() -> bool:
 
 
 class OpenSSHBulk:
-    """Uploads and downloads over an OpenSSH ControlMaster to one node."""
+    """Uploads and downloads over an OpenSSH ControlMaster to one node
+    (a :class:`cloudcompute.ssh.transport.Transport`)."""
 
     def __init__(self, name: str, address: str, user: str, key_file: str,
                  host_keys: Sequence[str], port: int = 22):

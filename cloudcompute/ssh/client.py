@@ -10,21 +10,21 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import hashlib
 import logging
-import select
-import shlex
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Union
 
 import paramiko
 
 from cloudcompute import retry
-from cloudcompute.exceptions import HostKeyMismatch, IntegrityError, RemoteCommandError, SSHError
+from cloudcompute.exceptions import HostKeyMismatch, RemoteCommandError, SSHError
 from cloudcompute.ssh import bulk, hostkeys
-from cloudcompute.ssh.bulk import get_command, put_command
+from cloudcompute.ssh.transport import DRAIN_LIMIT as DRAIN_LIMIT
+from cloudcompute.ssh.transport import ParamikoTransport, Progress, Transport, _drain
+from cloudcompute.ssh.transport import quote_command as quote_command
+from cloudcompute.ssh.transport import send_all as send_all
 
 LOG = logging.getLogger(__name__)
 
@@ -48,13 +48,6 @@ class CommandResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0
-
-
-def quote_command(argv: Union[str, Sequence[str]]) -> str:
-    """A shell command from an argv list, every word ``shlex.quote``-d."""
-    if isinstance(argv, str):
-        return argv
-    return " ".join(shlex.quote(str(a)) for a in argv)
 
 
 class _VerifyRecorded(paramiko.MissingHostKeyPolicy):
@@ -103,6 +96,7 @@ class NodeConnection:
         self._client: Optional[paramiko.SSHClient] = None
         self._sftp: Optional[paramiko.SFTPClient] = None
         self._bulk_ssh: Optional[bulk.OpenSSHBulk] = None
+        self._paramiko = ParamikoTransport(name, self._open_session)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -191,11 +185,21 @@ class NodeConnection:
         self.close()
 
     # -- files ---------------------------------------------------------
-    def _bulk(self) -> Optional[Any]:
+    def _open_session(self) -> paramiko.Channel:
+        return self.client.get_transport().open_session(timeout=self.connect_timeout)
+
+    def _bulk(self) -> Optional[bulk.OpenSSHBulk]:
+        """The OpenSSH transport, started on first use, where ``bulk.available()``."""
         if self._bulk_ssh is None and bulk.available():
             self._bulk_ssh = bulk.OpenSSHBulk(self.name, self.address, self.user,
                                               self.key_file, self.host_keys, self.port)
         return self._bulk_ssh
+
+    @property
+    def transport(self) -> Transport:
+        """What moves files: OpenSSH where available, else paramiko channels."""
+        fast = self._bulk()
+        return fast if fast is not None else self._paramiko
 
     @contextlib.contextmanager
     def _bulk_reset_on_loss(self) -> Iterator[None]:
@@ -211,29 +215,9 @@ class NodeConnection:
     def upload(self, path: str, data: bulk.Buffers, progress: Progress = None) -> str:
         """Write ``data`` to ``path`` on the node (parent directories made); the node
         hashes it as it writes. Returns the sha256 both sides agreed on."""
-        fast = self._bulk()
-        if fast is not None:
-            with self._bulk_reset_on_loss():
-                return fast.upload(path, data, progress)
-        h = hashlib.sha256()
-        for part in bulk.parts_of(data):
-            h.update(part)
-        want = h.hexdigest()
-        chan = self.client.get_transport().open_session(timeout=self.connect_timeout)
-        try:
-            chan.exec_command(quote_command(put_command(path)))
-            for part in bulk.parts_of(data):
-                send_all(chan, part, progress)
-            chan.shutdown_write()
-            out, err, _ = _drain(chan, None)
-            code = chan.recv_exit_status()
-        finally:
-            chan.close()
-        got = out.decode("utf-8", "replace").split()[0] if out.strip() else ""
-        if code != 0 or got != want:
-            raise IntegrityError(self.name, "upload of %s" % path, want,
-                                 got or err.decode("utf-8", "replace").strip())
-        return want
+        transport = self.transport
+        with self._bulk_reset_on_loss():
+            return transport.upload(path, data, progress)
 
     def download(self, path: str, sha256: Optional[str] = None,
                  progress: Progress = None, remove: bool = False,
@@ -242,38 +226,9 @@ class NodeConnection:
         caller knows it, else against the node's own hash. ``remove`` deletes
         the file on the node as the read begins. A file over ``max_bytes`` is
         refused (fatal SSHError) before anything is allocated for it."""
-        fast = self._bulk()
-        if fast is not None:
-            with self._bulk_reset_on_loss():
-                return fast.download(path, sha256, progress, remove, max_bytes=max_bytes)
-        chan = self.client.get_transport().open_session(timeout=self.connect_timeout)
-
-        def read_into(view: memoryview) -> int:
-            got = chan.recv(len(view))
-            view[:len(got)] = got
-            return len(got)
-        data: Optional[bytearray] = None
-        try:
-            chan.exec_command(quote_command(get_command(path, sha256, remove)))
-            chan.shutdown_write()
-            try:
-                data = bulk.read_sized(read_into, self.name, path, progress, max_bytes)
-            except SSHError as exc:
-                if exc.fatal:  # refused: closing the channel stops the transfer
-                    raise
-                # else the exit status and stderr below say why
-            _, err, _ = _drain(chan, None)
-            code = chan.recv_exit_status()
-        finally:
-            chan.close()
-        if code == -1 or (code == 0 and data is None):  # the connection went away
-            raise SSHError(self.name, "connection lost while reading %s" % path)
-        if code != 0:
-            raise SSHError(self.name, "cannot read %s: %s"
-                           % (path, err.decode("utf-8", "replace").strip()), fatal=True)
-        assert data is not None  # code == 0 here, and a missing body raised above
-        bulk.check_download(self.name, path, data, err, sha256)
-        return data
+        transport = self.transport
+        with self._bulk_reset_on_loss():
+            return transport.download(path, sha256, progress, remove, max_bytes=max_bytes)
 
     # -- commands ------------------------------------------------------
     def run(self, argv: Union[str, Sequence[str]], warn: bool = False,
@@ -302,71 +257,3 @@ class NodeConnection:
             raise RemoteCommandError(result)
         return result
 
-
-Progress = Optional[Callable[[int], None]]
-"""Called with the number of bytes moved since the last call."""
-
-
-def send_all(chan: paramiko.Channel, data: Union[bytes, bytearray, memoryview],
-             progress: Progress = None) -> None:
-    """Send without the copies sendall makes of its (shrinking) input."""
-    view = memoryview(data).cast("B")
-    while len(view):
-        sent = chan.send(view[:1 << 20])
-        if sent <= 0:
-            raise EOFError("channel closed while sending")
-        view = view[sent:]
-        if progress is not None:
-            progress(sent)
-
-
-DRAIN_LIMIT = 16 << 20
-"""What :func:`_drain` keeps of a command's stdout, and of its stderr: the tail."""
-
-
-class _Tail:
-    """The last ``limit`` bytes of a stream, and how many were dropped before them."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.buf = bytearray()
-        self.dropped = 0
-
-    def add(self, chunk: bytes) -> None:
-        self.buf += chunk
-        over = len(self.buf) - self.limit
-        if over > 0:
-            del self.buf[:over]  # cheap in CPython: the start advances, nothing moves yet
-            self.dropped += over
-
-    def value(self) -> bytes:
-        if not self.dropped:
-            return bytes(self.buf)
-        return b"[... %d bytes dropped ...]\n" % self.dropped + bytes(self.buf)
-
-
-def _drain(chan: paramiko.Channel, deadline: Optional[float],
-           progress: Progress = None,
-           limit: int = DRAIN_LIMIT) -> Tuple[bytes, bytes, bool]:
-    """Read stdout and stderr until the command exits (or the deadline passes).
-
-    Returns (stdout, stderr, truncated). Each keeps the last ``limit`` bytes;
-    what came before is read and dropped (so the command never blocks on a
-    full channel), and a ``[... N bytes dropped ...]`` line starts the bytes
-    kept."""
-    out, err = _Tail(limit), _Tail(limit)
-    while True:
-        while chan.recv_ready():
-            chunk = chan.recv(1 << 20)
-            out.add(chunk)
-            if progress is not None:
-                progress(len(chunk))
-        while chan.recv_stderr_ready():
-            err.add(chan.recv_stderr(1 << 16))
-        # SSH delivers a command's output before its exit status.
-        if chan.exit_status_ready() and not chan.recv_ready() \
-                and not chan.recv_stderr_ready():
-            return out.value(), err.value(), bool(out.dropped or err.dropped)
-        if deadline is not None and time.monotonic() > deadline:
-            raise socket.timeout()
-        select.select([chan], [], [], 0.05)

@@ -22,24 +22,13 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import paramiko
 
+from cloudcompute import nodeside
 from cloudcompute.exceptions import CloudComputeError, SSHError, StateError
 from cloudcompute.jobs.protocol import NODE_DIR
 from cloudcompute.ssh import bulk
 
 INTRA_DIR = NODE_DIR
 KEY_NAME, KNOWN_HOSTS_NAME, CONFIG_NAME = "intra_key", "known_hosts", "ssh_config"
-
-# Writes the files of intra-cluster SSH (a JSON object on stdin), each 0600
-# from creation on and renamed into place; prints the directory.
-INSTALL = """import json,os,sys
-d=os.path.join(os.path.expanduser('~'),%r)
-os.makedirs(d,mode=0o700,exist_ok=True); os.chmod(d,0o700)
-for name,text in sorted(json.load(sys.stdin).items()):
- p=os.path.join(d,name); t='%%s.tmp-%%d'%%(p,os.getpid())
- with os.fdopen(os.open(t,os.O_WRONLY|os.O_CREAT|os.O_EXCL,0o600),'w') as f: f.write(text)
- os.replace(t,p)
-sys.stdout.write(d+'\\n')""" % INTRA_DIR
-
 
 @dataclasses.dataclass(frozen=True)
 class IntraSSH:
@@ -65,6 +54,13 @@ def ssh_argv(key_file: str, known_hosts: str, user: str, address: str) -> List[s
     """ssh from one node to another: only the internal key, only recorded host keys."""
     return ["ssh", *bulk.openssh_options(key_file, known_hosts), "-o", "LogLevel=ERROR",
             "-o", "Ciphers=" + bulk.CIPHERS, *bulk.destination(user, address)]
+
+
+def install_command() -> List[str]:
+    """The node side of :func:`install` (:mod:`cloudcompute.nodeside.intra_install`):
+    writes the files of node-to-node SSH (a JSON object on stdin) in ``~/INTRA_DIR``,
+    each 0600 from creation on and renamed into place; prints the directory."""
+    return nodeside.command("intra_install", INTRA_DIR)
 
 
 def known_hosts_text(nodes: Sequence[Any]) -> str:
@@ -142,7 +138,7 @@ def _install_on(cluster: Any, names: Sequence[str]) -> Tuple[Dict[str, IntraSSH]
                                               os.path.join(home, KNOWN_HOSTS_NAME))}
         # The private key travels on stdin: never on a command line or in a log.
         with named_errors(name, "installing node-to-node SSH"):
-            r = cluster.connection(name).run(["python3", "-c", INSTALL],
+            r = cluster.connection(name).run(install_command(),
                                              stdin=json.dumps(files).encode(), timeout=60)
         d = r.stdout.strip()
         return IntraSSH(name, user, os.path.join(d, KEY_NAME),

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from cloudcompute import retry
+from cloudcompute import nodeside, retry
 from cloudcompute.exceptions import HostKeyMismatch, IntegrityError, SSHError, StateError
 from cloudcompute.jobs import fanout
 from cloudcompute.provision import resources
@@ -96,7 +96,7 @@ def test_hop_command_quotes_every_word():
     words = shlex.split(line)
     assert words[:-3] == sender().ssh_argv("n01")
     assert words[-2:] == ["<", HOSTILE]  # the only unquoted shell syntax
-    assert shlex.split(words[-3]) == ["python3", "-c", fanout.RECEIVE, HOSTILE, sha]
+    assert shlex.split(words[-3]) == ["python3", "-c", nodeside.source("receive"), HOSTILE, sha]
 
 
 FAKE_SSH = """#!/bin/sh
@@ -107,7 +107,7 @@ cd "$PEER_HOME" && exec sh -c "$last"
 
 
 def test_hop_line_runs_through_two_shells_literally(tmp_path):
-    """The hop as a node runs it: sh -> ssh -> the peer's sh -> RECEIVE."""
+    """The hop as a node runs it: sh -> ssh -> the peer's sh -> nodeside.receive."""
     bindir, here, peer = tmp_path / "bin", tmp_path / "here", tmp_path / "peer"
     for d in (bindir, here / "odd dir", peer):
         d.mkdir(parents=True)
@@ -196,7 +196,7 @@ def test_ssh_config_names_the_members_and_the_verified_options():
 
 def test_install_writes_0600_files_in_a_0700_directory(tmp_path):
     files = {"intra_key": "PRIVATE\n", "known_hosts": "10.42.0.5 ssh-ed25519 AAAA\n"}
-    r = subprocess.run(["python3", "-c", intra.INSTALL], input=json.dumps(files).encode(),
+    r = subprocess.run(intra.install_command(), input=json.dumps(files).encode(),
                        env=dict(os.environ, HOME=str(tmp_path)), capture_output=True)
     assert r.returncode == 0, r.stderr
     d = tmp_path / ".cloudcompute"
