@@ -49,6 +49,9 @@ class FoundCluster:
     owner: Optional[str] = None
     detached: bool = False
     oldest: Optional[float] = None
+    created: Optional[float] = None
+    """The earliest creation time its servers' metadata (``cc_created``) or its
+    state file records; ``oldest`` is the cloud's own, of any resource."""
     state_file: Optional[str] = None
     reason: Optional[str] = None
     problems: List[str] = dataclasses.field(default_factory=list)
@@ -96,6 +99,7 @@ def _add_server(r: FoundCluster, s: Any) -> None:
         r.name = r.name or meta.name
     # Several servers, or a server and the state file: the latest expiry wins.
     r.expires_at = _later(r.expires_at, meta.expires)
+    r.created = min(filter(None, [r.created, meta.created]), default=None)
     if meta.owner is not None:
         r.owners.add(meta.owner)
         r.owner = r.owner or str(meta.owner)
@@ -105,6 +109,7 @@ def _add_server(r: FoundCluster, s: Any) -> None:
 def _add_state(r: FoundCluster, st: ClusterState) -> None:
     r.name = r.name or st.name
     r.state_file = st.path
+    r.created = min(filter(None, [r.created, st.record.created_at]), default=None)
     if st.record.expires_at is not None:
         r.expires_at = _later(r.expires_at, float(st.record.expires_at))
     r.detached = r.detached or st.record.detached

@@ -126,10 +126,23 @@ def option(parser: Parser, *flags: str, help: str,
 
 def add_command(subparsers: Any, name: str, func: Callable[[argparse.Namespace], Any],
                 help: str, description: Optional[str] = None) -> Parser:
-    """A subcommand ``name`` run by ``func(args)``; ``help`` is its one-line summary."""
+    """A subcommand ``name`` run by ``func(args)``; ``help`` is its one-line summary.
+
+    The global options are accepted after the command too (``cloudcompute gc
+    --yes -f json``); an option the command defines later with the same
+    string (``logs -f``) takes that string over."""
     p: Parser = subparsers.add_parser(
         name, help=help, description=description or textwrap.fill(help, 79),
-        formatter_class=HelpFormatter)
+        formatter_class=HelpFormatter, conflict_handler="resolve")
+    again = p.add_argument_group("global options, also accepted after the command")
+    # SUPPRESS: given here, they replace the value before the command; else it stays.
+    again.add_argument("--os-cloud", metavar="NAME", default=argparse.SUPPRESS,
+                       help="The clouds.yaml entry to use (default: OS_CLOUD).")
+    again.add_argument("-f", "--format", choices=("table", "json"), default=argparse.SUPPRESS,
+                       help="Print a table or one JSON document (default: table, or "
+                            "CLOUDCOMPUTE_FORMAT).")
+    again.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                       help="Log more: -v for INFO, -vv for DEBUG.")
     p.set_defaults(func=func)
     return p
 

@@ -1,7 +1,7 @@
 """Ops script: list the clusters in a project and garbage-collect expired ones.
 
-    python examples/ops_gc.py            # list, and show what gc would delete
-    python examples/ops_gc.py --yes      # really delete what gc finds
+    python examples/ops/list_and_gc.py         # list, and show what gc would delete
+    python examples/ops/list_and_gc.py --yes   # really delete what gc finds
 """
 import argparse
 import logging
@@ -12,8 +12,8 @@ from cloudcompute import connect, gc
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cloud")
-    ap.add_argument("--yes", action="store_true", help="delete (default: dry run)")
+    ap.add_argument("--cloud", help="The clouds.yaml entry to use (default: OS_CLOUD).")
+    ap.add_argument("--yes", action="store_true", help="Delete them (default: a dry run).")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     conn = connect(args.cloud)

@@ -43,7 +43,7 @@ def test_scipy_example_draws_png(state_dir, tmp_path):
 
 
 def test_ops_example_lists_and_dry_runs(state_dir):
-    r = run([sys.executable, "examples/ops_gc.py"])
+    r = run([sys.executable, "examples/ops/list_and_gc.py"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "gc would delete" in r.stdout
 
