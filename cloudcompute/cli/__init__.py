@@ -6,8 +6,9 @@
 The commands live in modules that register them (:mod:`.parser` lists them):
 ``up``, ``status``, ``down`` (:mod:`.clustercmds`); ``run``, ``put``, ``get``
 (:mod:`.transfercmds`); ``ssh``, ``logs``, ``dask`` (:mod:`.nodecmds`);
-``list``, ``gc`` (:mod:`.opscmds`). ``cloudcompute COMMAND --help`` describes
-each. Exit codes: 0 success, 1 the operation failed, 2 wrong usage or bad
+``list``, ``gc`` (:mod:`.opscmds`); ``submit``, ``jobs``, ``results``,
+``cancel`` and ``logs NAME JOB`` (:mod:`.jobcmds`). ``cloudcompute COMMAND
+--help`` describes each. Exit codes: 0 success, 1 the operation failed, 2 wrong usage or bad
 input, 130 interrupted, 141 the reader of the output went away. JSON output
 (-f json) is one document on stdout; its keys are documented in README.md
 and stay stable.

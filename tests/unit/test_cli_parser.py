@@ -249,6 +249,24 @@ def test_help_names_each_variable_and_shows_its_default(capsys):
     assert "(default: %s; env: CLOUDCOMPUTE_TIMEOUT_SSH)" % config.Timeouts.ssh in out
 
 
+def parsed(argv, environ=None):
+    p = cliparser.build()
+    args = p.parse_args(argv)
+    cliparser.apply_env(p, args, environ or {})
+    return args
+
+
+def test_global_options_are_accepted_after_the_command_too():
+    args = parsed(["gc", "--yes", "-f", "json"])
+    assert (args.format, args.yes, args.os_cloud) == ("json", True, None)
+    assert parsed(["-f", "json", "gc"]).format == "json"
+    assert parsed(["--os-cloud", "a", "list", "--os-cloud", "b"]).os_cloud == "b"
+    assert parsed(["--os-cloud", "a", "list"]).os_cloud == "a"
+    assert parsed(["list"], {"CLOUDCOMPUTE_FORMAT": "json"}).format == "json"
+    assert parsed(["list", "-f", "table"], {"CLOUDCOMPUTE_FORMAT": "json"}).format == "table"
+    assert parsed(["-v", "up", "c1", "-vv"]).verbose == 2
+
+
 def test_a_module_registers_commands_and_extends_another(capsys):
     calls = []
     mod = types.ModuleType("cc_test_extra_cmds")
@@ -258,6 +276,7 @@ def test_a_module_registers_commands_and_extends_another(capsys):
         p.add_argument("who", help="Whom to greet.")
         logs = sub.choices["logs"]
         logs.add_argument("job", nargs="?", help="A job's log (default: none).")
+        logs.add_argument("-f", "--follow", action="store_true", help="Follow it.")
         logs.set_defaults(func=lambda a: calls.append(("logs", a.job)))
     mod.register = register
     import sys
@@ -266,9 +285,9 @@ def test_a_module_registers_commands_and_extends_another(capsys):
         p = cliparser.build(cliparser.COMMAND_MODULES + [mod.__name__])
         args = p.parse_args(["hello", "you"])
         args.func(args)
-        args = p.parse_args(["logs", "c1", "n0", "j1"])
+        args = p.parse_args(["logs", "c1", "n0", "j1", "-f", "--format", "json"])
         args.func(args)
-        assert calls == ["you", ("logs", "j1")]
+        assert calls == ["you", ("logs", "j1")] and args.follow and args.format == "json"
         assert missing_help(p.__dict__["_subparsers"]._group_actions[0].choices["hello"]) == []
     finally:
         del sys.modules[mod.__name__]
