@@ -58,19 +58,28 @@ def unique():
 
 @contextlib.contextmanager
 def shared_cluster(tmp_path_factory, prefix, nodes, **spec):
-    """A cluster for a whole test module, with a state directory of its own."""
-    from cloudcompute import Cluster, ClusterSpec
+    """A cluster for a whole test module, with a state directory of its own.
+
+    Made by the pytest plugin's ClusterPool; its ``with`` block turns SIGTERM
+    into teardown. Afterwards, as the plugin's leak check does, a connection
+    of its own lists what is still tagged for it, and fails if anything is."""
+    from cloudcompute.testing import ClusterPool, tagged_leftovers
     old = os.environ.get("CLOUDCOMPUTE_STATE_DIR")
-    os.environ["CLOUDCOMPUTE_STATE_DIR"] = str(tmp_path_factory.mktemp(prefix + "-state"))
+    state = str(tmp_path_factory.mktemp(prefix + "-state"))
+    os.environ["CLOUDCOMPUTE_STATE_DIR"] = state
+    pool = ClusterPool(cloud=CLOUD, state_dir=state)
     try:
-        with Cluster(ClusterSpec(name="%s%d" % (prefix, os.getpid()), nodes=nodes, **spec),
-                     cloud=CLOUD) as c:
+        with pool.up(name="%s%d" % (prefix, os.getpid()), nodes=nodes, **spec) as c:
             yield c
     finally:
+        report = pool.close()  # what a failed up() could not roll back
         if old is None:
             os.environ.pop("CLOUDCOMPUTE_STATE_DIR", None)
         else:
             os.environ["CLOUDCOMPUTE_STATE_DIR"] = old
+    left = (report.leftovers + report.errors
+            + tagged_leftovers(_connect(CLOUD), pool.names, state))
+    assert not left, "the %s cluster left %s" % (prefix, left)
 
 
 @pytest.fixture
