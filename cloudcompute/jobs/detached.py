@@ -177,10 +177,12 @@ class Job:
         self._jobd(node, "start", self.id, "--node", node, "--slots", str(n))
 
     def _remove_everywhere(self) -> None:
+        """A submit that failed half-way: stop what started, remove the files."""
         for node in self.ex.connections:
-            try:
-                self.ex.connections[node].run(["rm", "-rf", "--", self._dir()], warn=True,
-                                              timeout=60)
+            try:  # the cancel mark stops a supervisor within its poll interval
+                self.ex.connections[node].run(
+                    ["sh", "-c", 'if [ -d "$1" ]; then touch "$1/cancel"; sleep 1; fi; '
+                     'rm -rf -- "$1"', "sh", self._dir()], warn=True, timeout=60)
             except LOSS as exc:
                 LOG.warning("job %s: could not remove its files on %s: %s", self.id, node, exc)
 

@@ -18,7 +18,7 @@ from typing import Any, List, Optional
 
 import paramiko
 
-from cloudcompute.exceptions import NodeDataRefused, NodeLost, SSHError
+from cloudcompute.exceptions import CloudComputeError, NodeDataRefused, NodeLost, SSHError
 from cloudcompute.jobs import protocol as P
 from cloudcompute.jobs.channel import LAUNCH_JOBD, RemoteWorker
 from cloudcompute.jobs.executor import Executor
@@ -94,7 +94,7 @@ def stream_logs(ex: Executor, job_id: str, node: str, args: List[str], follow: b
         if partial:
             out.put(partial.decode("utf-8", "replace"))
         chan.close()
-    except LOSS as exc:
+    except LOSS + (CloudComputeError,) as exc:  # this thread's end is the caller's None
         LOG.warning("job %s: logs of %s: %s", job_id, node, exc)
     finally:
         out.put(None)

@@ -250,3 +250,37 @@ def test_merge_prefers_the_most_advanced_state_and_names_lost_work():
     assert [t.state for t in st.tasks] == ["done", "lost", "done"]
     assert st.tasks[0].node == "b" and st.tasks[1].waiting_for == "b"
     assert st.counts["done"] == 2 and st.counts["lost"] == 1 and not st.finished
+
+
+def test_a_failed_submit_stops_what_started_and_leaves_no_files(cluster, monkeypatch):
+    ex, nodes = cluster(2, slots=1)
+    real = detached.Job._start
+
+    def start(self, node, slots=None):
+        if node == "n1":
+            raise OSError("n1 went away while the job started")
+        real(self, node, slots)
+    monkeypatch.setattr(detached.Job, "_start", start)
+    with pytest.raises(OSError):
+        detached.submit(ex, nf.span, [30] * 4)
+    for node in nodes.values():
+        assert os.listdir(os.path.join(node.home, ".cloudcompute", "jobs")) == []
+    deadline = time.monotonic() + 5
+    while _jobd_processes(nodes["n0"].home) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _jobd_processes(nodes["n0"].home) == []  # n0's supervisor saw the cancel mark
+
+
+def _jobd_processes(home):
+    """Live processes of jobd (a supervisor, or a task forked from it) in ``home``."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink("/proc/%s/cwd" % entry) != home or not _alive(int(entry)):
+                continue
+            with open("/proc/%s/cmdline" % entry, "rb") as f:
+                if b"ccnode.jobd" in f.read():
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
