@@ -23,7 +23,7 @@ from cloudcompute.exceptions import SSHError, StateError
 
 SCHEMA_VERSION = 2
 KINDS = ("servers", "floating_ips", "router_interfaces", "routers", "ports",
-         "subnets", "networks", "security_groups", "keypairs")
+         "subnets", "networks", "security_groups", "keypairs", "application_credentials")
 
 # kind -> resource name -> {"name", "id" (None while only intended), ...}
 Resources = Dict[str, Dict[str, Dict[str, Any]]]

@@ -69,9 +69,17 @@ class FakeCloud:
     def __init__(self, name="devstack"):
         self.calls = []
         self.servers, self.ips, self.routers, self.networks, self.subnets, self.sgs, \
-            self.ports, self.keypairs = (Coll(self, k) for k in (
+            self.ports, self.keypairs, self.credentials = (Coll(self, k) for k in (
                 "server", "ip", "router", "network", "subnet", "security_group", "port",
-                "keypair"))
+                "keypair", "credential"))
+        self.current_user_id = "u1"
+        self.identity = types.SimpleNamespace(
+            find_application_credential=lambda user, name_or_id, ignore_missing=True: next(
+                (c for c in self.credentials.items.values() if name_or_id in (c.id, c.name)),
+                None),
+            delete_application_credential=lambda user, cid, ignore_missing=True:
+                self.credentials.delete(cid),
+            application_credentials=lambda user: list(self.credentials.items.values()))
         self.config = types.SimpleNamespace(name=name, config={})
         self.on_server_list = None
         self.compute = types.SimpleNamespace(

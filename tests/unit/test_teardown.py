@@ -51,7 +51,8 @@ class Store:
 def fake_conn(log, **stores):
     s = {k: Store(log, k, *v) if isinstance(v, tuple) else Store(log, k, v)
          for k, v in stores.items()}
-    for k in ("server", "ip", "router", "network", "subnet", "security_group", "keypair", "port"):
+    for k in ("server", "ip", "router", "network", "subnet", "security_group", "keypair", "port",
+              "credential"):
         s.setdefault(k, Store(log, k))
     compute = types.SimpleNamespace(
         servers=s["server"].list, delete_server=s["server"].delete,
@@ -68,7 +69,14 @@ def fake_conn(log, **stores):
         find_security_group=s["security_group"].find,
         ports=s["port"].list, delete_port=s["port"].delete,
         remove_interface_from_router=lambda r, subnet_id: log.append(("router_if", subnet_id)))
-    return types.SimpleNamespace(compute=compute, network=net)
+    creds = s["credential"]
+    identity = types.SimpleNamespace(
+        find_application_credential=lambda user, name_or_id, ignore_missing=True: next(
+            (c for c in creds.items.values() if name_or_id in (c.id, c.name)), None),
+        delete_application_credential=lambda user, cid, ignore_missing=True: creds.delete(
+            cid, ignore_missing))
+    return types.SimpleNamespace(compute=compute, network=net, identity=identity,
+                                 current_user_id="u1")
 
 
 @pytest.fixture(autouse=True)

@@ -350,6 +350,10 @@ class NodeHost:
         links = self.run(["ip", "-o", "link", "show"])
         if (" %s:" % vif.bridge) not in links:
             self.run(["ip", "link", "add", vif.bridge, "type", "bridge"])
+        # Connections from nodes to the gateway's API ports are translated to
+        # 127.0.0.1 (`cloud` host_network); the kernel routes such packets,
+        # and the answers, only on an interface with route_localnet.
+        self.run(["sysctl", "-qw", "net.ipv4.conf.%s.route_localnet=1" % vif.bridge])
         if vif.gateway:
             addrs = self.run(["ip", "-o", "addr", "show", "dev", vif.bridge])
             if (" %s/" % vif.gateway) not in addrs:

@@ -182,9 +182,11 @@ def write_clouds_yaml():
             "region_name": "RegionOne",
             "identity_api_version": 3,
             # Library settings for this cloud: instances are reached on
-            # their fixed IPs over the host bridge (README.md, "The local cloud").
+            # their fixed IPs over the host bridge, and nodes reach the API
+            # on their gateway's address (README.md, "The local cloud").
             "cloudcompute": {"network": "private", "floating_ips": "never",
-                             "image": IMAGE, "flavor": "m1.tiny"},
+                             "image": IMAGE, "flavor": "m1.tiny",
+                             "node_api_host": "gateway"},
         }
     clouds = {"clouds": {
         "devstack": entry("demo", os.environ["CC_AIO_DEMOPASS"], "demo"),

@@ -1,0 +1,170 @@
+"""Start the watchdog on the first node, and move the cluster's deadline.
+
+``start`` runs at the end of ``up()`` (``ClusterSpec.autodown``): it creates
+the application credential (:mod:`.credential`), ships the ``ccwatch``
+package (:mod:`.rest`, :mod:`.watchdog`, stdlib only) to
+``~/.cloudcompute/autodown`` on the first node with its config, writes the
+secret there in a file only the login user can read (over the SSH channel's
+stdin, never on a command line or in a log), and starts the watchdog
+detached (its own session; it outlives the SSH connection and the client).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+from openstack import exceptions as os_exc
+
+from cloudcompute import retry, tags
+from cloudcompute.autodown import credential
+from cloudcompute.exceptions import CloudComputeError, ConfigError
+from cloudcompute.jobs.protocol import NODE_DIR
+
+LOG = logging.getLogger(__name__)
+REMOTE_DIR = NODE_DIR + "/autodown"
+PACKAGE = "ccwatch"
+_HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES: Dict[str, bytes] = {"__init__.py": b""}
+for _name in ("rest.py", "watchdog.py"):
+    with open(os.path.join(_HERE, _name), "rb") as _f:
+        SOURCES[_name] = _f.read()
+LAUNCH = ("import sys; sys.path.insert(0, sys.argv[1]); "
+          "from ccwatch.watchdog import main; sys.exit(main(sys.argv[1:]))")
+POLL = 15.0
+"""Seconds between the watchdog's looks at its deadline and the node's activity."""
+
+
+def _ids(st: Any, kind: str) -> List[str]:
+    return sorted(e["id"] for e in st.resources[kind].values() if e.get("id"))
+
+
+def targets(cluster: Any) -> credential.Targets:
+    """The cluster's resources the watchdog will delete, as recorded."""
+    st, conn = cluster.state, cluster.conn
+    first = cluster.nodes[0]
+    ports = list(retry.call(lambda: list(conn.network.ports(device_id=first.server_id))))
+    return credential.Targets(
+        servers=_ids(st, "servers"), floating_ips=_ids(st, "floating_ips"),
+        keypair=next(iter(sorted(st.resources["keypairs"])), None),
+        security_group=next(iter(_ids(st, "security_groups")), None),
+        own_port=ports[0].id if len(ports) == 1 else None,
+        leftovers={k: _ids(st, k) for k in ("routers", "subnets", "networks")
+                   if _ids(st, k)})
+
+
+def _default_group(conn: Any) -> Optional[str]:
+    try:
+        sg = retry.call(conn.network.find_security_group, "default",
+                        project_id=conn.current_project_id, ignore_missing=True)
+    except os_exc.SDKException as exc:
+        LOG.info("no default security group found (%s): the watchdog will leave the "
+                 "cluster's group for gc", exc)
+        return None
+    return sg.id if sg is not None else None
+
+
+def start(cluster: Any) -> bool:
+    """Give the cluster its watchdog; False (after one warning) if the cloud
+    refused the credential."""
+    st, conn, spec = cluster.state, cluster.conn, cluster.spec
+    t = targets(cluster)
+    deadline = float(st.record.expires_at)
+    made = credential.create(conn, st, credential.access_rules(conn, t, conn.current_user_id),
+                             deadline + credential.MARGIN)
+    if made is None:
+        return False
+    cred_id, secret = made
+    config = {
+        "cluster_id": st.cluster_id, "server_id": cluster.nodes[0].server_id,
+        "servers": t.servers, "floating_ips": t.floating_ips, "keypair": t.keypair,
+        "security_group": t.security_group, "own_port": t.own_port,
+        "default_security_group": _default_group(conn), "leftovers": t.leftovers,
+        "auth_url": conn.endpoint_for("identity"), "api_host": spec.node_api_host,
+        "region": conn.config.get_region_name() or None,
+        "interface": conn.config.get_interface() or "public",
+        "deadline": deadline, "idle_minutes": spec.idle_minutes, "poll": POLL,
+        "timeout": spec.timeouts.teardown, "credential_id": cred_id,
+    }
+    node = cluster.connection(cluster.nodes[0].name)
+    for name, source in SOURCES.items():
+        _write(node, "%s/%s/%s" % (REMOTE_DIR, PACKAGE, name), source)
+    _write(node, REMOTE_DIR + "/config.json", json.dumps(config).encode())
+    _write(node, REMOTE_DIR + "/credential.json",
+           json.dumps({"id": cred_id, "secret": secret}).encode())
+    node.run(["sh", "-c", 'setsid nohup python3 -c "$1" "$2" >/dev/null 2>&1 </dev/null &',
+              "sh", LAUNCH, REMOTE_DIR])
+    LOG.info("cluster %s: watchdog started on %s (deadline %s%s)", cluster.name,
+             cluster.nodes[0].name, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(deadline)),
+             "" if spec.idle_minutes is None else ", idle %g min" % spec.idle_minutes)
+    return True
+
+
+def _write(node: Any, path: str, data: bytes) -> None:
+    """A file only the login user can read, written from stdin."""
+    node.run(["sh", "-c", 'umask 077 && mkdir -p "${1%/*}" && cat > "$1.tmp" && '
+              'mv -f "$1.tmp" "$1"', "sh", path], stdin=data)
+
+
+def status(cluster: Any) -> Dict[str, Any]:
+    """The watchdog's last report (``state``, ``deadline``, ``last_active``...),
+    or ``{}`` when it has written none."""
+    node = cluster.connection(cluster.nodes[0].name)
+    out = node.run(["cat", REMOTE_DIR + "/status.json"], warn=True)
+    if not out.ok:
+        return {}
+    try:
+        data = json.loads(out.stdout[:65536])
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def extend(cluster: Any, hours: float) -> float:
+    """Move the deadline to ``max(deadline, now) + hours``; return it (epoch
+    seconds). It goes into every server's metadata, where the watchdog and gc
+    read it, and into the state file."""
+    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not hours > 0:
+        raise ConfigError(["hours must be a positive number, got %r" % (hours,)])
+    st = cluster.state
+    if st is None:
+        raise CloudComputeError("cluster %s is not up" % cluster.name)
+    now = time.time()
+    with st.locked():
+        new = max(st.record.expires_at or now, now) + hours * 3600
+        st.record.expires_at = new
+        st.save()
+    failed = []
+    for sid in cluster._server_ids():
+        try:
+            retry.call(functools.partial(cluster.conn.compute.set_server_metadata, sid,
+                                         **{tags.META_EXPIRES: "%d" % new}))
+        except os_exc.NotFoundException:
+            pass
+        except os_exc.SDKException as exc:
+            failed.append("%s (%s)" % (sid, exc))
+    if failed:
+        raise CloudComputeError("cluster %s: could not move the deadline of %s"
+                                % (cluster.name, ", ".join(failed)))
+    _warn_if_credential_expires(cluster, new)
+    LOG.info("cluster %s: deadline moved to %s", cluster.name,
+             time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(new)))
+    return new
+
+
+def _warn_if_credential_expires(cluster: Any, deadline: float) -> None:
+    conn = cluster.conn
+    for cred_id in _ids(cluster.state, "application_credentials"):
+        try:
+            cred = retry.call(conn.identity.get_application_credential,
+                              conn.current_user_id, cred_id)
+        except os_exc.SDKException:
+            continue
+        expires = credential.parse_time(cred.expires_at)
+        if expires is not None and expires < deadline:
+            LOG.warning("cluster %s: its watchdog's credential expires before the new "
+                        "deadline; from then on only gc or down() can delete it",
+                        cluster.name)

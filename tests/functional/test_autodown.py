@@ -1,0 +1,105 @@
+"""Clusters that end themselves: the watchdog on the first node, on the real cloud.
+
+Every check of "gone" is an independent admin listing: servers, their ports,
+floating IPs, security groups, networks, the keypair and the application
+credential. No test here runs gc unless it says so.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+from cloudcompute import Cluster, ClusterSpec
+from tests.functional import jobfuncs
+from tests.functional.conftest import CLOUD, keypairs_with, leftovers
+
+CHILD = textwrap.dedent("""
+    import logging, sys, time
+    logging.basicConfig(level=logging.INFO)
+    from cloudcompute import Cluster, ClusterSpec
+    c = Cluster(ClusterSpec(name=sys.argv[1], nodes=int(sys.argv[3]),
+                            idle_minutes=float(sys.argv[4])), cloud=sys.argv[2]).up()
+    print("UP", c.state.cluster_id, flush=True)
+    time.sleep(600)
+""")
+
+
+def holdings(admin, conn, unique, server_ids=()):
+    """What the cloud still holds of clusters named with ``unique``."""
+    left = leftovers(admin, conn.current_project_id, unique)
+    left += ["keypair " + k for k in keypairs_with(conn, unique)]
+    for sid in server_ids:
+        left += ["port %s of %s" % (p.id, sid) for p in admin.network.ports(device_id=sid)]
+    left += ["application credential " + c.name for c in
+             admin.identity.application_credentials(user=conn.current_user_id)
+             if unique in c.name]
+    return left
+
+
+def wait_gone(admin, conn, unique, server_ids, within):
+    end = time.monotonic() + within
+    while True:
+        left = holdings(admin, conn, unique, server_ids)
+        if not left:
+            return time.monotonic() - (end - within)
+        assert time.monotonic() < end, "still there after %ds: %s" % (within, left)
+        time.sleep(5)
+
+
+def recorded_servers(state_dir, name):
+    with open(os.path.join(state_dir, name + ".json")) as f:
+        return [e["id"] for e in json.load(f)["resources"]["servers"].values()]
+
+
+def test_idle_cluster_of_a_killed_client_ends_itself(conn, admin_conn, unique, state_dir):
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, unique, CLOUD, "2", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if line.startswith("UP "):
+            break
+    assert proc.poll() is None, "".join(out)
+    servers = recorded_servers(state_dir, unique)
+    assert len(servers) == 2
+    assert holdings(admin_conn, conn, unique)  # up, with its credential
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    took = wait_gone(admin_conn, conn, unique, servers, within=180)
+    assert took > 45  # the idle rule, not something sooner
+
+
+def test_deadline_is_kept_and_extend_moves_it(conn, admin_conn, unique, state_dir):
+    c = Cluster(ClusterSpec(name=unique, nodes=1, ttl_hours=1 / 60.0), cloud=CLOUD).up()
+    servers = [n.server_id for n in c.nodes]
+    first = c.state.record.expires_at
+    new = c.extend(hours=1 / 60.0)
+    assert abs(new - (first + 60)) < 1
+    meta = conn.compute.get_server_metadata(servers[0]).metadata
+    assert int(meta["cc_expires"]) == int(new)
+    time.sleep(max(0.0, first + 20 - time.time()))
+    assert holdings(admin_conn, conn, unique, servers), "deleted at the old deadline"
+    c.close_connections()
+    wait_gone(admin_conn, conn, unique, servers, within=new + 45 - time.time())
+    assert time.time() >= new
+    c.down()  # the record is all that is left; down() finds nothing else
+
+
+def test_a_running_task_keeps_an_idle_cluster(conn, admin_conn, unique, state_dir):
+    c = Cluster(ClusterSpec(name=unique, nodes=1, idle_minutes=0.5), cloud=CLOUD).up()
+    servers = [n.server_id for n in c.nodes]
+    try:
+        done = []
+        t = threading.Thread(target=lambda: done.append(c.run(jobfuncs.span, 75)))
+        t.start()
+        t.join(timeout=120)
+        assert done, "the task did not finish"
+        assert holdings(admin_conn, conn, unique, servers), "deleted while busy"
+        c.close_connections()
+        wait_gone(admin_conn, conn, unique, servers, within=90)
+    finally:
+        c.down()
