@@ -10,7 +10,10 @@ file is left). A cluster is collectable when
   file) and its owner process is gone, which is decided only on the machine
   that ran it, in the same boot and PID namespace and for the same user
   (:meth:`tags.Owner.alive`); anywhere else only the expiry counts, or
-- it has no servers, no owner, no state file and is older than an hour.
+- it has no servers, no owner, no state file and is older than an hour, or
+- it has no servers and its watchdog ended it: what the watchdog could not
+  delete carries the tag ``cc-ended``, or its application credential
+  (``cc-<cluster id>``, this user's) is all that is left.
 
 Server metadata is untrusted input: a server whose metadata does not parse
 (a bad ``cc_expires``, a ``cc_name`` that is not a cluster name...) makes gc
@@ -29,7 +32,10 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Set
 
+from openstack import exceptions as os_exc
+
 from cloudcompute import retry, tags
+from cloudcompute.autodown import credential
 from cloudcompute.exceptions import CloudComputeError
 from cloudcompute.record import ClusterRecord
 from cloudcompute.state import ClusterState
@@ -58,6 +64,9 @@ class FoundCluster:
     """Why gc will not touch this cluster: its servers' metadata did not parse."""
     owners: Set[tags.Owner] = dataclasses.field(default_factory=set, repr=False)
     servers: int = 0
+    ended: bool = False
+    """It has no servers, and its watchdog tagged what it left ``cc-ended`` or
+    its application credential is all that is left (:mod:`cloudcompute.autodown`)."""
 
     def to_dict(self) -> Dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
@@ -149,11 +158,19 @@ def survey(conn: Any, state_dir: Optional[str] = None,
             if cid and (cluster_id is None or cid == cluster_id):
                 r = rec(cid)
                 r.resources.append("%s %s" % (kind, x.name or x.id))
+                r.ended = r.ended or credential.ENDED_TAG in (x.tags or [])
                 created = _ts(getattr(x, "created_at", None))
                 r.oldest = min(filter(None, [r.oldest, created]), default=None)
     for kp in retry.call(lambda: list(conn.compute.keypairs())):
         if kp.name.startswith("cc-") and kp.name[3:] in recs:
             recs[kp.name[3:]].resources.append("keypair %s" % kp.name)
+    for cred in _credentials(conn):
+        cid = cred.name[3:] if (cred.name or "").startswith("cc-") else ""
+        if tags.valid_cluster_id(cid) and (cluster_id is None or cid == cluster_id) \
+                and cred.description == credential.describe(cid):
+            r = rec(cid)
+            r.resources.append("application credential %s" % cred.name)
+            r.ended = r.ended or not r.servers
     for st in ClusterState.all(state_dir):
         if cluster_id is not None and st.cluster_id != cluster_id:
             continue
@@ -166,10 +183,21 @@ def survey(conn: Any, state_dir: Optional[str] = None,
     return recs
 
 
+def _credentials(conn: Any) -> List[Any]:
+    """This user's application credentials (none where the cloud refuses the list)."""
+    try:
+        return retry.call(lambda: list(conn.identity.application_credentials(
+            user=conn.current_user_id)))
+    except (os_exc.ForbiddenException, os_exc.NotFoundException):
+        return []
+
+
 def orphan_reason(r: FoundCluster, now: float) -> Optional[str]:
     """Why this cluster may be collected, or None if it must be left alone."""
     if r.problems:
         return None
+    if r.ended and not r.servers:
+        return "ended by its watchdog"
     if r.expires_at is not None and r.expires_at < now:
         return "expired %s" % time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.expires_at))
     if r.detached:

@@ -87,6 +87,11 @@ def access_rules(conn: Any, t: Targets, user_id: str) -> List[Dict[str, str]]:
     return rules
 
 
+def describe(cluster_id: str) -> str:
+    """The description that marks a credential as this library's (gc looks for it)."""
+    return "cloudcompute watchdog of %s" % cluster_id
+
+
 def _iso(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime(
         "%Y-%m-%dT%H:%M:%S.000000")
@@ -103,7 +108,7 @@ def create(conn: Any, st: ClusterState, rules: List[Dict[str, str]],
             lambda: conn.identity.create_application_credential(
                 conn.current_user_id, name=name, unrestricted=True,
                 expires_at=_iso(expires_at), access_rules=rules,
-                description="cloudcompute watchdog of %s" % st.cluster_id),
+                description=describe(st.cluster_id)),
             lambda: _find(conn, name))
     except (os_exc.BadRequestException, os_exc.ForbiddenException,
             os_exc.NotFoundException) as exc:

@@ -328,3 +328,26 @@ def test_server_metadata_carries_this_machine_only_for_this_process():
     assert tags.META_MACHINE not in other and other[tags.META_EXPIRES] == "%d" % (NOW + HOUR)
     parsed = tags.parse_server_metadata(mine, "c-1")
     assert parsed.owner == me and parsed.expires == NOW + HOUR and not parsed.detached
+
+
+def test_what_a_watchdog_left_is_collected_at_once_and_only_without_servers(tmp_path):
+    cloud = FakeCloud()
+    ended = tags.tags("gone-00000001") + ["cc-ended"]
+    cloud.networks.add("gone-net", "cc-gone-00000001", ended)
+    cloud.subnets.add("gone-sub", "cc-gone-00000001", ended)
+    cloud.credentials.add("cred-1", "cc-lost-00000002",  # all a watchdog left of it
+                          description="cloudcompute watchdog of lost-00000002")
+    cloud.credentials.add("cred-2", "cc-users-own", description=None)  # the user's own
+    cloud.cluster("live-00000003", cc_detached="1")  # a live cluster: its servers stay
+    cloud.networks.add("live-net", "cc-live-00000003", tags.tags("live-00000003") + ["cc-ended"])
+    cloud.credentials.add("cred-3", "cc-live-00000003",
+                          description="cloudcompute watchdog of live-00000003")
+    got = reasons(cloud, tmp_path)
+    assert got["gone-00000001"][0] == "ended by its watchdog"
+    assert got["lost-00000002"][0] == "ended by its watchdog"
+    assert got["live-00000003"] == (None, [])
+    report = gc.collect(cloud, dry_run=False, state_dir=str(tmp_path))
+    assert sorted(r["cluster_id"] for r in report if r["deleted"]) == [
+        "gone-00000001", "lost-00000002"]
+    assert cloud.ids(cloud.networks) == ["live-net"]
+    assert cloud.ids(cloud.credentials) == ["cred-2", "cred-3"]
