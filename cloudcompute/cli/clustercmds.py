@@ -1,7 +1,8 @@
-"""Commands over a cluster's life: ``up``, ``status`` and ``down``."""
+"""Commands over a cluster's life: ``up``, ``status``, ``extend`` and ``down``."""
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
 from cloudcompute import config
@@ -54,7 +55,10 @@ CLOUDCOMPUTE_* variables, the cloud's `cloudcompute:` section of clouds.yaml."""
            help="A private key to log in with (its public half in PATH.pub)")
     option(up, "--ttl-hours", type=float, metavar="HOURS", env=True,
            shown=str(field_default("ttl_hours")),
-           help="Hours after which gc may delete the cluster")
+           help="Hours after which the cluster deletes itself (and gc may delete it)")
+    option(up, "--idle-minutes", type=float, metavar="MINUTES", env=True, shown="never",
+           help="Minutes without SSH connections or running tasks after which the "
+                "cluster deletes itself")
     option(up, "--min-nodes", type=int, metavar="N", env=True, shown="every node",
            help="The fewest nodes up may finish with when failed servers cannot be replaced")
     option(up, "--max-replacements", type=int, metavar="N", env=True,
@@ -70,6 +74,13 @@ CLOUDCOMPUTE_* variables, the cloud's `cloudcompute:` section of clouds.yaml."""
     status = add_command(sub, "status", cmd_status,
                          "Show a cluster's nodes, addresses, host key fingerprints and timings.")
     status.add_argument("name", metavar="NAME", help=NAME_HELP)
+    extend = add_command(sub, "extend", cmd_extend,
+                         "Move a cluster's deadline (ttl-hours) later.", """\
+Add HOURS to the later of the cluster's deadline and now; the cluster's
+watchdog and gc read the new deadline from the servers' metadata.""")
+    extend.add_argument("name", metavar="NAME", help=NAME_HELP)
+    option(extend, "--hours", type=float, required=True, metavar="HOURS", shown="none, required",
+           help="Hours to add to the later of the deadline and now")
     down = add_command(sub, "down", cmd_down,
                        "Delete a cluster and every resource it created, and check that "
                        "none is left.")
@@ -95,6 +106,12 @@ def cmd_status(args: argparse.Namespace) -> None:
     d = attach(args).describe()
     emit(args, d, [[n["name"], n["group"], n["address"], n["server_id"]] for n in d["nodes"]],
          ["node", "group", "address", "server id"])
+
+
+def cmd_extend(args: argparse.Namespace) -> None:
+    deadline = attach(args).extend(args.hours)
+    emit(args, {"name": args.name, "deadline": time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(deadline))})
 
 
 def cmd_down(args: argparse.Namespace) -> None:

@@ -19,8 +19,8 @@ SPEC_FIELDS = frozenset(f.name for f in dataclasses.fields(config.ClusterSpec)) 
 """The fields a spec file may hold (``name`` comes from the command line)."""
 GROUP_SYNTAX = "NAME=COUNT[:FLAVOR[:IMAGE]]"
 FLAG_FIELDS = ("nodes", "flavor", "image", "network", "create_network", "ssh_user",
-               "ssh_cidr", "floating_ips", "key_file", "ttl_hours", "min_nodes",
-               "max_replacements")
+               "ssh_cidr", "floating_ips", "key_file", "ttl_hours", "idle_minutes",
+               "min_nodes", "max_replacements")
 """``up``'s options named as the ClusterSpec fields they set."""
 TIMEOUT_FLAGS = {"timeout_active": "active", "timeout_ssh": "ssh"}
 
