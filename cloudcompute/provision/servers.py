@@ -1,15 +1,21 @@
-"""Servers of a cluster: create in parallel, wait for ACTIVE, then for SSH.
+"""Servers of a cluster: create, wait for ACTIVE, then for SSH.
 
-The wait makes one list call per poll for the whole cluster (filtered by the
-cluster's tag). A server in ERROR fails fast with Nova's fault text; it is
-deleted and replaced up to ``max_replacements`` times, or dropped while at
-least ``min_nodes`` remain.
+A group of more than one server is created in batches of ``create_batch``
+with Nova's multi-create (:mod:`cloudcompute.provision.multicreate`); a
+single server, or every server of a cloud that refuses multi-create, gets a
+request of its own (and a host key injected through user-data). The wait
+makes one list call per poll cycle for the whole cluster (filtered by the
+cluster's tag), the cycles further apart as the wait goes on. A server in
+ERROR fails fast with Nova's fault text; it is deleted and replaced up to
+``max_replacements`` times, or dropped while at least ``min_nodes`` remain.
 """
 from __future__ import annotations
 
 import base64
 import concurrent.futures as cf
+import functools
 import logging
+import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -18,7 +24,7 @@ from openstack import exceptions as os_exc
 from cloudcompute import retry, tags
 from cloudcompute.config import ClusterSpec
 from cloudcompute.exceptions import ProvisioningError, ServerFault, WaitTimeout
-from cloudcompute.provision import policy
+from cloudcompute.provision import multicreate, policy
 from cloudcompute.provision.preflight import Plan, ResolvedGroup
 from cloudcompute.record import NodeInfo
 from cloudcompute.ssh import hostkeys
@@ -26,6 +32,10 @@ from cloudcompute.state import ClusterState
 
 LOG = logging.getLogger(__name__)
 POLL = 0.5
+POLL_MAX = 2.0
+"""Poll cycles start POLL apart and grow by half each cycle up to POLL_MAX."""
+UNLISTED_CYCLES = 3
+CONSOLE_POLL_MAX = 5.0
 
 
 class ServerBuilder:
@@ -47,19 +57,84 @@ class ServerBuilder:
         self.authorized_keys = list(authorized_keys)
         self.nodes: Dict[str, NodeInfo] = {}
         self.replacements = 0
+        self.batches: List[multicreate.Batch] = []
+        self._multi_refused = threading.Event()
+        self._lock = threading.Lock()
         self.t0 = time.monotonic()
         self.progress = progress or (lambda phase, node: None)
 
-    # -- create --------------------------------------------------------
+    # -- create ---------------------------------------------------------
     def create_all(self) -> None:
-        work = [(g, i) for g in self.plan.groups for i in range(g.count)]
+        """Send every group's create requests (batches and single servers) in
+        parallel; ProvisioningError names the first that failed."""
+        work: List[Callable[[], Any]] = []
+        for g in self.plan.groups:
+            sizes = multicreate.chunks(g.count, self.spec.create_batch)
+            for j, k in enumerate(sizes):
+                if k == 1:
+                    name = tags.resource_name(self.st.cluster_id, g.name, str(j))
+                    work.append(functools.partial(self.create_one, g, name))
+                else:
+                    batch = multicreate.Batch(g.name, tags.resource_name(
+                        self.st.cluster_id, g.name, str(j)), k)
+                    work.append(functools.partial(self.create_batch, g, batch))
         with cf.ThreadPoolExecutor(max_workers=min(self.spec.parallel, len(work))) as pool:
-            futures = [pool.submit(self.create_one, g, tags.resource_name(
-                self.st.cluster_id, g.name, str(i))) for g, i in work]
+            futures = [pool.submit(w) for w in work]
             errors = [f.exception() for f in futures if f.exception()]
         if errors:
             raise ProvisioningError("creating servers failed: %s" % errors[0],
                                     self.st.resources) from errors[0]
+
+    def _server_args(self, group: ResolvedGroup, user_data: Optional[str]) -> Dict[str, Any]:
+        meta = tags.server_metadata(self.st.cluster_id, self.st.name, group.name,
+                                    self.spec.ttl_hours, self.st.record.owner or "",
+                                    extra=dict(self.spec.metadata, **group.metadata))
+        args: Dict[str, Any] = dict(
+            flavor_id=group.flavor_id, image_id=group.image_id,
+            networks=[{"uuid": self.network_id}], key_name=self.keypair,
+            security_groups=[{"name": self.sg_name}], metadata=meta,
+            tags=tags.tags(self.st.cluster_id))
+        if user_data:
+            args["user_data"] = base64.b64encode(user_data.encode()).decode()
+        return args
+
+    def create_batch(self, group: ResolvedGroup, batch: multicreate.Batch) -> None:
+        """Create ``batch`` with one request; where the cloud refuses
+        multi-create, create its servers one by one (said once in the log).
+        The servers' ids arrive with the first listing of :meth:`wait_active`."""
+        if self._multi_refused.is_set():
+            for name in batch.names:
+                self.create_one(group, name)
+            return
+        user_data = hostkeys.user_data_with_host_key(self.spec.user_data, None, None,
+                                                     self.authorized_keys)
+        if user_data is None:
+            user_data = self.spec.user_data
+        for name in batch.names:
+            self.nodes[name] = NodeInfo(name=name, group=group.name, keys_injected=False,
+                                        slots=group.slots or 1, ram_mb=group.ram)
+            self.st.intend("servers", name, group=group.name, host_keys=[], batch=batch.base)
+        body = self._server_args(group, user_data)
+        body["flavorRef"], body["imageRef"] = body.pop("flavor_id"), body.pop("image_id")
+        try:
+            multicreate.create(self.conn, self.st.cluster_id, batch, body)
+        except os_exc.HttpException as exc:
+            if not multicreate.refused(exc):
+                raise
+            with self._lock:
+                first = not self._multi_refused.is_set()
+                self._multi_refused.set()
+            if first:
+                LOG.warning("the cloud refused a multi-create of %d servers (%s); creating "
+                            "servers one by one", batch.count, exc)
+            for name in batch.names:
+                del self.nodes[name]
+                self.create_one(group, name)
+            return
+        self.batches.append(batch)
+        for name in batch.names:
+            self.nodes[name].timings["created"] = time.monotonic() - self.t0
+            self.progress("created", name)
 
     def create_one(self, group: ResolvedGroup, name: str) -> NodeInfo:
         private, public = hostkeys.generate_ed25519()
@@ -73,15 +148,7 @@ class ServerBuilder:
                         keys_injected=injected, slots=group.slots or 1, ram_mb=group.ram)
         self.nodes[name] = node
         self.st.intend("servers", name, group=group.name, host_keys=node.host_keys)
-        meta = tags.server_metadata(self.st.cluster_id, self.st.name, group.name,
-                                    self.spec.ttl_hours, self.st.record.owner or "",
-                                    extra=dict(self.spec.metadata, **group.metadata))
-        args = dict(name=name, flavor_id=group.flavor_id, image_id=group.image_id,
-                    networks=[{"uuid": self.network_id}], key_name=self.keypair,
-                    security_groups=[{"name": self.sg_name}], metadata=meta,
-                    tags=tags.tags(self.st.cluster_id))
-        if user_data:
-            args["user_data"] = base64.b64encode(user_data.encode()).decode()
+        args = dict(self._server_args(group, user_data), name=name)
         server = self._create_checked(name, args)
         node.server_id = server.id
         node.timings["created"] = time.monotonic() - self.t0
@@ -103,28 +170,44 @@ class ServerBuilder:
         return None
 
     # -- wait for ACTIVE -----------------------------------------------
-    def wait_active(self) -> None:
+    def wait_active(self, on_active: Optional[Callable[[NodeInfo], None]] = None) -> None:
+        """Poll until every wanted server is ACTIVE, with one tag-filtered list
+        per cycle for the whole cluster. ``on_active(node)`` is called (in this
+        thread) as each node turns ACTIVE."""
         deadline = time.monotonic() + self.spec.timeouts.active
         want = {n.name for n in self.nodes.values()}
+        unlisted: Dict[str, int] = {}
+        interval = POLL
         while True:
-            listing = {s.id: s for s in retry.call(
-                lambda: list(self.conn.compute.servers(
-                    details=True, tags=tags.CLUSTER_TAG + self.st.cluster_id)))}
+            listing = retry.call(lambda: list(self.conn.compute.servers(
+                details=True, tags=tags.CLUSTER_TAG + self.st.cluster_id)))
+            by_id = {s.id: s for s in listing}
+            by_name = {s.name: s for s in listing}
             for node in list(self.nodes.values()):
                 if node.name not in want or node.status == "ACTIVE":
                     continue
-                assert node.server_id is not None  # create_one set it, or raised
-                server = listing.get(node.server_id)
+                server = (by_id.get(node.server_id) if node.server_id
+                          else by_name.get(node.name))
                 if server is None:
-                    self._replace_or_drop(node, want, "server disappeared while building")
+                    # A batch's servers are listed from its answer on; allow a
+                    # few cycles all the same before calling one gone.
+                    unlisted[node.name] = unlisted.get(node.name, 0) + 1
+                    if node.server_id or unlisted[node.name] >= UNLISTED_CYCLES:
+                        self._replace_or_drop(node, want, "server disappeared while building")
                     continue
+                if node.server_id is None:  # a batch member, seen for the first time
+                    node.server_id = server.id
+                    self.st.created("servers", node.name, server.id, group=node.group,
+                                   host_keys=[])
                 if server.status == "ACTIVE":
                     node.status = "ACTIVE"
                     node.timings["active"] = time.monotonic() - self.t0
                     self.progress("active", node.name)
                     node.fixed_ip = self._fixed_ip(server)
-                    self.st.created("servers", node.name, node.server_id,
+                    self.st.created("servers", node.name, server.id,
                                    fixed_ip=node.fixed_ip, status="ACTIVE")
+                    if on_active is not None:
+                        on_active(node)
                 elif server.status == "ERROR":
                     fault = (server.fault or {}).get("message") or "no fault message"
                     self._replace_or_drop(node, want, fault)
@@ -134,7 +217,8 @@ class ServerBuilder:
             if time.monotonic() >= deadline:
                 raise WaitTimeout("ACTIVE state of cluster %s" % self.st.name,
                                   self.spec.timeouts.active, pending)
-            retry.SLEEP(POLL)
+            retry.SLEEP(min(interval, max(0.0, deadline - time.monotonic())))
+            interval = min(POLL_MAX, interval * 1.5)
 
     def _fixed_ip(self, server: Any) -> Optional[str]:
         for addrs in (server.addresses or {}).values():
@@ -173,8 +257,8 @@ class ServerBuilder:
 
     def delete_quietly(self, node: NodeInfo) -> None:
         """Delete a failed server now; teardown verifies it is gone."""
-        # Only servers seen building come here, and create_one set their id (or raised).
-        assert node.server_id is not None
+        if node.server_id is None:  # a batch member never listed: its intent stays,
+            return                  # and teardown looks it up by name
         try:
             retry.call(self.conn.compute.delete_server, node.server_id,
                        ignore_missing=True)
@@ -207,6 +291,7 @@ class ServerBuilder:
     def console_host_keys(self, node: NodeInfo, deadline: float) -> None:
         """For clouds that ignore user-data: take the keys from the console log."""
         assert node.server_id is not None  # only ACTIVE servers are asked
+        interval = 1.0
         while time.monotonic() < deadline:
             out = retry.call(self.conn.compute.get_server_console_output,
                              node.server_id).get("output", "")
@@ -216,6 +301,7 @@ class ServerBuilder:
                 self.st.created("servers", node.name, node.server_id, host_keys=keys)
                 LOG.info("host keys of %s taken from its console log", node.name)
                 return
-            retry.SLEEP(1.0)
+            retry.SLEEP(min(interval, max(0.0, deadline - time.monotonic())))
+            interval = min(CONSOLE_POLL_MAX, interval * 1.5)
         raise WaitTimeout("host keys in the console log of %s" % node.name,
                           self.spec.timeouts.ssh, [node.name])

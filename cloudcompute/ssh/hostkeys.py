@@ -39,9 +39,11 @@ def fingerprint(public_line: str) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
-def user_data_with_host_key(user_data: Optional[str], private: str, public: str,
+def user_data_with_host_key(user_data: Optional[str], private: Optional[str],
+                            public: Optional[str],
                             authorized_keys: Sequence[str] = ()) -> Optional[str]:
-    """Merge ``ssh_keys`` (the host key) and ``authorized_keys`` into cloud-config
+    """Merge ``ssh_keys`` (the host key; none if ``private`` is None, as for
+    servers sharing one user-data) and ``authorized_keys`` into cloud-config
     user-data; the caller's own ``ssh_authorized_keys`` are kept, ours follow.
 
     Returns None when the caller's user-data is not cloud-config (a script
@@ -54,9 +56,10 @@ def user_data_with_host_key(user_data: Optional[str], private: str, public: str,
     data = data or {}
     if not isinstance(data, dict):
         return None
-    data["ssh_keys"] = dict(data.get("ssh_keys") or {},
-                            ed25519_private=private, ed25519_public=public)
-    data.setdefault("ssh_deletekeys", True)
+    if private is not None:
+        data["ssh_keys"] = dict(data.get("ssh_keys") or {},
+                                ed25519_private=private, ed25519_public=public)
+        data.setdefault("ssh_deletekeys", True)
     if authorized_keys:
         theirs = data.get("ssh_authorized_keys") or []
         theirs = [theirs] if isinstance(theirs, str) else list(theirs)

@@ -72,6 +72,8 @@ class Nova:
         if len(self.listings) > MAX_LISTINGS:
             raise AssertionError("wait_active kept polling")
         want = [t for t in str(query.pop("tags", "")).split(",") if t]
+        if query:
+            raise AssertionError("this stand-in does not filter by %s" % sorted(query))
         out = []
         for sid, s in list(self.servers_.items()):
             if not all(t in s["tags"] for t in want):
@@ -80,6 +82,7 @@ class Nova:
             if status == "GONE":
                 continue
             out.append(sdk(Server, id=sid, name=s["name"], status=status, tags=s["tags"],
+                           reservation_id=s.get("reservation_id"),
                            fault=FAULT if status == "ERROR" else None,
                            addresses=addresses(s["n"]) if status == "ACTIVE" else {}))
         return iter(out)
@@ -101,6 +104,7 @@ def build(tmp_path):
     """A builder whose two nodes (group ``w``) are created; -> (builder, nova, progress)."""
     def make(scripts, **spec_kw):
         spec_kw.setdefault("timeouts", Timeouts(active=30))
+        spec_kw.setdefault("create_batch", 1)  # one request per server (test_multicreate: batches)
         spec = ClusterSpec(name="c", **spec_kw)
         plan = Plan([ResolvedGroup("w", 2, "f1", "m1.small", 2, 2048, "i1", "ubuntu",
                                    "ubuntu", {}, 2)], "n1", None, "p1", "ubuntu")
