@@ -2,13 +2,19 @@
 
 Every problem found is collected and raised together as a
 :class:`PreflightError`, so a user fixes their spec once, not once per
-problem.
+problem. Each name costs one request (a listing filtered by name; the
+flavors are listed once), and a connection remembers what it resolved for
+a few minutes, so a second ``up`` on it does not ask again. Quotas are read
+on every ``up``: they change as clusters come and go.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Dict, List, Optional
+import threading
+import time
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from openstack import exceptions as os_exc
 
@@ -48,12 +54,76 @@ class Plan:
         return sum(g.count for g in self.groups)
 
 
+CACHE_SECONDS = 300.0
+"""How long a connection remembers a flavor, active image or network it resolved."""
+_CACHE: "weakref.WeakKeyDictionary[Any, Dict[Tuple[str, str], Tuple[float, Any]]]" = \
+    weakref.WeakKeyDictionary()
+_CACHE_LOCK = threading.Lock()
+
+
+def _cached(conn: Any, kind: str, key: str, fetch: Callable[[], Any],
+            keep: Callable[[Any], bool] = lambda found: found is not None) -> Any:
+    """``fetch()``, remembered per connection for CACHE_SECONDS when ``keep`` says so."""
+    with _CACHE_LOCK:
+        try:
+            cache = _CACHE.setdefault(conn, {})
+        except TypeError:  # a connection that cannot be weakly referenced: no cache
+            cache = {}
+        hit = cache.get((kind, key))
+    if hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS:
+        return hit[1]
+    found = fetch()
+    if keep(found):
+        with _CACHE_LOCK:
+            cache[(kind, key)] = (time.monotonic(), found)
+    return found
+
+
+def _one(items: List[Any], name_or_id: str) -> Optional[Any]:
+    """The item whose id, else whose name, is ``name_or_id``; a name two
+    items share is a PreflightError asking for the id."""
+    by_id = [i for i in items if i.id == name_or_id]
+    found = by_id or [i for i in items if getattr(i, "name", None) == name_or_id]
+    if len(found) > 1:
+        raise PreflightError(["%r matches more than one resource; use its id"
+                              % name_or_id])
+    return found[0] if found else None
+
+
 def _find(finder, name_or_id: Optional[str]):
     try:
         return retry.call(finder, name_or_id, ignore_missing=True)
     except os_exc.DuplicateResource:
         raise PreflightError(["%r matches more than one resource; use its id"
                               % name_or_id]) from None
+
+
+def _by_name(service: Any, kind: str, name_or_id: str) -> Optional[Any]:
+    """One listing filtered by name (``service.<kind>s``); only if nothing has
+    that name, a lookup by id (``service.find_<kind>``: openstacksdk's find,
+    which tries the id first, costs two requests for every name)."""
+    found = _one(retry.call(lambda: list(getattr(service, kind + "s")(name=name_or_id))),
+                 name_or_id)
+    return found if found is not None else _find(getattr(service, "find_" + kind),
+                                                 name_or_id)
+
+
+def find_flavor(conn: Any, name_or_id: str) -> Tuple[Optional[Any], List[Any]]:
+    """(the flavor or None, every flavor listed) from one listing."""
+    flavors = _cached(conn, "flavors", "", lambda: retry.call(
+        lambda: list(conn.compute.flavors())), keep=bool)
+    return _one(flavors, name_or_id), flavors
+
+
+def find_image(conn: Any, name_or_id: str) -> Optional[Any]:
+    return _cached(conn, "image", name_or_id,
+                   lambda: _by_name(conn.image, "image", name_or_id),
+                   keep=lambda i: i is not None and i.status == "active")
+
+
+def find_network(conn: Any, name_or_id: str) -> Optional[Any]:
+    return _cached(conn, "network", name_or_id,
+                   lambda: _by_name(conn.network, "network", name_or_id))
 
 
 def _choices(items, limit: int = 12) -> str:
@@ -67,11 +137,12 @@ def resolve(conn: Any, spec: ClusterSpec) -> Plan:
     problems: List[str] = []
     groups: List[ResolvedGroup] = []
     for g in spec.groups:
-        flavor = _find(conn.compute.find_flavor, g.flavor)
+        assert g.flavor is not None and g.image is not None  # validate() saw to it
+        flavor, flavors = find_flavor(conn, g.flavor)
         if flavor is None:
             problems.append("group %s: unknown flavor %r (available: %s)"
-                            % (g.name, g.flavor, _choices(conn.compute.flavors())))
-        image = _find(conn.image.find_image, g.image)
+                            % (g.name, g.flavor, _choices(flavors)))
+        image = find_image(conn, g.image)
         if image is None:
             problems.append("group %s: unknown image %r (available: %s)"
                             % (g.name, g.image, _choices(conn.image.images())))
@@ -86,7 +157,7 @@ def resolve(conn: Any, spec: ClusterSpec) -> Plan:
                                         g.slots or max(1, int(flavor.vcpus or 1))))
     network_id = external_id = None
     if spec.network:
-        net = _find(conn.network.find_network, spec.network)
+        net = find_network(conn, spec.network)
         if net is None:
             problems.append("unknown network %r (available: %s)"
                             % (spec.network, _choices(conn.network.networks())))
@@ -109,7 +180,7 @@ def resolve(conn: Any, spec: ClusterSpec) -> Plan:
 
 def _external_network(conn: Any, spec: ClusterSpec, problems: List[str]) -> Optional[str]:
     if spec.external_network:
-        net = _find(conn.network.find_network, spec.external_network)
+        net = find_network(conn, spec.external_network)
         if net is None or not net.is_router_external:
             problems.append("external_network %r is not an external network"
                             % spec.external_network)

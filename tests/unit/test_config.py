@@ -87,16 +87,17 @@ def test_ordinary_user_names_pass(user):
 
 def _preflight_conn(image_user):
     import types
-    flavor = types.SimpleNamespace(id="f1", name="m1.tiny", vcpus=1, ram=512)
-    image = types.SimpleNamespace(id="i1", name="img", status="active",
+    flavor = types.SimpleNamespace(id="f1", name="f", vcpus=1, ram=512)
+    image = types.SimpleNamespace(id="i1", name="i", status="active",
                                   properties={"os_admin_user": image_user})
+    net = types.SimpleNamespace(id="n1", name="n")
     quota = types.SimpleNamespace(usage={}, instances=-1, cores=-1, ram=-1)
     return types.SimpleNamespace(
-        compute=types.SimpleNamespace(find_flavor=lambda n, ignore_missing: flavor,
+        compute=types.SimpleNamespace(flavors=lambda: [flavor],
                                       get_quota_set=lambda p, usage: quota),
-        image=types.SimpleNamespace(find_image=lambda n, ignore_missing: image),
-        network=types.SimpleNamespace(find_network=lambda n, ignore_missing: types.SimpleNamespace(
-            id="n1"), get_quota=lambda p, details: types.SimpleNamespace()),
+        image=types.SimpleNamespace(images=lambda name: [i for i in [image] if i.name == name]),
+        network=types.SimpleNamespace(networks=lambda name: [n for n in [net] if n.name == name],
+                                      get_quota=lambda p, details: types.SimpleNamespace()),
         current_project_id="p1")
 
 

@@ -67,6 +67,13 @@ def lister(items):
     return listing
 
 
+class Connection(types.SimpleNamespace):
+    """Weakly referable and hashed by identity, as openstacksdk's Connection is
+    (pre-flight's cache)."""
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+
 def cloud(flavors=FLAVORS, images=IMAGES, networks=NETWORKS, compute_quota=None,
           network_quota=None):
     """``compute_quota``: {key: (limit, in use)}; ``network_quota``: Neutron's
@@ -86,7 +93,7 @@ def cloud(flavors=FLAVORS, images=IMAGES, networks=NETWORKS, compute_quota=None,
             raise network_quota
         return sdk(QuotaDetails, project_id=project_id, **(network_quota or {}))
 
-    conn = types.SimpleNamespace(
+    conn = Connection(
         current_project_id="p1", calls=calls,
         compute=types.SimpleNamespace(find_flavor=finder(flavors), flavors=lister(flavors),
                                       get_quota_set=get_quota_set),
@@ -211,3 +218,45 @@ def test_a_cluster_network_needs_exactly_one_external_network(networks, external
         with pytest.raises(PreflightError) as err:
             preflight.resolve(cloud(networks=networks), s)
         assert any(problem in p for p in err.value.problems)
+
+
+def counting(conn):
+    """Wrap every lookup of ``conn`` to count the requests it stands for."""
+    asked = []
+    for service, names in (("compute", ("flavors", "find_flavor")),
+                           ("image", ("images", "find_image")),
+                           ("network", ("networks", "find_network"))):
+        api = getattr(conn, service)
+        for name in names:
+            def wrapped(*a, _fn=getattr(api, name), _name=name, **kw):
+                asked.append(_name)
+                return _fn(*a, **kw)
+            setattr(api, name, wrapped)
+    return asked
+
+
+def test_each_name_costs_one_listing_and_a_connection_remembers_them(monkeypatch):
+    conn = cloud()
+    asked = counting(conn)
+    plan = preflight.resolve(conn, spec(nodes=2))
+    assert (plan.groups[0].flavor_id, plan.groups[0].image_id, plan.network_id) == (
+        "f1", "i1", "n1")
+    assert sorted(asked) == ["flavors", "images", "networks"]
+    preflight.resolve(conn, spec(nodes=5))  # the same connection: nothing asked again
+    assert len(asked) == 3
+    assert [c[0] for c in conn.calls] == ["compute quota", "network quota"] * 2
+    monkeypatch.setattr(preflight, "CACHE_SECONDS", 0.0)  # remembered no longer
+    preflight.resolve(conn, spec(nodes=5))
+    assert len(asked) == 6
+
+
+def test_an_id_is_found_after_the_name_listing_and_an_inactive_image_is_not_kept():
+    conn = cloud()
+    asked = counting(conn)
+    plan = preflight.resolve(conn, spec(image="i2", network="n1", ssh_user="u"))
+    assert (plan.groups[0].image_id, plan.network_id) == ("i2", "n1")
+    assert sorted(asked) == ["find_image", "find_network", "flavors", "images", "networks"]
+    for _ in range(2):
+        with pytest.raises(PreflightError, match="image uploading is queued, not active"):
+            preflight.resolve(conn, spec(image="uploading"))
+    assert asked.count("images") == 3  # asked each time until it is active
