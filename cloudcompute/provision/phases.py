@@ -4,7 +4,8 @@ typed values, in the order ``Cluster.up`` runs them:
 ``record`` (the state file, before anything exists) -> ``base_resources``
 (keys, security group, network) -> ``servers`` (created, ACTIVE) ->
 ``floating_ips`` -> ``open_ssh`` (the one inbound rule) -> ``wait_ssh``
-(verified logins).
+(verified logins). ``servers_and_ssh`` runs the last four overlapped: a
+node's login starts as it turns ACTIVE.
 
 Every resource a phase creates is recorded in the cluster's state before the
 call that creates it, so whatever phase fails, ``down()`` finds everything.
@@ -16,21 +17,22 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from cloudcompute import tags
+from cloudcompute import retry, tags
 from cloudcompute.config import ClusterSpec
-from cloudcompute.exceptions import HostKeyMismatch
+from cloudcompute.exceptions import HostKeyMismatch, WaitTimeout
 from cloudcompute.provision import resources
 from cloudcompute.provision.preflight import Plan
 from cloudcompute.provision.servers import ServerBuilder
 from cloudcompute.record import ClusterRecord, NodeInfo, SSHAccess, directly_routable
 from cloudcompute.ssh.client import NodeConnection
-from cloudcompute.ssh.readiness import wait_for_ssh
+from cloudcompute.ssh.readiness import banner_probe, wait_for_ssh
 from cloudcompute.state import ClusterState
 
 LOG = logging.getLogger(__name__)
 Progress = Callable[[str, str], None]
+BANNER_POLL = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,48 +106,141 @@ def open_ssh(conn: Any, spec: ClusterSpec, base: BaseResources,
     return cidr
 
 
+def wait_for_banner(node: NodeInfo, deadline: float, stop: threading.Event) -> None:
+    """Until sshd on ``node`` sends its banner (no login, nothing trusted)."""
+    t0 = time.monotonic()
+    while not banner_probe(node.ssh_address, timeout=min(
+            1.0, max(0.1, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline or stop.is_set():
+            raise WaitTimeout("SSH banner of %s (%s)%s" % (
+                node.name, node.ssh_address, " (stopped)" if stop.is_set() else ""),
+                deadline - t0, [node.name])
+        retry.SLEEP(BANNER_POLL)
+
+
+def login(builder: ServerBuilder, node: NodeInfo, key_file: str, user: str,
+          deadline: float, stop: threading.Event, progress: Progress) -> NodeConnection:
+    """A logged-in connection to ``node``, its host key verified against the
+    one recorded (from user-data, else the console log)."""
+    if not node.keys_injected:
+        # cloud-init prints the keys as sshd starts: ask for the console
+        # log once sshd answers, not every second before.
+        wait_for_banner(node, deadline, stop)
+        builder.console_host_keys(node, deadline)
+    conn = NodeConnection(node.name, node.ssh_address, user, key_file, node.host_keys)
+    try:
+        wait_for_ssh(conn, deadline, stop=stop)
+    except HostKeyMismatch:
+        # The cloud may have ignored user-data: trust the console log only.
+        conn.close()
+        builder.console_host_keys(node, min(deadline, time.monotonic() + 30))
+        if node.host_keys == conn.host_keys:
+            raise
+        conn = NodeConnection(node.name, node.ssh_address, user, key_file, node.host_keys)
+        wait_for_ssh(conn, deadline, stop=stop)
+    if stop.is_set():  # another node failed meanwhile: nobody takes this one
+        conn.close()
+    node.timings["ssh_ready"] = time.monotonic() - builder.t0
+    progress("ssh", node.name)
+    return conn
+
+
+class Logins:
+    """Logins to nodes started one by one (each may start before others are
+    ACTIVE) and collected at the end; ``close`` stops those still running.
+
+    No with-block around the pool: its exit would wait for every probe, and
+    Ctrl-C must reach the rollback at once."""
+
+    def __init__(self, builder: ServerBuilder, key_file: str, user: str, timeout: float,
+                 progress: Progress):
+        self.builder, self.key_file, self.user = builder, key_file, user
+        self.timeout, self.progress = timeout, progress
+        self.stop = threading.Event()
+        self.pool = cf.ThreadPoolExecutor(max_workers=16)
+        self.futures: Dict[str, "cf.Future[NodeConnection]"] = {}
+
+    def start(self, node: NodeInfo, deadline: Optional[float] = None) -> None:
+        """Probe and log in to ``node`` in the background, until ``deadline``
+        (default: ``timeout`` seconds from now)."""
+        deadline = deadline if deadline is not None else time.monotonic() + self.timeout
+        self.futures[node.name] = self.pool.submit(
+            login, self.builder, node, self.key_file, self.user, deadline, self.stop,
+            self.progress)
+
+    def collect(self, nodes: List[NodeInfo]) -> Dict[str, NodeConnection]:
+        """The connection to each of ``nodes`` (started here if not yet); on
+        the first failure every probe stops, what was opened is closed, and
+        the failure is raised."""
+        connections: Dict[str, NodeConnection] = {}
+        try:
+            for n in nodes:
+                if n.name not in self.futures:
+                    self.start(n)
+            for n in nodes:
+                connections[n.name] = self.futures[n.name].result()
+        except BaseException:
+            for c in connections.values():
+                c.close()
+            self.close()
+            raise
+        self.stop.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        return connections
+
+    def close(self) -> None:
+        """Stop every probe; close the connections already made."""
+        self.stop.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for f in self.futures.values():  # now, or as each probe still running ends
+            f.add_done_callback(_close_result)
+
+
+def _close_result(f: "cf.Future[NodeConnection]") -> None:
+    if not f.cancelled() and f.exception() is None:
+        f.result().close()
+
+
 def wait_ssh(builder: ServerBuilder, nodes: List[NodeInfo], key_file: str, user: str,
              timeout: float, progress: Progress) -> Dict[str, NodeConnection]:
     """A logged-in connection to every node, its host key verified against the
     one recorded (from user-data, else the console log); WaitTimeout after
     ``timeout`` seconds. Stops every probe at once when one fails."""
     deadline = time.monotonic() + timeout
-    stop = threading.Event()
+    logins = Logins(builder, key_file, user, timeout, progress)
+    for n in nodes:
+        logins.start(n, deadline)
+    return logins.collect(nodes)
 
-    def one(node: NodeInfo) -> NodeConnection:
-        if not node.keys_injected:
-            builder.console_host_keys(node, deadline)
-        conn = NodeConnection(node.name, node.ssh_address, user, key_file, node.host_keys)
-        try:
-            wait_for_ssh(conn, deadline, stop=stop)
-        except HostKeyMismatch:
-            # The cloud may have ignored user-data: trust the console log only.
-            conn.close()
-            builder.console_host_keys(node, min(deadline, time.monotonic() + 30))
-            if node.host_keys == conn.host_keys:
-                raise
-            conn = NodeConnection(node.name, node.ssh_address, user, key_file,
-                                  node.host_keys)
-            wait_for_ssh(conn, deadline, stop=stop)
-        if stop.is_set():  # another node failed meanwhile: nobody takes this one
-            conn.close()
-        node.timings["ssh_ready"] = time.monotonic() - builder.t0
-        progress("ssh", node.name)
-        return conn
 
-    # No with-block: its exit would wait for every probe, and Ctrl-C must
-    # reach the rollback at once.
-    pool = cf.ThreadPoolExecutor(max_workers=min(16, len(nodes)))
-    connections: Dict[str, NodeConnection] = {}
+def servers_and_ssh(conn: Any, st: ClusterState, spec: ClusterSpec, plan: Plan,
+                    base: BaseResources, progress: Progress, timings: Dict[str, float],
+                    since: float) -> Tuple[ServerBuilder, Dict[str, NodeConnection]]:
+    """``servers``, ``floating_ips``, ``open_ssh`` and ``wait_ssh`` overlapped:
+    each node gets its floating IP (if it needs one) and its SSH probe as it
+    turns ACTIVE, while others still build; the SSH rule is added with the
+    first. Each node has ``timeouts.ssh`` from its own ACTIVE. Adds
+    ``create``, ``active`` and ``ssh`` to ``timings``."""
+    builder = ServerBuilder(conn, st, spec, plan, base.network_id, base.security_group_name,
+                            base.keypair, progress,
+                            authorized_keys=[base.internal_public_key])
+    logins = Logins(builder, base.key_file, plan.ssh_user, spec.timeouts.ssh, progress)
+    opened: List[str] = []
+
+    def on_active(node: NodeInfo) -> None:
+        floating_ips(builder, spec, plan, [node])
+        if not opened:
+            opened.append(open_ssh(conn, spec, base, [node]))
+        logins.start(node)
+
     try:
-        futures = {n.name: pool.submit(one, n) for n in nodes}
-        for name, f in futures.items():
-            connections[name] = f.result()
+        builder.create_all()
+        timings["create"] = time.monotonic() - since
+        builder.wait_active(on_active=on_active)
+        timings["active"] = time.monotonic() - since
     except BaseException:
-        for c in connections.values():
-            c.close()
+        logins.close()
         raise
-    finally:
-        stop.set()
-        pool.shutdown(wait=False, cancel_futures=True)
-    return connections
+    connections = logins.collect(builder.active_nodes())
+    timings["ssh"] = time.monotonic() - since
+    return builder, connections

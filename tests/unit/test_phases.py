@@ -1,4 +1,5 @@
 """The provisioning phases' decisions, against stand-ins for the builder and cloud."""
+import time
 import types
 
 import pytest
@@ -72,3 +73,106 @@ def test_base_resources_uses_the_planned_network_or_creates_one(monkeypatch, tmp
     assert new == phases.BaseResources("kp", "/k", "ssh-ed25519 B", "sg-1", "cc-sg",
                                        "net-new")
     assert made == [("10.77.0.0/24", "ext")]
+
+
+class Overlapped:
+    """A ServerBuilder stand-in whose nodes turn ACTIVE one per poll; ``events``
+    is shared with the stand-in login, so the order of both can be checked."""
+
+    def __init__(self, events, fail_after=None):
+        self.events = events
+        self.fail_after = fail_after
+        self.nodes = [NodeInfo(n, "g", fixed_ip="10.0.0.%d" % i, status="BUILD")
+                      for i, n in enumerate(("a", "b", "c"), 1)]
+        self.attached = []
+
+    def create_all(self):
+        self.events.append("create")
+
+    def wait_active(self, on_active):
+        for i, node in enumerate(self.nodes):
+            if i == self.fail_after:
+                raise RuntimeError("server c went to ERROR")
+            node.status = "ACTIVE"
+            self.events.append("active " + node.name)
+            on_active(node)
+            # the login of an ACTIVE node runs while the others still build
+            for _ in range(200):
+                if "login " + node.name in self.events:
+                    break
+                time.sleep(0.005)
+
+    def active_nodes(self):
+        return [n for n in self.nodes if n.status == "ACTIVE"]
+
+    def attach_floating_ip(self, node):
+        self.attached.append(node.name)
+
+
+class Connection:
+    def __init__(self, name):
+        self.name, self.closed = name, False
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def overlapped(monkeypatch):
+    events, rules, made = [], [], []
+
+    def make(fail_after=None, login_fails=None):
+        b = Overlapped(events, fail_after)
+        monkeypatch.setattr(phases, "ServerBuilder", lambda *a, **kw: b)
+        monkeypatch.setattr(resources, "allow_ssh",
+                            lambda conn, sg, cidr: rules.append(cidr))
+        monkeypatch.setattr(resources, "caller_cidr", lambda address: "192.0.2.7/32")
+
+        def login(builder, node, key_file, user, deadline, stop, progress):
+            assert (key_file, user) == ("/k/key", "ubuntu") and deadline > time.monotonic()
+            events.append("login " + node.name)
+            if node.name == login_fails:
+                raise phases.HostKeyMismatch(node.name, "ssh-ed25519 A", "ssh-ed25519 B")
+            made.append(Connection(node.name))
+            return made[-1]
+        monkeypatch.setattr(phases, "login", login)
+        return b
+    return make, events, rules, made
+
+
+def test_each_login_starts_as_its_node_turns_active(overlapped):
+    make, events, rules, made = overlapped
+    b = make()
+    timings = {}
+    spec = ClusterSpec(name="c", floating_ips="always")
+    builder, conns = phases.servers_and_ssh(None, None, spec, plan("ext"), BASE,
+                                            lambda p, n: None, timings, time.monotonic())
+    assert builder is b and sorted(conns) == ["a", "b", "c"]
+    assert events.index("login a") < events.index("active b")
+    assert events.index("login b") < events.index("active c")
+    assert rules == ["192.0.2.7/32"]  # the SSH rule once, with the first node
+    assert b.attached == ["a", "b", "c"]
+    assert set(timings) == {"create", "active", "ssh"} and not any(c.closed for c in made)
+
+
+def test_a_failure_while_others_build_closes_the_logins_made(overlapped):
+    make, events, rules, made = overlapped
+    make(fail_after=2)
+    with pytest.raises(RuntimeError, match="went to ERROR"):
+        phases.servers_and_ssh(None, None, ClusterSpec(name="c"), plan(None), BASE,
+                               lambda p, n: None, {}, time.monotonic())
+    assert [c.name for c in made] == ["a", "b"] and all(c.closed for c in made)
+
+
+def test_a_failed_login_closes_the_others_and_is_raised(overlapped):
+    make, events, rules, made = overlapped
+    make(login_fails="b")
+    with pytest.raises(phases.HostKeyMismatch):
+        phases.servers_and_ssh(None, None, ClusterSpec(name="c"), plan(None), BASE,
+                               lambda p, n: None, {}, time.monotonic())
+    assert [c.name for c in made] == ["a", "c"]
+    for _ in range(200):  # c's login may end after the failure: closed as it ends
+        if all(c.closed for c in made):
+            break
+        time.sleep(0.005)
+    assert all(c.closed for c in made)
