@@ -159,3 +159,41 @@ def test_UNIQUE(cloudcompute_leak_check, leaky, cloudcompute_cluster):
     finally:
         if sg_id:
             conn.network.delete_security_group(sg_id, ignore_missing=True)
+
+
+def test_keep_leaves_a_detached_cluster_that_the_printed_commands_reach(inner, pytester,
+                                                                         tmp_path):
+    """--cc-keep: the cluster stays, detached, with an expiry --cc-keep-hours
+    away; the summary's ssh command reaches it and its down command deletes
+    it (the inner fixture then finds nothing left)."""
+    path = inner(CLUSTER_TEST + '''
+def test_UNIQUE(cloudcompute_cluster, cloudcompute_leak_check):
+    made(cloudcompute_cluster(ttl_hours=24))
+''')
+    t0 = time.time()
+    result = pytester.runpytest_subprocess(path, "-p", "no:cacheprovider", "--cc-keep",
+                                           "--cc-keep-hours", "0.5", timeout=600)
+    result.assert_outcomes(passed=1)
+    name = (tmp_path / "name").read_text().strip()
+    line = next(x for x in result.outlines if x.startswith("kept " + name))
+    ssh_cmd = line.split("reach it with '")[1].split("'")[0]
+    down_cmd = line.split("delete it with '")[1].split("'")[0]
+    assert ssh_cmd.endswith("cloudcompute --os-cloud %s ssh %s" % (CLOUD, name)), line
+
+    from cloudcompute import Cluster, tags
+    c = Cluster.attach(name, state_dir=os.environ["CLOUDCOMPUTE_STATE_DIR"])
+    servers = [c.conn.compute.get_server(n.server_id) for n in c.nodes]
+    assert len(servers) == 1
+    for s in servers:
+        meta = tags.parse_server_metadata(s.metadata, c.state.cluster_id)
+        assert meta.detached
+        assert t0 + 1700 < meta.expires < time.time() + 1800 + 5
+    cli = os.path.join(os.path.dirname(sys.executable), "cloudcompute")
+    argv = ssh_cmd.split()
+    env = dict(os.environ, **dict(a.split("=", 1) for a in argv if "=" in a))
+    argv = [cli] + [a for a in argv if "=" not in a][1:]
+    out = subprocess.run(argv + ["--", "echo", "kept-and-reached"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "kept-and-reached", out
+    argv = [cli] + [a for a in down_cmd.split() if "=" not in a][1:]
+    assert subprocess.run(argv, env=env, timeout=300).returncode == 0
