@@ -85,8 +85,9 @@ def supervisor_running(jdir):
 class Supervisor:
     """Runs this node's tasks of one job, ``slots`` at a time."""
 
-    def __init__(self, jdir, node, slots):
+    def __init__(self, jdir, node, slots, lock=None):
         self.jdir, self.node, self.slots = jdir, node, max(1, slots)
+        self.lock = lock  # the job's lock: held by this process alone, not its tasks
         self.running = {}  # pid -> [index, t0 (monotonic), deadline, why killed]
         self.batches = None
 
@@ -135,6 +136,9 @@ class Supervisor:
     def _start(self, index, tasks):
         path, entry = tasks[index]
         tdir = self._tdir(index)
+        old = task_status(self.jdir, index) or {}
+        if old.get("state") == "running":  # its supervisor died: so does that run
+            _kill_stale(old.get("pid"), os.path.basename(self.jdir))
         for name in ("answer.json", "result.bin"):
             if os.path.exists(os.path.join(tdir, name)):
                 os.unlink(os.path.join(tdir, name))
@@ -142,6 +146,8 @@ class Supervisor:
         if pid == 0:
             code = 0
             try:
+                if self.lock is not None:  # a task outliving us must not hold it
+                    os.close(self.lock)
                 _run_task(tdir, path, entry)
             except BaseException:  # noqa: B036 - its output log is the only witness
                 import traceback
@@ -198,6 +204,21 @@ class Supervisor:
         out.setdefault("message", "")
         out["traceback"] = str(out.get("traceback", ""))[-TRACEBACK_KEEP:]
         self._record(index, out)
+
+
+def _kill_stale(pid, job_id):
+    """End the process group of a run a dead supervisor left, if it is still
+    that run: a group leader forked from jobd for this job."""
+    if type(pid) is not int or pid <= 1:
+        return
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            argv = f.read().split(b"\0")
+        if b"ccnode.jobd" in b" ".join(argv) and job_id.encode() in argv \
+                and os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+    except (OSError, ProcessLookupError):
+        pass  # gone already
 
 
 def _run_task(tdir, path, entry):
@@ -281,7 +302,7 @@ def start(jdir, node, slots):
                 __import__(mod)
             except ImportError:
                 pass
-        code = Supervisor(jdir, node, slots).serve()
+        code = Supervisor(jdir, node, slots, lock).serve()
     except BaseException:  # noqa: B036 - the log is the only witness here
         import traceback
         traceback.print_exc()

@@ -59,3 +59,13 @@ def square_slowly(x, pause=0.05):
 
 def as_set(values):
     return set(values)
+
+
+def slow_first_time(marker):
+    """Hangs (60 s) the first time, writing its pid to ``marker``; then returns it."""
+    if os.path.exists(marker):
+        return int(open(marker).read())
+    with open(marker, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(60)
+    return 0

@@ -284,3 +284,34 @@ def _jobd_processes(home):
         except OSError:
             continue
     return found
+
+
+def test_a_lost_node_without_a_replica_ends_its_tasks_in_node_lost(cluster):
+    from cloudcompute.exceptions import NodeLost
+    ex, nodes = cluster(2, slots=1)
+    job = detached.submit(ex, nf.span, [0.3] * 4, replicate=False)
+    assert job.record.replicas == {}
+    job.lost_after = 0.3
+    sup = os.path.join(_job_dir(nodes["n1"], job), "supervisor.json")
+    deadline = time.monotonic() + 10
+    while not os.path.exists(sup) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(json.load(open(sup))["pid"], signal.SIGKILL)
+    nodes["n1"].hung = True
+    values = job.results(timeout=30, return_exceptions=True)
+    assert [type(v).__name__ for v in values] == ["list", "NodeLost"] * 2
+    assert isinstance(values[1], NodeLost) and values[1].node == "n1"
+
+
+def test_a_restarted_supervisor_ends_the_run_its_predecessor_left(cluster, tmp_path):
+    ex, nodes = cluster(1, slots=1)
+    marker = str(tmp_path / "first.pid")
+    job = detached.submit(ex, nf.slow_first_time, [marker])
+    sup = os.path.join(_job_dir(nodes["n0"], job), "supervisor.json")
+    deadline = time.monotonic() + 10
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first = int(open(marker).read())
+    os.kill(json.load(open(sup))["pid"], signal.SIGKILL)  # the task runs on, orphaned
+    assert job.results(timeout=30) == [first]  # run again after the restart
+    assert not _alive(first)
