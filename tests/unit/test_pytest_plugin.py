@@ -381,3 +381,23 @@ def test_plugin_module_imports_only_pytest():
     src = open(plugin.__file__).read().split('"""', 2)[2]
     top = [line for line in src.splitlines() if line.startswith(("import ", "from "))]
     assert all("cloudcompute" not in line for line in top), top
+
+
+def test_sigterm_during_up_stops_pytest(pytester, fake_clusters, monkeypatch):
+    """Cluster.up() rolls back on SIGTERM and raises its own Terminated, which
+    pytest would take for a test failure; the factory makes it an interruption."""
+    from cloudcompute.cluster import Terminated as UpTerminated
+
+    def up(self):
+        raise UpTerminated("SIGTERM")
+    monkeypatch.setattr(FakeCluster, "up", up)
+    session = plugin.Session(pytester.parseconfig())
+    factory = plugin.ClusterFactory(session, session.open_pool(), {"flavor": "f", "image": "i"},
+                                    "test_x")
+    try:
+        with pytest.raises(plugin.Terminated, match="SIGTERM while a cluster came up") as info:
+            factory(nodes=1)
+    finally:
+        session.restore_sigterm()
+    assert isinstance(info.value, KeyboardInterrupt) and session.stopping
+    assert factory.names == [fake_clusters.made[0].name]
