@@ -60,6 +60,8 @@ def cluster(tmp_path):
         if _alive(pid):  # a supervisor this test started and left running
             os.kill(pid, signal.SIGKILL)
     for node in made:
+        for pid in _jobd_processes(node.home):  # tasks a failed test left running
+            os.kill(pid, signal.SIGKILL)
         node.cleanup()
 
 
