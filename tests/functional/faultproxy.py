@@ -75,8 +75,10 @@ class Rule:
 class FaultProxy:
     """Start with ``start(upstream_ports)``; ``url(port)`` gives the proxied base."""
 
-    def __init__(self, host: str = "127.0.0.1", seed: int = 0):
+    def __init__(self, host: str = "127.0.0.1", seed: int = 0,
+                 upstream_host: Optional[str] = None):
         self.host = host
+        self.upstream_host = upstream_host or host
         self.rng = random.Random(seed)
         self.rules: List[Rule] = []
         self.log: List[Tuple[str, int, str, str]] = []
@@ -101,9 +103,12 @@ class FaultProxy:
     def faults(self) -> List[Tuple[str, int, str, str]]:
         return [e for e in self.log if e[3] != "ok"]
 
-    def start(self, upstream_ports: List[int]) -> "FaultProxy":
+    def start(self, upstream_ports: List[int], same_ports: bool = False) -> "FaultProxy":
+        """Listen for each upstream port: on the same port (``same_ports``, for a
+        proxy in a node's own network namespace) or on a free one."""
         for up in upstream_ports:
-            srv = http.server.ThreadingHTTPServer((self.host, 0), self._handler(up))
+            srv = http.server.ThreadingHTTPServer((self.host, up if same_ports else 0),
+                                                  self._handler(up))
             srv.daemon_threads = True
             self.ports[up] = srv.server_address[1]
             self._servers.append(srv)
@@ -171,9 +176,9 @@ class FaultProxy:
                 self.wfile.write(body)
 
             def _forward(self, body: bytes):
-                up = http.client.HTTPConnection(proxy.host, upstream, timeout=120)
+                up = http.client.HTTPConnection(proxy.upstream_host, upstream, timeout=120)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
-                headers["Host"] = "%s:%d" % (proxy.host, upstream)
+                headers["Host"] = "%s:%d" % (proxy.upstream_host, upstream)
                 up.request(self.command, self.path, body=body or None, headers=headers)
                 resp = up.getresponse()
                 data = resp.read()

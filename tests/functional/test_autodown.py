@@ -5,6 +5,7 @@ floating IPs, security groups, networks, the keypair and the application
 credential. No test here runs gc unless it says so.
 """
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -12,11 +13,14 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.error
+import urllib.request
 
 from cloudcompute import Cluster, ClusterSpec
 from tests.functional import jobfuncs
 from tests.functional.conftest import CLOUD, keypairs_with, leftovers
 
+KEYSTONE = "http://127.0.0.1:5000/v3"
 CHILD = textwrap.dedent("""
     import logging, sys, time
     logging.basicConfig(level=logging.INFO)
@@ -103,3 +107,70 @@ def test_a_running_task_keeps_an_idle_cluster(conn, admin_conn, unique, state_di
         wait_gone(admin_conn, conn, unique, servers, within=90)
     finally:
         c.down()
+
+
+def _token(cred):
+    """A token of the application credential, or the status Keystone refused it with."""
+    body = {"auth": {"identity": {"methods": ["application_credential"],
+                                  "application_credential": cred}}}
+    req = urllib.request.Request(KEYSTONE + "/auth/tokens", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.headers["X-Subject-Token"]
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _status(token, method, url):
+    req = urllib.request.Request(url, method=method, headers={"X-Auth-Token": token})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_the_credential_reaches_its_own_cluster_only_and_goes_with_it(
+        conn, admin_conn, unique, state_dir, caplog):
+    caplog.set_level(logging.DEBUG)
+    a = Cluster(ClusterSpec(name=unique + "a", nodes=1), cloud=CLOUD).up()
+    b = Cluster(ClusterSpec(name=unique + "b", nodes=1, autodown=False), cloud=CLOUD).up()
+    try:
+        node = a.connection(a.nodes[0].name)
+        cred = json.loads(node.run(["cat", ".cloudcompute/autodown/credential.json"]).stdout)
+        assert node.run(["stat", "-c", "%a", ".cloudcompute/autodown/credential.json"]
+                        ).stdout.strip() == "600"
+        token = _token(cred)
+        assert isinstance(token, str)
+        nova, neutron = conn.endpoint_for("compute"), conn.endpoint_for("network") + "/v2.0"
+        assert _status(token, "GET", "%s/servers/%s" % (nova, a.nodes[0].server_id)) == 200
+        b_sg = next(iter(b.state.resources["security_groups"].values()))["id"]
+        public = admin_conn.network.find_network("public")
+        router = admin_conn.network.find_router("router1")
+        refused = {}
+        for method, url in [
+                ("GET", "%s/servers/%s" % (nova, b.nodes[0].server_id)),  # another cluster
+                ("DELETE", "%s/servers/%s" % (nova, b.nodes[0].server_id)),
+                ("GET", nova + "/servers/detail"), ("GET", nova + "/servers"),  # listing
+                ("DELETE", "%s/security-groups/%s" % (neutron, b_sg)),
+                ("GET", neutron + "/security-groups"),
+                ("GET", "%s/networks/%s" % (neutron, public.id)),  # another project
+                ("DELETE", "%s/routers/%s" % (neutron, router.id)),
+                ("GET", "%s/users/%s/application_credentials" % (KEYSTONE,
+                                                                  conn.current_user_id))]:
+            refused[method + " " + url] = _status(token, method, url)
+        assert all(code in (401, 403, 404) for code in refused.values()), refused
+        assert conn.compute.get_server(b.nodes[0].server_id).status == "ACTIVE"
+        state_text = open(os.path.join(state_dir, unique + "a.json")).read()
+        node_log = node.run(["cat", ".cloudcompute/autodown/watchdog.log",
+                             ".cloudcompute/autodown/status.json"]).stdout
+    finally:
+        a.down()
+        b.down()
+    assert _token(cred) == 401  # deleted with its cluster
+    assert cred["id"] in state_text  # the state records the id ...
+    for where, text in (("state", state_text), ("node log", node_log),
+                        ("client log", caplog.text)):
+        assert cred["secret"] not in text, where  # ... and never the secret
+    assert holdings(admin_conn, conn, unique) == []

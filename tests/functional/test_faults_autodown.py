@@ -1,0 +1,109 @@
+"""Fault campaign cases of the watchdog (cloudcompute.autodown).
+
+A fault proxy inside the first node's network namespace stands between the
+watchdog and the cloud's API; a node deleted under the watchdog; a network
+the watchdog cannot delete. Each case ends with the ``fault`` fixture's
+admin listing: nothing of the cluster is left.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from cloudcompute import Cluster, ClusterSpec, gc
+from tests.functional.conftest import CLOUD
+from tests.functional.test_autodown import CHILD, holdings, recorded_servers, wait_gone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+API_PORTS = ("5000", "8774", "9696")
+
+
+def node_gateway(server_id):
+    out = subprocess.run(["ip", "netns", "exec", "cc-" + server_id, "ip", "-4", "route",
+                          "show", "default"], capture_output=True, text=True, check=True)
+    return out.stdout.split()[2]  # default via GATEWAY dev eth0
+
+
+def test_watchdog_retries_503s_and_still_deletes_everything(fault, conn, admin_conn, unique,
+                                                            state_dir, tmp_path):
+    fault("watchdog's API calls answered 503 (every second one)", "autodown",
+          "the watchdog retries each call and deletes the whole cluster at its deadline")
+    c = Cluster(ClusterSpec(name=unique, nodes=2, ttl_hours=40 / 3600.0,
+                            node_api_host="127.0.0.1"), cloud=CLOUD).up()
+    servers = [n.server_id for n in c.nodes]
+    c.close_connections()
+    log = tmp_path / "faults.jsonl"
+    proxy = subprocess.Popen(
+        ["ip", "netns", "exec", "cc-" + servers[0], sys.executable, "-m",
+         "tests.functional.nodeproxy", node_gateway(servers[0]), str(log), *API_PORTS, "--",
+         json.dumps({"action": "status", "status": 503, "every": 2})], cwd=ROOT)
+    try:
+        wait_gone(admin_conn, conn, unique, servers, within=180)
+    finally:
+        proxy.kill()  # gone with its namespace already, as a rule
+        proxy.wait()
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    failed = [c for c in calls if c[3] == "503"]
+    deletes = [c for c in failed if c[0] == "DELETE"]
+    assert failed and deletes, calls
+    fault.observed = "%d of %d calls answered 503 (%d deletes); all of it deleted" % (
+        len(failed), len(calls), len(deletes))
+    c.down()  # only the state file is left
+
+
+def test_a_watchdog_node_deleted_first_leaves_the_rest_to_gc(fault, conn, admin_conn, unique,
+                                                             state_dir):
+    fault("the watchdog's node deleted under it; client SIGKILLed", "autodown",
+          "gc finds the rest by its tags and name and deletes it, credential included")
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, unique, CLOUD, "2", "30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if line.startswith("UP "):
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    servers = recorded_servers(state_dir, unique)
+    conn.compute.delete_server(servers[0])
+    conn.compute.wait_for_delete(conn.compute.get_server(servers[0]), wait=60)
+    left = holdings(admin_conn, conn, unique)
+    assert any(x.startswith("application credential") for x in left), left
+    assert any(x.startswith("server") for x in left), left
+    found = [r for r in gc.collect(conn, dry_run=True, state_dir=state_dir)
+             if r["name"] == unique]
+    assert found and "owner process" in found[0]["reason"], found
+    assert any(r.startswith("application credential") for r in found[0]["resources"])
+    done = [r for r in gc.collect(conn, dry_run=False, state_dir=state_dir)
+            if r["name"] == unique]
+    assert done and done[0]["deleted"], done
+    assert holdings(admin_conn, conn, unique, servers) == []
+    fault.observed = "gc found %d resources and deleted them" % len(found[0]["resources"])
+
+
+def test_a_network_the_watchdog_cannot_delete_is_tagged_and_gc_takes_it(
+        fault, conn, admin_conn, unique, state_dir):
+    fault("cluster on its own network ends itself", "autodown",
+          "watchdog deletes servers, SG, keypair, credential; network, subnet, router "
+          "are tagged cc-ended and gc deletes them at once")
+    c = Cluster(ClusterSpec(name=unique, nodes=1, create_network=True, network=None,
+                            ttl_hours=30 / 3600.0), cloud=CLOUD).up()
+    servers = [n.server_id for n in c.nodes]
+    c.close_connections()
+    end = time.monotonic() + 150  # gc, below, also removes the state file
+    while True:
+        left = holdings(admin_conn, conn, unique, servers)
+        kinds = sorted({x.split()[0] for x in left})
+        if kinds == ["network", "router", "subnet"]:
+            break
+        assert time.monotonic() < end, left
+        time.sleep(3)
+    tagged = [n for n in conn.network.networks(tags="cc-ended") if unique in n.name]
+    assert tagged
+    found = [r for r in gc.collect(conn, dry_run=False) if r["name"] == unique]
+    assert found and found[0]["reason"] == "ended by its watchdog" and found[0]["deleted"]
+    assert holdings(admin_conn, conn, unique, servers) == []
+    fault.observed = "watchdog left %s (tagged); gc: %s" % (", ".join(kinds),
+                                                            found[0]["reason"])
