@@ -34,7 +34,9 @@ def test_sigkilled_owner_is_collected_and_live_cluster_untouched(conn, admin_con
 
 
 def test_expired_detached_cluster_is_collected(conn, admin_conn, unique, state_dir):
-    c = Cluster(ClusterSpec(name=unique, nodes=1, ttl_hours=1 / 3600.0), cloud=CLOUD).up()
+    # autodown=False: its watchdog would delete it first (test_autodown covers that)
+    c = Cluster(ClusterSpec(name=unique, nodes=1, ttl_hours=1 / 3600.0, autodown=False),
+                cloud=CLOUD).up()
     c.detach()
     time.sleep(1.5)
     report = gc.collect(conn, dry_run=False)
