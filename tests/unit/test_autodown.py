@@ -292,3 +292,116 @@ def test_access_rules_name_this_clusters_resources_and_no_listing():
     assert all(r["path"].rstrip("*").count("/") >= 3 for r in rules)
     assert not any(r["method"] in ("POST", "PATCH") for r in rules)
     assert len(rules) == 4 + 2 + 2 + 2 + 1 + 1 + 1
+
+
+# -- the client side: start and extend ------------------------------------------------
+class FakeNode:
+    def __init__(self):
+        self.runs = []
+
+    def run(self, argv, warn=False, stdin=None, timeout=None):
+        self.runs.append((list(argv), stdin))
+        return types.SimpleNamespace(ok=True, stdout="", stderr="")
+
+
+class FakeState:
+    def __init__(self, expires_at):
+        self.cluster_id, self.name = "c-1", "c"
+        self.record = types.SimpleNamespace(expires_at=expires_at)
+        self.resources = {k: {} for k in ("servers", "floating_ips", "keypairs",
+                                          "security_groups", "routers", "subnets",
+                                          "networks", "application_credentials")}
+        self.resources["servers"] = {"n0": {"id": "s0"}, "n1": {"id": "s1"}}
+        self.resources["keypairs"] = {"cc-c-1": {"id": "cc-c-1"}}
+        self.saved = 0
+
+    def locked(self):
+        import contextlib
+        return contextlib.nullcontext()
+
+    def save(self):
+        self.saved += 1
+
+    def intend(self, kind, name, **kw):
+        self.resources[kind][name] = {"name": name, "id": None}
+
+    def created(self, kind, name, rid, **kw):
+        self.resources[kind][name] = {"name": name, "id": rid}
+
+    def forget(self, kind, name):
+        self.resources[kind].pop(name, None)
+
+
+def fake_cluster(expires_at=NOW + 3600, refuse=None):
+    from openstack import exceptions as os_exc
+    meta, made = {}, []
+
+    def create_cred(user, name, **attrs):
+        if refuse:
+            raise os_exc.ForbiddenException(refuse)
+        made.append(dict(attrs, name=name))
+        return types.SimpleNamespace(id="a1", secret="TOP-SECRET-VALUE")
+    conn = types.SimpleNamespace(
+        current_user_id="u1", current_project_id="p1",
+        endpoint_for=lambda s: {"compute": "http://h:8774/v2.1", "network": "http://h:9696",
+                                "identity": "http://h:5000/v3"}[s],
+        config=types.SimpleNamespace(get_region_name=lambda: "RegionOne",
+                                     get_interface=lambda: "public"),
+        network=types.SimpleNamespace(
+            ports=lambda device_id: [types.SimpleNamespace(id="p0")],
+            find_security_group=lambda name, project_id, ignore_missing: types.SimpleNamespace(
+                id="gd")),
+        identity=types.SimpleNamespace(create_application_credential=create_cred),
+        compute=types.SimpleNamespace(set_server_metadata=lambda sid, **m: meta.setdefault(
+            sid, {}).update(m)))
+    node = FakeNode()
+    cluster = types.SimpleNamespace(
+        name="c", state=FakeState(expires_at), conn=conn,
+        spec=types.SimpleNamespace(node_api_host="gateway", idle_minutes=5,
+                                   timeouts=types.SimpleNamespace(teardown=300)),
+        nodes=[types.SimpleNamespace(name="n0", server_id="s0")],
+        connection=lambda name: node, _server_ids=lambda: ["s0", "s1"])
+    return cluster, node, meta, made
+
+
+def test_start_sends_the_secret_on_stdin_only_and_records_the_id():
+    from cloudcompute.autodown import launch
+    cluster, node, _, made = fake_cluster()
+    assert launch.start(cluster)
+    assert made[0]["unrestricted"] is True and made[0]["access_rules"]
+    assert made[0]["expires_at"].startswith("2027-01-15")  # deadline plus the margin
+    assert all("TOP-SECRET-VALUE" not in " ".join(argv) for argv, _ in node.runs)
+    secret_writes = [argv for argv, stdin in node.runs
+                     if stdin and b"TOP-SECRET-VALUE" in stdin]
+    assert [a[-1] for a in secret_writes] == [launch.REMOTE_DIR + "/credential.json"]
+    assert "umask 077" in secret_writes[0][2]
+    assert node.runs[-1][0][2].startswith("setsid nohup python3")  # detached
+    config = json.loads(next(stdin for argv, stdin in node.runs
+                             if argv[-1].endswith("config.json")))
+    assert "TOP-SECRET-VALUE" not in json.dumps(config)
+    assert config["servers"] == ["s0", "s1"] and config["own_port"] == "p0"
+    assert cluster.state.resources["application_credentials"]["cc-c-1"]["id"] == "a1"
+
+
+def test_a_refused_credential_is_one_warning_and_no_watchdog(caplog):
+    from cloudcompute.autodown import launch
+    cluster, node, _, _ = fake_cluster(refuse="app creds not allowed")
+    assert launch.start(cluster) is False
+    assert node.runs == [] and cluster.state.resources["application_credentials"] == {}
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+
+
+def test_extend_moves_the_deadline_on_every_server(monkeypatch):
+    from cloudcompute.autodown import launch
+    from cloudcompute.exceptions import ConfigError
+    monkeypatch.setattr(launch.time, "time", lambda: NOW)
+    cluster, _, meta, _ = fake_cluster(expires_at=NOW + 600)
+    assert launch.extend(cluster, 2) == NOW + 600 + 7200
+    assert meta == {"s0": {"cc_expires": "%d" % (NOW + 7800)},
+                    "s1": {"cc_expires": "%d" % (NOW + 7800)}}
+    assert cluster.state.record.expires_at == NOW + 7800
+    cluster.state.record.expires_at = NOW - 999  # already past: counted from now
+    assert launch.extend(cluster, 0.5) == NOW + 1800
+    for bad in (0, -1, "2", True):
+        with pytest.raises(ConfigError):
+            launch.extend(cluster, bad)
