@@ -126,7 +126,8 @@ def status(cluster: Any) -> Dict[str, Any]:
 def extend(cluster: Any, hours: float) -> float:
     """Move the deadline to ``max(deadline, now) + hours``; return it (epoch
     seconds). It goes into every server's metadata, where the watchdog and gc
-    read it, and into the state file."""
+    read it, and into the state file; the watchdog's credential is renewed
+    when it would expire first."""
     if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not hours > 0:
         raise ConfigError(["hours must be a positive number, got %r" % (hours,)])
     st = cluster.state
@@ -149,22 +150,33 @@ def extend(cluster: Any, hours: float) -> float:
     if failed:
         raise CloudComputeError("cluster %s: could not move the deadline of %s"
                                 % (cluster.name, ", ".join(failed)))
-    _warn_if_credential_expires(cluster, new)
+    _renew_credential(cluster, new)
     LOG.info("cluster %s: deadline moved to %s", cluster.name,
              time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(new)))
     return new
 
 
-def _warn_if_credential_expires(cluster: Any, deadline: float) -> None:
-    conn = cluster.conn
-    for cred_id in _ids(cluster.state, "application_credentials"):
+def _renew_credential(cluster: Any, deadline: float) -> None:
+    """A credential that would expire before the new deadline (plus half the
+    margin) is replaced: the old one deleted, a new one of the same name and
+    rules written to the node, where the watchdog reads it on its next pass."""
+    conn, st = cluster.conn, cluster.state
+    for name, entry in list(st.resources["application_credentials"].items()):
         try:
             cred = retry.call(conn.identity.get_application_credential,
-                              conn.current_user_id, cred_id)
-        except os_exc.SDKException:
+                              conn.current_user_id, entry.get("id") or name)
+        except os_exc.NotFoundException:
             continue
         expires = credential.parse_time(cred.expires_at)
-        if expires is not None and expires < deadline:
-            LOG.warning("cluster %s: its watchdog's credential expires before the new "
-                        "deadline; from then on only gc or down() can delete it",
-                        cluster.name)
+        if expires is None or expires >= deadline + credential.MARGIN / 2:
+            continue
+        credential.delete(conn, cred.id)
+        st.forget("application_credentials", name)
+        made = credential.create(conn, st, credential.access_rules(
+            conn, targets(cluster), conn.current_user_id), deadline + credential.MARGIN)
+        if made is not None:
+            node = cluster.connection(cluster.nodes[0].name)
+            _write(node, REMOTE_DIR + "/credential.json",
+                   json.dumps({"id": made[0], "secret": made[1]}).encode())
+            LOG.info("cluster %s: the watchdog's credential renewed until the new deadline",
+                     cluster.name)

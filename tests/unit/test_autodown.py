@@ -405,3 +405,25 @@ def test_extend_moves_the_deadline_on_every_server(monkeypatch):
     for bad in (0, -1, "2", True):
         with pytest.raises(ConfigError):
             launch.extend(cluster, bad)
+
+
+def test_extend_past_the_credentials_expiry_renews_it_on_the_node(monkeypatch):
+    from cloudcompute.autodown import credential as cred_mod
+    from cloudcompute.autodown import launch
+    monkeypatch.setattr(launch.time, "time", lambda: NOW)
+    cluster, node, _, made = fake_cluster(expires_at=NOW + 600)
+    deleted = []
+    cluster.conn.identity.get_application_credential = lambda user, cid: types.SimpleNamespace(
+        id=cid, expires_at=cred_mod._iso(NOW + 600 + cred_mod.MARGIN))
+    cluster.conn.identity.delete_application_credential = (
+        lambda user, cid, ignore_missing=True: deleted.append(cid))
+    cluster.state.created("application_credentials", "cc-c-1", "a0")
+    launch.extend(cluster, 0.1)  # still within the old credential's life: kept
+    assert deleted == [] and made == []
+    launch.extend(cluster, 5)
+    assert deleted == ["a0"] and len(made) == 1
+    assert cred_mod.parse_time(made[0]["expires_at"]) == NOW + 600 + 360 + 5 * 3600 + \
+        cred_mod.MARGIN
+    writes = [argv[-1] for argv, stdin in node.runs if stdin and b"TOP-SECRET" in stdin]
+    assert writes == [launch.REMOTE_DIR + "/credential.json"]
+    assert cluster.state.resources["application_credentials"]["cc-c-1"]["id"] == "a1"
