@@ -9,7 +9,8 @@ makes, on this cluster's resources by id; everything else is refused:
 - compute: ``GET``/``DELETE /servers/<id>`` for each server,
   ``GET``/``DELETE /os-keypairs/cc-<cluster id>``;
 - network: ``GET``/``DELETE /v2.0/floatingips/<id>`` for each floating IP,
-  ``GET``/``DELETE /v2.0/security-groups/<id>`` of its group,
+  ``GET``/``DELETE /v2.0/security-groups/<id>`` of its group (and ``PUT`` of
+  its tag ``cc-ended``),
   ``PUT /v2.0/ports/<id>`` of the first node's port, ``PUT
   /v2.0/{networks,subnets,routers}/<id>/tags/cc-ended`` of what it created;
 - identity: ``DELETE /v3/users/<user>/application_credentials/*``.
@@ -78,6 +79,8 @@ def access_rules(conn: Any, t: Targets, user_id: str) -> List[Dict[str, str]]:
     if t.security_group:
         allow("network", "GET", "%s/security-groups/%s" % (n, t.security_group))
         allow("network", "DELETE", "%s/security-groups/%s" % (n, t.security_group))
+        allow("network", "PUT", "%s/security-groups/%s/tags/%s"
+              % (n, t.security_group, ENDED_TAG))
     if t.own_port:
         allow("network", "PUT", "%s/ports/%s" % (n, t.own_port))
     for kind, ids in sorted(t.leftovers.items()):

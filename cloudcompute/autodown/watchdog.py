@@ -21,7 +21,8 @@ retried. Its own server goes last, and with it whatever needs that server:
 2. the floating IPs (its own too: a node reaches the API through its network);
 3. the keypair;
 4. the security group, after moving its own port to the project's
-   ``default`` group (egress allowed), which a port needs to stay reachable;
+   ``default`` group (egress allowed), which a port needs to stay reachable
+   (without such a group the security group is tagged as in 5.);
 5. a network, subnet and router the cluster created cannot go while its own
    port is on them: they get the tag ``cc-ended`` and ``gc`` deletes them;
 6. its own server, and right after that request (Nova answers before the
@@ -214,8 +215,11 @@ class Ender:
                 raise rest.ApiError("PUT", "/ports/%s" % c["own_port"], status,
                                     json.dumps(data)[:200])
             self._delete_verified("network", ["/security-groups/%s" % sg], in_use_retry=True)
-        for kind in ("routers", "subnets", "networks"):
-            for rid in c.get("leftovers", {}).get(kind, []):
+        leftovers = {k: list(v) for k, v in c.get("leftovers", {}).items()}
+        if sg and not (c.get("default_security_group") and c.get("own_port")):
+            leftovers["security-groups"] = [sg]  # no group to move its port to
+        for kind in ("security-groups", "routers", "subnets", "networks"):
+            for rid in leftovers.get(kind, []):
                 status, _ = self.s.request("PUT", "network", "/%s/%s/tags/%s"
                                            % (kind, rid, ENDED_TAG))
                 if status not in (200, 201, 204, 404):

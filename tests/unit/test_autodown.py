@@ -291,7 +291,7 @@ def test_access_rules_name_this_clusters_resources_and_no_listing():
     # every rule names one resource: no collection (listing) and no other user
     assert all(r["path"].rstrip("*").count("/") >= 3 for r in rules)
     assert not any(r["method"] in ("POST", "PATCH") for r in rules)
-    assert len(rules) == 4 + 2 + 2 + 2 + 1 + 1 + 1
+    assert len(rules) == 4 + 2 + 2 + 3 + 1 + 1 + 1
 
 
 # -- the client side: start and extend ------------------------------------------------
@@ -427,3 +427,13 @@ def test_extend_past_the_credentials_expiry_renews_it_on_the_node(monkeypatch):
     writes = [argv[-1] for argv, stdin in node.runs if stdin and b"TOP-SECRET" in stdin]
     assert writes == [launch.REMOTE_DIR + "/credential.json"]
     assert cluster.state.resources["application_credentials"]["cc-c-1"]["id"] == "a1"
+
+
+def test_without_a_default_group_the_security_group_is_tagged_for_gc():
+    cloud = Cloud([("network", "/security-groups/g1")])
+    cfg = dict(CONFIG, servers=["s0"], floating_ips=[], keypair=None, leftovers={},
+               default_security_group=None)
+    watchdog.Ender(cfg, FakeSession(cloud), sleep=lambda s: None).run()
+    calls = [(m, p) for m, _, p in cloud.calls]
+    assert ("PUT", "/security-groups/g1/tags/cc-ended") in calls
+    assert ("DELETE", "/security-groups/g1") not in calls
