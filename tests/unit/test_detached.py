@@ -34,7 +34,8 @@ def cluster(tmp_path):
 
     def executor(nodes, slots):
         ex = Executor(nodes, python={n: sys.executable for n in nodes},
-                      slots={n: slots for n in nodes}, silence=1.5)
+                      slots={n: slots for n in nodes},
+                      silence=5.0)  # a loaded machine starts workers slowly
         executors.append(ex)
         return ex
 

@@ -41,7 +41,8 @@ class _Cluster:
 def cluster(tmp_path, monkeypatch):
     nodes = {n: LocalNode(n, tmp_path / n) for n in ("n0", "n1")}
     ex = Executor(nodes, python={n: sys.executable for n in nodes},
-                  slots={n: 1 for n in nodes}, silence=1.5)
+                  slots={n: 1 for n in nodes},
+                  silence=5.0)  # a loaded machine starts workers slowly
     monkeypatch.setattr(jobcmds, "attach", lambda args: _Cluster(ex))
     yield ex
     ex.close()
