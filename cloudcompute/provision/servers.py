@@ -179,6 +179,9 @@ class ServerBuilder:
         unlisted: Dict[str, int] = {}
         interval = POLL
         while True:
+            # no server is ACTIVE the moment it is created: wait before each listing
+            retry.SLEEP(min(interval, max(0.0, deadline - time.monotonic())))
+            interval = min(POLL_MAX, interval * 1.5)
             listing = retry.call(lambda: list(self.conn.compute.servers(
                 details=True, tags=tags.CLUSTER_TAG + self.st.cluster_id)))
             by_id = {s.id: s for s in listing}
@@ -217,8 +220,6 @@ class ServerBuilder:
             if time.monotonic() >= deadline:
                 raise WaitTimeout("ACTIVE state of cluster %s" % self.st.name,
                                   self.spec.timeouts.active, pending)
-            retry.SLEEP(min(interval, max(0.0, deadline - time.monotonic())))
-            interval = min(POLL_MAX, interval * 1.5)
 
     def _fixed_ip(self, server: Any) -> Optional[str]:
         for addrs in (server.addresses or {}).values():

@@ -240,7 +240,7 @@ def test_poll_cycles_back_off_up_to_the_cap(build, sleeps):
     b, nova = build(2, {BASE0 + "-1": ["BUILD"] * 12 + ["ACTIVE"]})
     b.create_all()
     b.wait_active()
-    assert len(nova.listings) == 13 and len(sleeps) == 12
+    assert len(nova.listings) == 13 and len(sleeps) == 13  # a wait before each
     assert sleeps == sorted(sleeps) and sleeps[0] == 0.5 and sleeps[-1] == POLL_MAX
 
 

@@ -135,8 +135,9 @@ def test_active_servers_are_recorded_with_their_fixed_ipv4(build, sleeps):
     assert {k: (v["status"], v["fixed_ip"]) for k, v in saved.items()} == {
         k: ("ACTIVE", ip) for k, ip in ips.items()}
     assert sorted(p for p in progress if p[0] == "active") == [("active", W0), ("active", W1)]
-    # One listing per poll for the whole cluster, filtered by its tag.
-    assert nova.listings == [{"details": True, "tags": TAG}] * 3 and len(sleeps) == 2
+    # One listing per poll cycle for the whole cluster, filtered by its tag, each
+    # after a wait (a server is never ACTIVE the moment it is created).
+    assert nova.listings == [{"details": True, "tags": TAG}] * 3 and len(sleeps) == 3
 
 
 def test_a_server_in_error_is_deleted_and_replaced_by_name_r1(build, caplog):
