@@ -22,7 +22,8 @@ from cloudcompute import retry
 from cloudcompute.exceptions import HostKeyMismatch, RemoteCommandError, SSHError
 from cloudcompute.ssh import bulk, hostkeys
 from cloudcompute.ssh.transport import DRAIN_LIMIT as DRAIN_LIMIT
-from cloudcompute.ssh.transport import ParamikoTransport, Progress, Transport, _drain
+from cloudcompute.ssh.transport import ParamikoTransport, Progress, Transport
+from cloudcompute.ssh.transport import drain as _drain
 from cloudcompute.ssh.transport import quote_command as quote_command
 from cloudcompute.ssh.transport import send_all as send_all
 

@@ -67,7 +67,7 @@ class ParamikoTransport:
             for part in bulk.parts_of(data):
                 send_all(chan, part, progress)
             chan.shutdown_write()
-            out, err, _ = _drain(chan, None)
+            out, err, _ = drain(chan, None)
             code = chan.recv_exit_status()
         finally:
             chan.close()
@@ -95,7 +95,7 @@ class ParamikoTransport:
                 if exc.fatal:  # refused: closing the channel stops the transfer
                     raise
                 # else the exit status and stderr below say why
-            _, err, _ = _drain(chan, None)
+            _, err, _ = drain(chan, None)
             code = chan.recv_exit_status()
         finally:
             chan.close()
@@ -134,7 +134,7 @@ def send_all(chan: paramiko.Channel, data: Union[bytes, bytearray, memoryview],
 
 
 DRAIN_LIMIT = 16 << 20
-"""What :func:`_drain` keeps of a command's stdout, and of its stderr: the tail."""
+"""What :func:`drain` keeps of a command's stdout, and of its stderr: the tail."""
 
 
 class _Tail:
@@ -158,7 +158,7 @@ class _Tail:
         return b"[... %d bytes dropped ...]\n" % self.dropped + bytes(self.buf)
 
 
-def _drain(chan: paramiko.Channel, deadline: Optional[float],
+def drain(chan: paramiko.Channel, deadline: Optional[float],
            progress: Progress = None,
            limit: int = DRAIN_LIMIT) -> Tuple[bytes, bytes, bool]:
     """Read stdout and stderr until the command exits (or the deadline passes).
