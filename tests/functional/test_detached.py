@@ -182,3 +182,36 @@ def test_cli_submit_jobs_logs_results_cancel(cluster, tmp_path):
     assert r.returncode == 1 and "no job no-such-job-1" in r.stderr
     r = _cli("results", cluster.name, "../etc", "-o", str(out))
     assert r.returncode == 2 and "not a job id" in r.stderr
+
+
+def _power_off(conn):
+    """Kill every process in the node's network namespace (its sshd, the job's
+    supervisor and tasks): the node is gone as if switched off. Returns how many."""
+    session = int(conn.run(["sh", "-c", "echo $PPID"]).stdout.split()[0])
+    target = os.stat("/proc/%d/ns/net" % session).st_ino
+    assert target != os.stat("/proc/self/ns/net").st_ino  # never this machine's own
+    killed = 0
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat("/proc/%s/ns/net" % entry).st_ino == target:
+                os.kill(int(entry), signal.SIGKILL)
+                killed += 1
+        except OSError:
+            continue
+    return killed
+
+
+def test_a_lost_node_s_tasks_run_again_on_its_replica(tmp_path_factory):
+    with shared_cluster(tmp_path_factory, "detlost", 2) as c:
+        first, second = c.node_names()
+        job = c.submit(jf.slow_echo, [(i, 1.0) for i in range(8)], star=True)
+        job.lost_after = 5.0
+        assert job.record.replicas == {first: second, second: first}
+        time.sleep(1.5)
+        assert _power_off(c.connection(second)) >= 2
+        st = job.status()
+        waiting = [t for t in st.tasks if t.state == "lost"]
+        assert waiting and {t.waiting_for for t in waiting} == {second}
+        assert st.unreachable == [second]
+        assert job.results(timeout=240) == list(range(8))
+        assert {t.node for t in job.status().tasks} == {first}
