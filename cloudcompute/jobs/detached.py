@@ -20,7 +20,6 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set
 
-
 from cloudcompute import retry
 from cloudcompute.exceptions import (CloudComputeError, MapError, NodeDataRefused, NodeLost,
                                      RemoteCommandError, WaitTimeout)
@@ -90,8 +89,13 @@ def submit(ex: Executor, fn: Callable[..., Any], items: Iterable[Any],
                                           getattr(fn, "__qualname__", fn)),
                        len(items), assign, replicas, time.time(), timeout, allow_pickle,
                        socket.gethostname(), labels)
+    # A replica runs on another node: arguments go in formats every node reads.
+    formats = [f for f in ex.workers[nodes[0]].hello["formats"]
+               if all(f in ex.workers[n].hello["formats"] for n in slots)
+               and (f != "pickle" or allow_pickle)]
     batches = {n: _batch(ex, n, job_id, fn, [(i, items[i]) for i in ix], star,
-                         allow_pickle, timeout, first.project) for n, ix in assign.items()}
+                         allow_pickle, timeout, first.project, formats)
+               for n, ix in assign.items()}
     job = Job(ex, job_id, record, allow_pickle=allow_pickle)
     try:
         with cf.ThreadPoolExecutor(max_workers=min(8, len(nodes))) as pool:
@@ -106,10 +110,10 @@ def submit(ex: Executor, fn: Callable[..., Any], items: Iterable[Any],
 
 
 def _batch(ex: Executor, node: str, job_id: str, fn: Callable[..., Any], items: List[Any],
-           star: bool, allow_pickle: bool, timeout: Optional[float], shipped: Any):
+           star: bool, allow_pickle: bool, timeout: Optional[float], shipped: Any,
+           formats: List[str]):
     """(frame parts, index entries) of one node's tasks."""
     hello = ex.workers[node].hello
-    formats = [f for f in hello["formats"] if f != "pickle" or allow_pickle]
     result_formats = [f for f in wire.formats_here() if f != "pickle" or allow_pickle]
     out = _Frames()
     entries = []
@@ -191,10 +195,10 @@ class Job:
     def record(self) -> JobRecord:
         """The job's record, read from the first node that answers."""
         if self._record is None:
-            for rec in list_jobs(self.ex, self.id):
-                self._record = rec
-            if self._record is None:
+            found = list_jobs(self.ex, self.id)
+            if not found:
                 raise CloudComputeError("no job %s on the nodes of this cluster" % self.id)
+            self._record = found[0]
         return self._record
 
     def _nodes(self) -> List[str]:
@@ -244,7 +248,7 @@ class Job:
                 LOG.warning("job %s: no supervisor on %s with work left; starting one",
                             self.id, node)
                 self._restarted[node] = now
-                self._start(node)
+                self._try(node, self._start, node)
         for owner in self._lost() - self._adopted - self._hopeless:
             if not any(t.waiting_for == owner for t in st.tasks):
                 continue
@@ -255,9 +259,20 @@ class Job:
                 self._hopeless.add(owner)
                 continue
             LOG.warning("job %s: %s is lost; its tasks run again on %s", self.id, owner, buddy)
-            self._jobd(buddy, "adopt", self.id, "--node", buddy, "--from", owner)
-            self._start(buddy)
-            self._adopted.add(owner)
+            if self._try(buddy, self._jobd, buddy, "adopt", self.id, "--node", buddy,
+                         "--from", owner) and self._try(buddy, self._start, buddy):
+                self._adopted.add(owner)
+
+    def _try(self, node: str, call: Callable[..., Any], *args: Any) -> bool:
+        """A repair step; a node that drops meanwhile is left for the next look."""
+        try:
+            call(*args)
+            return True
+        except LOSS as exc:
+            if not is_node_loss(exc):
+                raise
+            LOG.info("job %s: %s: %s; trying again later", self.id, node, exc)
+            return False
 
     # -- results -------------------------------------------------------
     def wait(self, timeout: Optional[float] = None,
