@@ -28,11 +28,25 @@ from .supervisor import (NODE_NAME, POLL, TERMINAL, _read_json, _write_atomic, _
                          job_dir, own_tasks, start, supervisor_running, task_status)
 
 
+TRACEBACKS_SHOWN = 4 << 20  # bytes of tracebacks in one status answer; the rest stay here
+
+
 def status(jdir, node):
+    """Every task of this node; tracebacks cut to their last 4 KiB, and left out
+    once they add up to TRACEBACKS_SHOWN, so the answer stays small."""
     tasks = own_tasks(jdir, node)
     out = {}
-    for i, (_, entry) in tasks.items():
-        out[str(i)] = task_status(jdir, i) or {"state": "queued", "id": entry.get("id")}
+    budget = TRACEBACKS_SHOWN
+    for i, (_, entry) in sorted(tasks.items()):
+        st = task_status(jdir, i) or {"state": "queued", "id": entry.get("id")}
+        tb = str(st.get("traceback") or "")[-4096:]
+        if len(tb) > budget:
+            tb = "(not shown: see tasks/%d/status.json of job %s on %s)" % (
+                i, os.path.basename(jdir), node)
+        budget -= len(tb)
+        if tb:
+            st["traceback"] = tb
+        out[str(i)] = st
     return {"node": node, "supervisor": supervisor_running(jdir),
             "cancelled": os.path.exists(os.path.join(jdir, "cancel")), "tasks": out}
 

@@ -318,3 +318,20 @@ def test_a_restarted_supervisor_ends_the_run_its_predecessor_left(cluster, tmp_p
     os.kill(json.load(open(sup))["pid"], signal.SIGKILL)  # the task runs on, orphaned
     assert job.results(timeout=30) == [first]  # run again after the restart
     assert not _alive(first)
+
+
+def test_a_status_answer_keeps_tracebacks_within_its_budget(tmp_path, monkeypatch):
+    from cloudcompute.jobs import jobd
+    jdir = tmp_path / "job"
+    (jdir / "batches").mkdir(parents=True)
+    (jdir / "batches" / "n0.0.json").write_text(json.dumps(
+        [{"index": i, "id": "j.%d" % i, "offset": 0, "length": 0} for i in range(3)]))
+    for i in range(3):
+        (jdir / "tasks" / str(i)).mkdir(parents=True)
+        (jdir / "tasks" / str(i) / "status.json").write_text(json.dumps(
+            {"state": "failed", "traceback": "x" * 100_000 + "line %d" % i}))
+    monkeypatch.setattr(jobd, "TRACEBACKS_SHOWN", 5000)
+    tasks = jobd.status(str(jdir), "n0")["tasks"]
+    assert len(tasks["0"]["traceback"]) == 4096 and tasks["0"]["traceback"].endswith("line 0")
+    assert tasks["1"]["traceback"].startswith("(not shown: see tasks/1/status.json")
+    assert tasks["2"]["state"] == "failed"
