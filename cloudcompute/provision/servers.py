@@ -103,8 +103,7 @@ class ServerBuilder:
         multi-create, create its servers one by one (said once in the log).
         The servers' ids arrive with the first listing of :meth:`wait_active`."""
         if self._multi_refused.is_set():
-            for name in batch.names:
-                self.create_one(group, name)
+            self._create_each(group, batch.names)
             return
         user_data = hostkeys.user_data_with_host_key(self.spec.user_data, None, None,
                                                      self.authorized_keys)
@@ -129,12 +128,17 @@ class ServerBuilder:
                             "servers one by one", batch.count, exc)
             for name in batch.names:
                 del self.nodes[name]
-                self.create_one(group, name)
+            self._create_each(group, batch.names)
             return
         self.batches.append(batch)
         for name in batch.names:
             self.nodes[name].timings["created"] = time.monotonic() - self.t0
             self.progress("created", name)
+
+    def _create_each(self, group: ResolvedGroup, names: List[str]) -> None:
+        """A request per server, ``spec.parallel`` at a time; raises the first error."""
+        with cf.ThreadPoolExecutor(max_workers=min(self.spec.parallel, len(names))) as pool:
+            list(pool.map(functools.partial(self.create_one, group), names))
 
     def create_one(self, group: ResolvedGroup, name: str) -> NodeInfo:
         private, public = hostkeys.generate_ed25519()
