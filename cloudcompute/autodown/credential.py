@@ -2,26 +2,25 @@
 
 The credential is created by ``up()`` once every resource of the cluster
 exists, named ``cc-<cluster id>``, expiring at the deadline plus
-:data:`MARGIN`. Its access rules (Keystone enforces them on its own API,
-Nova and Neutron through keystonemiddleware) name each call the watchdog
-makes, on this cluster's resources by id; everything else is refused:
+:data:`MARGIN`. Its access rules (Nova and Neutron enforce them through
+keystonemiddleware) name each call the watchdog makes, on this cluster's
+resources by id; every other compute and network call is refused:
 
 - compute: ``GET``/``DELETE /servers/<id>`` for each server,
   ``GET``/``DELETE /os-keypairs/cc-<cluster id>``;
 - network: ``GET``/``DELETE /v2.0/floatingips/<id>`` for each floating IP,
   ``GET``/``DELETE /v2.0/security-groups/<id>`` of its group (and ``PUT`` of
-  its tag ``cc-ended``),
-  ``PUT /v2.0/ports/<id>`` of the first node's port, ``PUT
-  /v2.0/{networks,subnets,routers}/<id>/tags/cc-ended`` of what it created;
-- identity: ``DELETE /v3/users/<user>/application_credentials/*``.
+  its tag ``cc-ended``), ``PUT /v2.0/ports/<id>`` of the first node's port,
+  ``PUT /v2.0/{networks,subnets,routers}/<id>/tags/cc-ended`` of what it
+  created.
 
-The last rule is why the credential is ``unrestricted``: Keystone lets a
-credential delete application credentials (itself included) only then.
-Its id cannot be named in the rule before it exists, so the rule covers the
-user's application credentials; creating credentials or trusts is not in
-the rules, so it cannot make new ones. The secret never goes into a log or
-the state file; the state records only the id (kind
-``application_credentials``).
+It is *restricted* (not ``unrestricted``): Keystone does not apply access
+rules to its own API, and an unrestricted credential could create new
+credentials there, without rules or expiry. A restricted one cannot create
+or delete any credential, itself included, so the watchdog leaves it behind
+(expiring, and useless once the resources it names are gone) for ``down()``
+or ``gc``. The secret never goes into a log or the state file; the state
+records only the id (kind ``application_credentials``).
 """
 from __future__ import annotations
 
@@ -58,9 +57,9 @@ def _path(conn: Any, service: str) -> str:
     return urllib.parse.urlsplit(conn.endpoint_for(service)).path.rstrip("/")
 
 
-def access_rules(conn: Any, t: Targets, user_id: str) -> List[Dict[str, str]]:
+def access_rules(conn: Any, t: Targets) -> List[Dict[str, str]]:
     """The calls the watchdog makes, and nothing else."""
-    c, n, i = _path(conn, "compute"), _path(conn, "network"), _path(conn, "identity")
+    c, n = _path(conn, "compute"), _path(conn, "network")
     if not n.endswith("/v2.0"):
         n += "/v2.0"
     rules = []
@@ -86,7 +85,6 @@ def access_rules(conn: Any, t: Targets, user_id: str) -> List[Dict[str, str]]:
     for kind, ids in sorted(t.leftovers.items()):
         for rid in ids:
             allow("network", "PUT", "%s/%s/%s/tags/%s" % (n, kind, rid, ENDED_TAG))
-    allow("identity", "DELETE", "%s/users/%s/application_credentials/*" % (i, user_id))
     return rules
 
 
@@ -109,7 +107,7 @@ def create(conn: Any, st: ClusterState, rules: List[Dict[str, str]],
     try:
         cred = retry.create_checked(
             lambda: conn.identity.create_application_credential(
-                conn.current_user_id, name=name, unrestricted=True,
+                conn.current_user_id, name=name, unrestricted=False,
                 expires_at=_iso(expires_at), access_rules=rules,
                 description=describe(st.cluster_id)),
             lambda: _find(conn, name))

@@ -73,7 +73,7 @@ def start(cluster: Any) -> bool:
     st, conn, spec = cluster.state, cluster.conn, cluster.spec
     t = targets(cluster)
     deadline = float(st.record.expires_at)
-    made = credential.create(conn, st, credential.access_rules(conn, t, conn.current_user_id),
+    made = credential.create(conn, st, credential.access_rules(conn, t),
                              deadline + credential.MARGIN)
     if made is None:
         return False
@@ -173,7 +173,7 @@ def _renew_credential(cluster: Any, deadline: float) -> None:
         credential.delete(conn, cred.id)
         st.forget("application_credentials", name)
         made = credential.create(conn, st, credential.access_rules(
-            conn, targets(cluster), conn.current_user_id), deadline + credential.MARGIN)
+            conn, targets(cluster)), deadline + credential.MARGIN)
         if made is not None:
             node = cluster.connection(cluster.nodes[0].name)
             _write(node, REMOTE_DIR + "/credential.json",

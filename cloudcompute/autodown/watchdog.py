@@ -25,11 +25,14 @@ retried. Its own server goes last, and with it whatever needs that server:
    (without such a group the security group is tagged as in 5.);
 5. a network, subnet and router the cluster created cannot go while its own
    port is on them: they get the tag ``cc-ended`` and ``gc`` deletes them;
-6. its own server, and right after that request (Nova answers before the
-   node is gone) the application credential itself.
+6. its own server.
 
-A failed pass is started again after ``poll`` seconds: every step treats 404
-as done. Whatever is left when the node is gone is tagged for ``gc``.
+Its application credential is left: Keystone does not let a restricted
+credential delete credentials, itself included (see
+:mod:`cloudcompute.autodown.credential`). It expires, it can reach nothing
+once the resources its rules name are gone, and ``gc`` deletes it at once
+(a cluster of which only the credential is left). A failed pass is started
+again after ``poll`` seconds: every step treats 404 as done.
 """
 import fcntl
 import json
@@ -224,11 +227,8 @@ class Ender:
                                            % (kind, rid, ENDED_TAG))
                 if status not in (200, 201, 204, 404):
                     raise rest.ApiError("PUT", "/%s/%s/tags" % (kind, rid), status, "")
-        LOG.info("deleting this node's server, then the credential")
+        LOG.info("cluster %s: deleting this node's server, the last of it", c.get("cluster_id"))
         self._delete("compute", "/servers/%s" % c["server_id"])
-        self._delete("identity", "/users/%s/application_credentials/%s"
-                     % (c["user_id"], c["credential_id"]))
-        LOG.info("cluster %s ended", c.get("cluster_id"))
 
 
 def _write_status(path, **fields):
@@ -273,8 +273,6 @@ def main(argv):
             if reason:
                 LOG.info("ending cluster %s: %s", config.get("cluster_id"), reason)
                 _write_status(status_file, state="ending", reason=reason)
-                session.authenticate()
-                config["user_id"] = session.user_id
                 Ender(config, session, float(config.get("timeout", 300))).run()
                 _write_status(status_file, state="ended", reason=reason)
                 return 0

@@ -16,7 +16,9 @@ import time
 import urllib.error
 import urllib.request
 
-from cloudcompute import Cluster, ClusterSpec
+import pytest
+
+from cloudcompute import Cluster, ClusterSpec, gc
 from tests.functional import jobfuncs
 from tests.functional.conftest import CLOUD, keypairs_with, leftovers
 
@@ -44,10 +46,14 @@ def holdings(admin, conn, unique, server_ids=()):
     return left
 
 
-def wait_gone(admin, conn, unique, server_ids, within):
+def wait_gone(admin, conn, unique, server_ids, within, credential_left=False):
+    """Seconds until the cloud holds nothing of the clusters (with
+    ``credential_left``: nothing but their application credentials, which a
+    watchdog cannot delete)."""
     end = time.monotonic() + within
     while True:
-        left = holdings(admin, conn, unique, server_ids)
+        left = [x for x in holdings(admin, conn, unique, server_ids)
+                if not (credential_left and x.startswith("application credential"))]
         if not left:
             return time.monotonic() - (end - within)
         assert time.monotonic() < end, "still there after %ds: %s" % (within, left)
@@ -73,8 +79,13 @@ def test_idle_cluster_of_a_killed_client_ends_itself(conn, admin_conn, unique, s
     assert holdings(admin_conn, conn, unique)  # up, with its credential
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    took = wait_gone(admin_conn, conn, unique, servers, within=180)
+    took = wait_gone(admin_conn, conn, unique, servers, within=180, credential_left=True)
     assert took > 45  # the idle rule, not something sooner
+    # what is left is the credential, which the watchdog cannot delete; gc does
+    found = [r for r in gc.collect(conn, dry_run=False, state_dir=state_dir)
+             if r["name"] == unique]
+    assert found[0]["reason"] == "ended by its watchdog" and found[0]["deleted"], found
+    assert holdings(admin_conn, conn, unique, servers) == []
 
 
 def test_deadline_is_kept_and_extend_moves_it(conn, admin_conn, unique, state_dir):
@@ -88,9 +99,11 @@ def test_deadline_is_kept_and_extend_moves_it(conn, admin_conn, unique, state_di
     time.sleep(max(0.0, first + 20 - time.time()))
     assert holdings(admin_conn, conn, unique, servers), "deleted at the old deadline"
     c.close_connections()
-    wait_gone(admin_conn, conn, unique, servers, within=new + 45 - time.time())
+    wait_gone(admin_conn, conn, unique, servers, within=new + 45 - time.time(),
+              credential_left=True)
     assert time.time() >= new
-    c.down()  # the record is all that is left; down() finds nothing else
+    c.down()  # the credential and the record are all that is left
+    assert holdings(admin_conn, conn, unique, servers) == []
 
 
 def test_a_running_task_keeps_an_idle_cluster(conn, admin_conn, unique, state_dir):
@@ -104,9 +117,10 @@ def test_a_running_task_keeps_an_idle_cluster(conn, admin_conn, unique, state_di
         assert done, "the task did not finish"
         assert holdings(admin_conn, conn, unique, servers), "deleted while busy"
         c.close_connections()
-        wait_gone(admin_conn, conn, unique, servers, within=90)
+        wait_gone(admin_conn, conn, unique, servers, within=90, credential_left=True)
     finally:
         c.down()
+    assert holdings(admin_conn, conn, unique, servers) == []
 
 
 def _token(cred):
@@ -156,11 +170,18 @@ def test_the_credential_reaches_its_own_cluster_only_and_goes_with_it(
                 ("DELETE", "%s/security-groups/%s" % (neutron, b_sg)),
                 ("GET", neutron + "/security-groups"),
                 ("GET", "%s/networks/%s" % (neutron, public.id)),  # another project
-                ("DELETE", "%s/routers/%s" % (neutron, router.id)),
-                ("GET", "%s/users/%s/application_credentials" % (KEYSTONE,
-                                                                  conn.current_user_id))]:
+                ("DELETE", "%s/routers/%s" % (neutron, router.id))]:
             refused[method + " " + url] = _status(token, method, url)
         assert all(code in (401, 403, 404) for code in refused.values()), refused
+        # Keystone: it can make no credential, and cannot even delete itself
+        creds = "%s/users/%s/application_credentials" % (KEYSTONE, conn.current_user_id)
+        assert _status(token, "DELETE", "%s/%s" % (creds, cred["id"])) == 403
+        req = urllib.request.Request(creds, json.dumps({"application_credential": {
+            "name": unique + "child"}}).encode(), {"X-Auth-Token": token,
+                                                   "Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(req, timeout=30)
+        assert denied.value.code == 403
         assert conn.compute.get_server(b.nodes[0].server_id).status == "ACTIVE"
         state_text = open(os.path.join(state_dir, unique + "a.json")).read()
         node_log = node.run(["cat", ".cloudcompute/autodown/watchdog.log",
@@ -174,3 +195,32 @@ def test_the_credential_reaches_its_own_cluster_only_and_goes_with_it(
                         ("client log", caplog.text)):
         assert cred["secret"] not in text, where  # ... and never the secret
     assert holdings(admin_conn, conn, unique) == []
+
+
+PROBE = textwrap.dedent("""
+    import socket, struct, sys
+    with open("/proc/net/route") as f:
+        gw = next(socket.inet_ntoa(struct.pack("<L", int(c[2], 16)))
+                  for c in (l.split() for l in f.read().splitlines()[1:]) if c[1] == "00000000")
+    for port in map(int, sys.argv[1:]):
+        s = socket.socket()
+        s.settimeout(2)
+        try:
+            s.connect((gw, port))
+            print(port, "open")
+        except OSError as exc:
+            print(port, type(exc).__name__)
+        finally:
+            s.close()
+""")
+
+
+def test_nodes_reach_the_api_ports_of_their_gateway_and_nothing_else(unique, state_dir):
+    with Cluster(ClusterSpec(name=unique, nodes=1, autodown=False), cloud=CLOUD) as c:
+        out = c.connection(c.nodes[0].name).run(
+            ["python3", "-c", PROBE, "5000", "8774", "9696", "9292", "8778", "3306", "5672",
+             "22", "25672"]).stdout
+    got = dict(line.split() for line in out.splitlines())
+    assert {p: got[p] for p in ("5000", "8774", "9696", "9292")} == dict.fromkeys(
+        ("5000", "8774", "9696", "9292"), "open")
+    assert all(got[p] != "open" for p in ("8778", "3306", "5672", "22", "25672")), got

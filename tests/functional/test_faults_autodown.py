@@ -40,7 +40,7 @@ def test_watchdog_retries_503s_and_still_deletes_everything(fault, conn, admin_c
          "tests.functional.nodeproxy", node_gateway(servers[0]), str(log), *API_PORTS, "--",
          json.dumps({"action": "status", "status": 503, "every": 2})], cwd=ROOT)
     try:
-        wait_gone(admin_conn, conn, unique, servers, within=180)
+        wait_gone(admin_conn, conn, unique, servers, within=180, credential_left=True)
     finally:
         proxy.kill()  # gone with its namespace already, as a rule
         proxy.wait()
@@ -48,9 +48,11 @@ def test_watchdog_retries_503s_and_still_deletes_everything(fault, conn, admin_c
     failed = [c for c in calls if c[3] == "503"]
     deletes = [c for c in failed if c[0] == "DELETE"]
     assert failed and deletes, calls
-    fault.observed = "%d of %d calls answered 503 (%d deletes); all of it deleted" % (
-        len(failed), len(calls), len(deletes))
-    c.down()  # only the state file is left
+    fault.observed = ("%d of %d calls answered 503 (%d deletes); all of it deleted but the "
+                      "credential, which down() deletes" % (len(failed), len(calls),
+                                                            len(deletes)))
+    c.down()  # the credential and the state file are left
+    assert holdings(admin_conn, conn, unique, servers) == []
 
 
 def test_a_watchdog_node_deleted_first_leaves_the_rest_to_gc(fault, conn, admin_conn, unique,
@@ -86,8 +88,8 @@ def test_a_watchdog_node_deleted_first_leaves_the_rest_to_gc(fault, conn, admin_
 def test_a_network_the_watchdog_cannot_delete_is_tagged_and_gc_takes_it(
         fault, conn, admin_conn, unique, state_dir):
     fault("cluster on its own network ends itself", "autodown",
-          "watchdog deletes servers, SG, keypair, credential; network, subnet, router "
-          "are tagged cc-ended and gc deletes them at once")
+          "watchdog deletes servers, SG, keypair; network, subnet, router are tagged "
+          "cc-ended and gc deletes them and the credential at once")
     c = Cluster(ClusterSpec(name=unique, nodes=1, create_network=True, network=None,
                             ttl_hours=30 / 3600.0), cloud=CLOUD).up()
     servers = [n.server_id for n in c.nodes]
@@ -96,7 +98,7 @@ def test_a_network_the_watchdog_cannot_delete_is_tagged_and_gc_takes_it(
     while True:
         left = holdings(admin_conn, conn, unique, servers)
         kinds = sorted({x.split()[0] for x in left})
-        if kinds == ["network", "router", "subnet"]:
+        if kinds == ["application", "network", "router", "subnet"]:
             break
         assert time.monotonic() < end, left
         time.sleep(3)
