@@ -438,3 +438,18 @@ def test_without_a_default_group_the_security_group_is_tagged_for_gc():
     calls = [(m, p) for m, _, p in cloud.calls]
     assert ("PUT", "/security-groups/g1/tags/cc-ended") in calls
     assert ("DELETE", "/security-groups/g1") not in calls
+
+
+def test_spec_checks_idle_minutes_and_node_api_host():
+    from cloudcompute import config
+    from cloudcompute.exceptions import ConfigError
+    ok = config.validate(config.ClusterSpec(name="a", flavor="f", image="i", idle_minutes=1.5,
+                                            node_api_host="gateway"))
+    assert ok.idle_minutes == 1.5 and ok.autodown is True
+    with pytest.raises(ConfigError) as err:
+        config.validate(config.ClusterSpec(name="a", flavor="f", image="i", idle_minutes=0,
+                                           node_api_host="-h; rm"))
+    text = str(err.value)
+    assert "idle_minutes" in text and "node_api_host" in text
+    spec = config.ClusterSpec(name="a").with_settings({"node_api_host": "10.0.0.1"})
+    assert spec.node_api_host == "10.0.0.1"
