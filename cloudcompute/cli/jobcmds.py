@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
@@ -90,14 +89,11 @@ def _job(c: Any, job_id: str, allow_pickle: bool = False) -> Any:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from cloudcompute.cli.transfercmds import load_function, load_input
+    from cloudcompute.cli.transfercmds import load_function, load_input, output_stems
     from cloudcompute.jobs import detached
     fn = load_function(args.function)
+    labels = output_stems(args.inputs)
     inputs = [load_input(p) for p in args.inputs]
-    labels = [_stem(p) for p in args.inputs]
-    if len(set(labels)) != len(labels):
-        raise UsageError("two inputs share the name %s; results are named after inputs"
-                         % next(x for x in labels if labels.count(x) > 1))
     if args.timeout is not None and not args.timeout > 0:
         raise UsageError("--timeout must be a positive number of seconds")
     c = attach(args)
@@ -113,11 +109,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return _collect(args, job, None)
     finally:
         c.close_connections()
-
-
-def _stem(path: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.splitext(os.path.basename(path))[0])
-    return stem.lstrip(".-")[:128] or "input"
 
 
 def _collect(args: argparse.Namespace, job: Any, wait: Optional[float]) -> int:

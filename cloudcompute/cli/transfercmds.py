@@ -5,8 +5,9 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import sys
-from typing import Any
+from typing import Any, List
 
 from cloudcompute.cli.common import NAME_HELP, attach, emit, node_names
 from cloudcompute.cli.parser import UsageError, add_command, option
@@ -94,6 +95,24 @@ def load_input(path: str) -> Any:
     raise UsageError("input %s: use .npy, .parquet, .csv or .json" % path)
 
 
+def output_stems(paths: List[str]) -> List[str]:
+    """The names the results of ``paths`` are saved under: each input's file name
+    without its extension, made safe as a file name. Two inputs that would share
+    one (``a/x.npy`` and ``b/x.npy``) are a UsageError: one result would
+    overwrite the other."""
+    stems = []
+    for path in paths:
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.splitext(os.path.basename(path))[0])
+        stems.append(stem.lstrip(".-")[:128] or "input")
+    seen = set()
+    for path, stem in zip(paths, stems, strict=True):
+        if stem in seen:
+            raise UsageError("two inputs share the name %s (%s is one); results are named "
+                             "after inputs, so rename one" % (stem, path))
+        seen.add(stem)
+    return stems
+
+
 def save_output(value: Any, stem: str, out_dir: str) -> str:
     """Write a result as ``out_dir/stem`` plus the extension its type calls for."""
     import numpy as np
@@ -119,6 +138,7 @@ def save_output(value: Any, stem: str, out_dir: str) -> str:
 
 def cmd_run(args: argparse.Namespace) -> None:
     fn = load_function(args.function)
+    stems = output_stems(args.inputs)
     inputs = [load_input(p) for p in args.inputs]
     c = attach(args)
     try:
@@ -127,7 +147,6 @@ def cmd_run(args: argparse.Namespace) -> None:
                 results = c.map(fn, inputs, allow_pickle=args.allow_pickle,
                                 progress=lambda r: tick("%s on %s: %.2fs, peak %d MiB" % (
                                     r.task, r.node, r.duration, r.peak_rss_kb // 1024)))
-            stems = [os.path.splitext(os.path.basename(p))[0] for p in args.inputs]
         else:
             results, stems = [c.run(fn, allow_pickle=args.allow_pickle)], ["result"]
         paths = [save_output(r, s, args.output_dir) for r, s in zip(results, stems, strict=True)]

@@ -191,3 +191,24 @@ def test_bulk_ssh_passes_the_user_as_an_argument_never_as_an_option(tmp_path):
     finally:
         import shutil
         shutil.rmtree(b.dir)
+
+
+def test_run_refuses_inputs_whose_results_would_share_a_name(tmp_path, capsys, monkeypatch):
+    """a/x.npy and b/x.npy (or x.npy and x.csv) would write one result file
+    over the other: refused before any cluster is reached."""
+    from cloudcompute.cluster import Cluster
+
+    def no_cloud(*a, **k):
+        raise AssertionError("the cluster was reached")
+    monkeypatch.setattr(Cluster, "attach", classmethod(no_cloud))
+    f = tmp_path / "fn_for_cli_run.py"
+    f.write_text("def f(x):\n    return x\n")
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        np.save(tmp_path / d / "x.npy", np.arange(2))
+    (tmp_path / "a" / "x.json").write_text("1")
+    for inputs in (["a/x.npy", "b/x.npy"], ["a/x.npy", "a/x.json"]):
+        argv = ["run", "c1", "%s:f" % f] + [str(tmp_path / p) for p in inputs]
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "two inputs share the name x" in err, err
