@@ -11,7 +11,7 @@ import tempfile
 import threading
 from typing import Any, Optional
 
-from cloudcompute.cli.common import NAME_HELP, attach, emit
+from cloudcompute.cli.common import NAME_HELP, attach, emit, node_names
 from cloudcompute.cli.parser import UsageError, add_command, option
 from cloudcompute.ssh import bulk
 
@@ -78,11 +78,11 @@ def cmd_ssh(args: argparse.Namespace) -> Optional[int]:
 
 def cmd_logs(args: argparse.Namespace) -> None:
     c = attach(args)
+    wanted = node_names(c, [args.node] if args.node else None)
     out = {}
     for n in c.nodes:
-        if args.node and n.name != args.node:
-            continue
-        out[n.name] = c.conn.compute.get_server_console_output(n.server_id).get("output", "")
+        if n.name in wanted:
+            out[n.name] = c.conn.compute.get_server_console_output(n.server_id).get("output", "")
     if args.format == "json":
         emit(args, out)
     else:

@@ -12,6 +12,7 @@ from typing import Any, List
 from cloudcompute.cli.common import NAME_HELP, attach, emit, node_names
 from cloudcompute.cli.parser import UsageError, add_command, option
 from cloudcompute.cli.progress import byte_bar, progress_bar
+from cloudcompute.exceptions import SSHError
 
 
 def register(sub: Any) -> None:
@@ -176,12 +177,16 @@ def cmd_get(args: argparse.Namespace) -> None:
     c = attach(args)
     node = node_names(c, [args.node] if args.node else None)[0]
     try:
-        size = c.connection(node).run(["stat", "-c", "%s", args.remote], warn=True)
-        if not size.ok:
+        stat = c.connection(node).run(["stat", "-c", "%s", args.remote], warn=True)
+        if not stat.ok:
             raise UsageError("%s: no file %s" % (node, args.remote))
-        with byte_bar(int(size.stdout), "get %s" % os.path.basename(args.remote)) as moved:
+        if not re.fullmatch(r"[0-9]{1,15}", stat.stdout.strip()):
+            raise SSHError(node, "stat %s printed %r, not a size in bytes"
+                           % (args.remote, stat.stdout.strip()[:40]))
+        size = int(stat.stdout)
+        with byte_bar(size, "get %s" % os.path.basename(args.remote)) as moved:
             c.get(args.remote, args.local, node=node, progress=moved)
     finally:
         c.close_connections()
-    emit(args, {"local": args.local, "node": node, "bytes": int(size.stdout)},
-         [[node, args.local, int(size.stdout)]], ["node", "local", "bytes"])
+    emit(args, {"local": args.local, "node": node, "bytes": size},
+         [[node, args.local, size]], ["node", "local", "bytes"])

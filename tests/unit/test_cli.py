@@ -212,3 +212,36 @@ def test_run_refuses_inputs_whose_results_would_share_a_name(tmp_path, capsys, m
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "two inputs share the name x" in err, err
+
+
+def _fake_cluster(monkeypatch, stat_output="12\n"):
+    import types
+
+    from cloudcompute.cluster import Cluster
+    from cloudcompute.ssh.client import CommandResult
+    node = types.SimpleNamespace(name="n0", server_id="id-0", address="10.0.0.5",
+                                 host_keys=[])
+    console = types.SimpleNamespace(get_server_console_output=lambda sid: {"output": "boot"})
+    fake = types.SimpleNamespace(
+        name="c1", nodes=[node], node_names=lambda: ["n0"], close_connections=lambda: None,
+        conn=types.SimpleNamespace(compute=console),
+        connection=lambda n: types.SimpleNamespace(run=lambda argv, warn=False: CommandResult(
+            node="n0", command="stat", exit_code=0, stdout=stat_output, stderr="", duration=0.0)),
+        get=lambda *a, **k: None)
+    monkeypatch.setattr(Cluster, "attach", classmethod(lambda cls, *a, **k: fake))
+    return fake
+
+
+def test_logs_of_an_unknown_node_is_usage_error(monkeypatch, capsys):
+    _fake_cluster(monkeypatch)
+    assert cli.main(["logs", "c1", "n0"]) == 0
+    assert capsys.readouterr().out == "==> n0 <==\nboot\n"
+    assert cli.main(["logs", "c1", "n9"]) == 2
+    assert "cluster c1 has no node 'n9' (nodes: n0)" in capsys.readouterr().err
+
+
+def test_get_of_a_size_the_node_garbles_is_one_line(monkeypatch, capsys, tmp_path):
+    _fake_cluster(monkeypatch, stat_output="twelve\n")
+    assert cli.main(["get", "c1", "f", str(tmp_path / "f")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "n0: stat f printed 'twelve'" in err, err
