@@ -19,10 +19,12 @@ from keystoneauth1 import exceptions as ks_exc
 from openstack import exceptions as os_exc
 
 from cloudcompute import config, retry, tags
+from cloudcompute.autodown import launch as autodown
 from cloudcompute.config import ClusterSpec
 from cloudcompute.exceptions import (CloudComputeError, ProvisioningError,
                                      StateError)
 from cloudcompute.jobs.api import GroupResult, Jobs
+from cloudcompute.jobs.detached import Job
 from cloudcompute.jobs.executor import Executor, TaskResult
 from cloudcompute.provision import phases, preflight
 from cloudcompute.record import NodeInfo
@@ -137,21 +139,20 @@ class Cluster:
         st = self.state = phases.record(self.conn, self.spec, plan, self.state_dir)
         t1 = time.monotonic()
         base = phases.base_resources(self.conn, st, self.spec, plan)
-        builder = phases.servers(self.conn, st, self.spec, plan, base, self.progress,
-                                 self.timings, since=t1)
+        # servers, floating IPs, the SSH rule and logins, each node's login
+        # starting as it turns ACTIVE
+        builder, connections = phases.servers_and_ssh(self.conn, st, self.spec, plan, base,
+                                                      self.progress, self.timings, since=t1)
         nodes = builder.active_nodes()
-        phases.floating_ips(builder, self.spec, plan, nodes)
-        phases.open_ssh(self.conn, self.spec, base, nodes)
-        self._connections.update(phases.wait_ssh(builder, nodes, base.key_file,
-                                                 plan.ssh_user, self.spec.timeouts.ssh,
-                                                 self.progress))
-        self.timings["ssh"] = time.monotonic() - t1
+        self._connections.update(connections)
         self.timings["total"] = time.monotonic() - t0
         self.nodes = sorted(nodes, key=lambda n: n.name)
         with st.locked():
             st.record.nodes = list(self.nodes)
             st.record.timings = dict(self.timings)
             st.save()
+        if self.spec.autodown:
+            autodown.start(self)
         LOG.info("cluster %s up: %d nodes in %.1fs (%s)", self.name, len(self.nodes),
                  self.timings["total"], ", ".join("%s %.2fs" % kv for kv in
                                                   self.timings.items()))
@@ -211,6 +212,11 @@ class Cluster:
                                         "take these servers once their owner is gone"
                                         % (self.name, ", ".join(failed)))
         self.close_connections()
+
+    def extend(self, hours: float) -> float:
+        """Move the deadline (``ttl_hours``) to ``max(deadline, now) + hours`` on every
+        server, where the watchdog and gc read it; return it in epoch seconds."""
+        return autodown.extend(self, hours)
 
     def _server_ids(self) -> List[str]:
         """The servers of this cluster: recorded, or found by its tag."""
@@ -339,3 +345,14 @@ class Cluster:
             progress: Optional[Callable[[int], None]] = None) -> Any:
         """A file from a node, saved or loaded (:meth:`Jobs.get`)."""
         return self.jobs.get(remote_path, local_path, node, progress)
+
+    # -- detached jobs: ``cluster.jobs()`` lists them (:meth:`Jobs.__call__`) -------
+    def submit(self, fn: Callable[..., Any], items: Iterable[Any], allow_pickle: bool = False,
+               star: bool = False, timeout: Optional[float] = None) -> Job:
+        """A detached job of ``fn`` over ``items``, returned at once (:meth:`Jobs.submit`);
+        it outlives this process."""
+        return self.jobs.submit(fn, items, allow_pickle, star, timeout)
+
+    def job(self, job_id: str, allow_pickle: bool = False) -> Job:
+        """The detached job ``job_id``, from any process (:meth:`Jobs.job`)."""
+        return self.jobs.job(job_id, allow_pickle)
