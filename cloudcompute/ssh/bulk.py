@@ -19,11 +19,12 @@ import hashlib
 import io
 import logging
 import os
+import selectors
 import shlex
 import shutil
 import subprocess
 import tempfile
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 from cloudcompute import nodeside
 from cloudcompute.exceptions import HostKeyMismatch, IntegrityError, SSHError
@@ -40,6 +41,10 @@ KEEPALIVE_OPTIONS = ["-o", "ServerAliveInterval=%d" % KEEPALIVE_SECONDS,
 CIPHERS = ("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,"
            "aes128-ctr")
 """OpenSSH's cipher preference here: AES-GCM first (fast with AES-NI)."""
+
+REPLY_LIMIT = 64 << 10
+"""What a transfer keeps of the node's reply besides the file's bytes (its hash on
+stdout, an error on stderr); a node that sends more is cut off."""
 
 LOG = logging.getLogger(__name__)
 
@@ -175,6 +180,34 @@ class OpenSSHBulk:
                                   "(OpenSSH: %s)" % err.splitlines()[-1])
         raise SSHError(self.name, "ssh failed: %s" % err[-500:])
 
+    def _rest(self, proc: "subprocess.Popen[bytes]", stdout: Any, stderr: Any,
+              what: str) -> Tuple[bytes, bytes]:
+        """What is left of ``proc``'s stdout and stderr (the node's hash, or an error),
+        read together until both close, then its exit. A node that sends more than
+        :data:`REPLY_LIMIT` on either is cut off: the ssh process is killed and a
+        fatal SSHError raised, before more is held in memory."""
+        bufs = {stdout.fileno(): bytearray(), stderr.fileno(): bytearray()}
+        with selectors.DefaultSelector() as sel:
+            for f in (stdout, stderr):
+                sel.register(f.fileno(), selectors.EVENT_READ)
+            while sel.get_map():
+                for key, _ in sel.select():
+                    chunk = os.read(key.fd, 1 << 16)
+                    if not chunk:
+                        sel.unregister(key.fd)
+                        continue
+                    bufs[key.fd] += chunk
+                    if len(bufs[key.fd]) > REPLY_LIMIT:
+                        proc.kill()
+                        proc.wait()
+                        stdout.close()
+                        stderr.close()
+                        raise SSHError(self.name, "%s: the node sent more than %d bytes "
+                                       "where it should send a hash or an error"
+                                       % (what, REPLY_LIMIT), fatal=True)
+        proc.wait()
+        return bytes(bufs[stdout.fileno()]), bytes(bufs[stderr.fileno()])
+
     def upload(self, path: str, data: Buffers,
                progress: Optional[Callable[[int], None]] = None) -> str:
         """Send ``data`` while hashing it here; the node hashes what it wrote.
@@ -198,10 +231,8 @@ class OpenSSHBulk:
                         progress(len(chunk))
             stdin.close()
         except BrokenPipeError:
-            pass
-        # The node prints only its hash (or an error), so these reads cannot block it.
-        out, err = stdout.read(), stderr.read()
-        proc.wait()
+            pass  # the node stopped reading: its exit status and stderr say why
+        out, err = self._rest(proc, stdout, stderr, "upload of %s" % path)
         self._check(proc.returncode, err)
         want = h.hexdigest()
         got = out.decode().split()[0] if out.strip() else ""
@@ -234,8 +265,7 @@ class OpenSSHBulk:
                 proc.communicate()
                 raise
             # else the exit status and stderr below say why
-        err = stderr.read()
-        proc.wait()
+        _, err = self._rest(proc, stdout, stderr, "download of %s" % path)
         self._check(proc.returncode, err)
         if proc.returncode != 0:
             raise SSHError(self.name, "cannot read %s: %s"

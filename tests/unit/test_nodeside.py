@@ -338,3 +338,35 @@ def test_upload_that_cannot_be_written_is_refused(transport):
     (home / "file").write_bytes(b"")
     with pytest.raises(IntegrityError, match="upload of file/x"):
         t.upload("file/x", b"data")  # a file where the directory should be
+
+
+HOSTILE_SSH = """#!/bin/sh
+# a node that answers every command with endless output on stdout and stderr
+case " $* " in *" -O "*) exit 0;; esac
+cat >/dev/null &
+exec python3 -c 'import os, sys
+chunk = b"x" * 65536
+while True:
+    os.write(1, chunk)
+    os.write(2, chunk)'
+"""
+
+
+def test_openssh_transfers_cut_off_a_node_that_answers_without_end(tmp_path, monkeypatch):
+    """The node's reply beside the file (hash, error) is capped: a node that
+    floods it is cut off with a fatal error, not held in memory until it stops."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "ssh").write_text(HOSTILE_SSH)
+    (bindir / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", "%s%s%s" % (bindir, os.pathsep, os.environ["PATH"]))
+    t = bulk.OpenSSHBulk("n1", "192.0.2.1", "u", "/nonexistent", ["ssh-ed25519 AAAA"])
+    try:
+        with pytest.raises(SSHError, match="upload of x: the node sent more than 65536") as e:
+            t.upload("x", b"data")
+        assert e.value.fatal
+        # the first 8 bytes ("xxxxxxxx") announce a size over the cap
+        with pytest.raises(SSHError, match="the cap"):
+            t.download("x", max_bytes=1 << 20)
+    finally:
+        t.close()
