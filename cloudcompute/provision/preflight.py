@@ -9,6 +9,7 @@ on every ``up``: they change as clusters come and go.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
 import logging
 import threading
@@ -20,7 +21,7 @@ from openstack import exceptions as os_exc
 
 from cloudcompute import config, retry
 from cloudcompute.config import ClusterSpec
-from cloudcompute.exceptions import PreflightError
+from cloudcompute.exceptions import CloudComputeError, PreflightError
 
 LOG = logging.getLogger(__name__)
 
@@ -132,17 +133,71 @@ def _choices(items, limit: int = 12) -> str:
     return ", ".join(names[:limit]) + more
 
 
+def _fetch(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(...)`` under the API retry policy, or the SDK error it raised."""
+    try:
+        return retry.call(fn, *args, **kwargs)
+    except os_exc.SDKException as exc:
+        return exc
+
+
+def _outcome(find: Callable[..., Any], *args: Any) -> Any:
+    """``find(...)``, or the pre-flight or SDK error it raised (re-raised by
+    :func:`_take` where the answer is used)."""
+    try:
+        return find(*args)
+    except (CloudComputeError, os_exc.SDKException) as exc:
+        return exc
+
+
+def _take(answer: Any) -> Any:
+    if isinstance(answer, BaseException):
+        raise answer
+    return answer
+
+
+def prefetch(conn: Any, spec: ClusterSpec, project_id: str) -> Dict[Tuple[str, str], Any]:
+    """Every answer pre-flight needs, asked in three lanes at once, one per
+    service (so that no service's version discovery runs twice): keyed
+    ``("flavor", name)``, ``("image", name)``, ``("network", name)`` and
+    ``("quota", "compute" | "network")``; an error is kept as the answer."""
+    def compute() -> Dict[Tuple[str, str], Any]:
+        out = {("flavor", g.flavor or ""): _outcome(find_flavor, conn, g.flavor)
+               for g in spec.groups}
+        out["quota", "compute"] = _fetch(conn.compute.get_quota_set, project_id, usage=True)
+        return out
+
+    def image() -> Dict[Tuple[str, str], Any]:
+        return {("image", g.image or ""): _outcome(find_image, conn, g.image)
+                for g in spec.groups}
+
+    def network() -> Dict[Tuple[str, str], Any]:
+        out = {}
+        if spec.network:
+            out["network", spec.network] = _outcome(find_network, conn, spec.network)
+        out["quota", "network"] = _fetch(conn.network.get_quota, project_id, details=True)
+        return out
+
+    answers: Dict[Tuple[str, str], Any] = {}
+    with cf.ThreadPoolExecutor(max_workers=3) as pool:
+        for lane in [pool.submit(compute), pool.submit(image), pool.submit(network)]:
+            answers.update(lane.result())
+    return answers
+
+
 def resolve(conn: Any, spec: ClusterSpec) -> Plan:
     """Resolve flavors, images and networks and check quotas; raise on any problem."""
+    project_id = conn.current_project_id
+    answers = prefetch(conn, spec, project_id)
     problems: List[str] = []
     groups: List[ResolvedGroup] = []
     for g in spec.groups:
         assert g.flavor is not None and g.image is not None  # validate() saw to it
-        flavor, flavors = find_flavor(conn, g.flavor)
+        flavor, flavors = _take(answers["flavor", g.flavor])
         if flavor is None:
             problems.append("group %s: unknown flavor %r (available: %s)"
                             % (g.name, g.flavor, _choices(flavors)))
-        image = find_image(conn, g.image)
+        image = _take(answers["image", g.image])
         if image is None:
             problems.append("group %s: unknown image %r (available: %s)"
                             % (g.name, g.image, _choices(conn.image.images())))
@@ -157,7 +212,7 @@ def resolve(conn: Any, spec: ClusterSpec) -> Plan:
                                         g.slots or max(1, int(flavor.vcpus or 1))))
     network_id = external_id = None
     if spec.network:
-        net = find_network(conn, spec.network)
+        net = _take(answers["network", spec.network])
         if net is None:
             problems.append("unknown network %r (available: %s)"
                             % (spec.network, _choices(conn.network.networks())))
@@ -165,14 +220,14 @@ def resolve(conn: Any, spec: ClusterSpec) -> Plan:
             network_id = net.id
     if spec.external_network or spec.floating_ips == "always" or not spec.network:
         external_id = _external_network(conn, spec, problems)
-    project_id = conn.current_project_id
     users = {g.image_user for g in groups}
     ssh_user = spec.ssh_user or (users.pop() if len(users) == 1 and None not in users else None)
     if not ssh_user and groups:
         problems.append("ssh_user is not set and the image(s) do not name one "
                         "(image property os_admin_user); set ssh_user")
     if not problems:
-        problems += check_quotas(conn, project_id, spec, groups, network_id is None)
+        problems += check_quotas(conn, project_id, spec, groups, network_id is None,
+                                 {k: answers["quota", k] for k in ("compute", "network")})
     if problems:
         raise PreflightError(problems)
     return Plan(groups, network_id, external_id, project_id, ssh_user or "")
@@ -206,8 +261,13 @@ NETWORK_QUOTA_ATTRS = {"port": "ports", "floatingip": "floating_ips",
 
 
 def check_quotas(conn: Any, project_id: str, spec: ClusterSpec,
-                 groups: List[ResolvedGroup], create_network: bool) -> List[str]:
-    """Problems where the request exceeds what the project has left."""
+                 groups: List[ResolvedGroup], create_network: bool,
+                 fetched: Optional[Dict[str, Any]] = None) -> List[str]:
+    """Problems where the request exceeds what the project has left;
+    ``fetched``: the quotas as :func:`prefetch` read them (else read here)."""
+    fetched = fetched or {
+        "compute": _fetch(conn.compute.get_quota_set, project_id, usage=True),
+        "network": _fetch(conn.network.get_quota, project_id, details=True)}
     need = {
         "instances": sum(g.count for g in groups),
         "cores": sum(g.count * g.vcpus for g in groups),
@@ -215,7 +275,9 @@ def check_quotas(conn: Any, project_id: str, spec: ClusterSpec,
     }
     problems = []
     try:
-        qs = retry.call(conn.compute.get_quota_set, project_id, usage=True)
+        qs = fetched["compute"]
+        if isinstance(qs, BaseException):
+            raise qs
         usage = qs.usage or {}
         for key, wanted in need.items():
             limit = getattr(qs, key)
@@ -234,7 +296,9 @@ def check_quotas(conn: Any, project_id: str, spec: ClusterSpec,
                 "subnet": 1 if create_network else 0,
                 "router": 1 if create_network else 0}
     try:
-        q = retry.call(conn.network.get_quota, project_id, details=True)
+        q = fetched["network"]
+        if isinstance(q, BaseException):
+            raise q
         for key, wanted in net_need.items():
             d = getattr(q, NETWORK_QUOTA_ATTRS[key], None)
             if not wanted or not isinstance(d, dict):
