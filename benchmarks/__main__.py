@@ -30,18 +30,44 @@ def target(name, measured, goal, unit, better):
             "better": better, "met": bool(met)}
 
 
+def provisioning_targets(n, row, boot_delay):
+    """The provisioning targets of one N, from the medians of its runs."""
+    raw, cc, user = row["raw_parallel"], row["cloudcompute"], row["sdk_ssh_first_task"]
+    out = [target("provision N=%d: cloudcompute SSH-ready (minus boot delay) / raw parallel "
+                  "ACTIVE" % n, (cc["up_s"] - boot_delay) / raw["up_s"], 1.15, "ratio",
+                  "lower"),
+           target("provision N=%d: HTTP requests per node" % n, cc["requests"] / n,
+                  8 if n == 1 else 2 if n >= 16 else 6, "requests", "lower"),
+           target("provision N=%d: time to first task vs the user's openstacksdk + paramiko "
+                  "script" % n, cc["first_task_s"] / user["first_task_s"], 1.0, "ratio",
+                  "lower")]
+    if n >= 16:
+        out.append(target("provision N=%d: cloudcompute SSH-ready / raw parallel per-server "
+                          "POSTs" % n, cc["up_s"] / raw["up_s"], 0.8, "ratio", "lower"))
+    for base in ("sdk_create_wait_loop", "sdk_nowait_then_wait"):
+        out.append(target("provision N=%d: wall time vs %s" % (n, base),
+                          cc["up_s"] / row[base]["up_s"], 1.0, "ratio", "lower"))
+        out.append(target("provision N=%d: requests vs %s" % (n, base),
+                          cc["requests"] / row[base]["requests"], 1.0, "ratio", "lower"))
+    out.append(target("teardown N=%d: verified, vs raw parallel deletes" % n,
+                      cc["down_s"] / raw["down_s"], 1.15, "ratio", "lower"))
+    return out
+
+
 def run(args):
     cloud = os.environ.get("OS_CLOUD", "devstack")
     conn = config.connect(cloud)
     settings = config.cloud_settings(conn)
     defaults = {k: settings.get(k) for k in ("image", "flavor", "network")}
     boot_delay = float(os.environ.get("CC_AIO_BOOT_DELAY", "3"))
-    sizes = [] if args.skip_provisioning else [1] if args.quick else [1, 4, 8, 16]
+    sizes = [] if args.skip_provisioning else args.sizes or ([1] if args.quick
+                                                             else [1, 4, 8, 16])
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                "cloud": cloud, "quick": args.quick, "provisioning": {}, "targets": []}
     targets = results["targets"]
 
-    if args.executor_only or not (args.cloud_only or args.fanout_only):
+    if args.executor_only or not (args.cloud_only or args.fanout_only
+                                  or args.provisioning_only):
         LOG.warning("executor: CPU-bound tasks, default slots against slots=1")
         sl = results["slots"] = execbench.slots_speedup(conn, tasks=8 if args.quick else 40)
         targets += execbench.targets(sl, target)
@@ -60,7 +86,7 @@ def run(args):
         targets += fanbench.targets(fo, target)
         return results
 
-    if not args.skip_provisioning:
+    if not args.skip_provisioning and (args.cloud_figures or not args.provisioning_only):
         LOG.warning("the cloud's own figures: one server at a time")
         own = results["cloud_figures"] = cloudbench.measure(cloud, defaults,
                                                              reps=3 if args.quick else 7)
@@ -77,28 +103,14 @@ def run(args):
     if args.cloud_only:
         return results
 
+    reps = 1 if args.quick else args.reps
+    names = list(prov.VARIANTS)
     for n in sizes:
-        row = {}
-        for name, fn in (("raw_parallel", prov.raw_parallel),
-                         ("cloudcompute", prov.cloudcompute_cluster),
-                         ("sdk_create_wait_loop", prov.sdk_wait_loop),
-                         ("sdk_nowait_then_wait", prov.sdk_nowait)):
-            LOG.warning("provisioning N=%d: %s", n, name)
-            row[name] = fn(cloud, n, defaults)
-        results["provisioning"][n] = row
-        raw, cc = row["raw_parallel"], row["cloudcompute"]
-        targets.append(target("provision N=%d: cloudcompute SSH-ready (minus boot delay) / "
-                              "raw parallel ACTIVE" % n,
-                              (cc["up_s"] - boot_delay) / raw["up_s"], 1.15, "ratio", "lower"))
-        targets.append(target("provision N=%d: HTTP requests per node" % n,
-                              cc["requests"] / n, 6, "requests", "lower"))
-        for base in ("sdk_create_wait_loop", "sdk_nowait_then_wait"):
-            targets.append(target("provision N=%d: wall time vs %s" % (n, base),
-                                  cc["up_s"] / row[base]["up_s"], 1.0, "ratio", "lower"))
-            targets.append(target("provision N=%d: requests vs %s" % (n, base),
-                                  cc["requests"] / row[base]["requests"], 1.0, "ratio", "lower"))
-        targets.append(target("teardown N=%d: verified, vs raw parallel deletes" % n,
-                              cc["down_s"] / raw["down_s"], 1.15, "ratio", "lower"))
+        row = results["provisioning"][n] = prov.interleaved(
+            cloud, n, defaults, reps, names, LOG.warning)
+        targets += provisioning_targets(n, row, boot_delay)
+    if args.provisioning_only:
+        return results
 
     mib = 16 if args.quick else 256
     nodes = 2 if args.quick else 8
@@ -152,6 +164,18 @@ def write(results, out):
         lines += ["| %s | %.2f | %.2f | %.2f |" % (k, own[k]["median"], own[k]["min"],
                                                    own[k]["max"])
                   for k in ("active_s", "ssh_after_active_s", "delete_s")]
+    if results.get("provisioning"):
+        lines += ["", "Provisioning (median [min-max] of the runs, interleaved):", "",
+                  "| N | variant | runs | ready s | first task s | ACTIVE s | teardown s "
+                  "| requests/node |", "|---|---|---|---|---|---|---|---|"]
+        for n, row in sorted(results["provisioning"].items(), key=lambda kv: int(kv[0])):
+            for name, r in row.items():
+                cells = []
+                for key in ("up_s", "first_task_s", "active_s", "down_s"):
+                    cells.append("%.1f [%.1f-%.1f]" % (r[key], *r[key + "_range"])
+                                 if key in r else "-")
+                lines.append("| %s | %s | %d | %s | %.2f |" % (
+                    n, name, len(r["runs"]), " | ".join(cells), r["requests"] / int(n)))
     if "payload_mb_s" in results:
         lines += ["", "Payload MB/s (%s MiB):" % results["payload_mib"], "",
                   "| method | MB/s |", "|---|---|"]
@@ -184,11 +208,17 @@ def _plots(results, out):
     if not ns:
         return _data_plots(results, out, plt)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in ("raw_parallel", "cloudcompute", "sdk_create_wait_loop", "sdk_nowait_then_wait"):
-        a1.plot([int(n) for n in ns], [prov_[n][name]["up_s"] for n in ns], "o-", label=name)
-        a2.plot([int(n) for n in ns], [prov_[n][name]["requests"] / int(n) for n in ns], "o-",
-                label=name)
-    a1.set(xlabel="servers", ylabel="seconds to ready", title="provisioning")
+    for name in ("raw_parallel", "cloudcompute", "sdk_ssh_first_task", "sdk_create_wait_loop",
+                 "sdk_nowait_then_wait"):
+        ns_ = [n for n in ns if name in prov_[n]]
+        up = [prov_[n][name]["up_s"] for n in ns_]
+        lo = [up[i] - prov_[n][name]["up_s_range"][0] for i, n in enumerate(ns_)]
+        hi = [prov_[n][name]["up_s_range"][1] - up[i] for i, n in enumerate(ns_)]
+        a1.errorbar([int(n) for n in ns_], up, yerr=[lo, hi], fmt="o-", capsize=3, label=name)
+        a2.plot([int(n) for n in ns_], [prov_[n][name]["requests"] / int(n) for n in ns_],
+                "o-", label=name)
+    a1.set(xlabel="servers", ylabel="seconds to ready (median, min-max)",
+           title="provisioning")
     a2.set(xlabel="servers", ylabel="HTTP requests per server", title="API requests")
     a1.legend(fontsize=7)
     fig.tight_layout()
@@ -236,6 +266,15 @@ def main():
                          "(--fanout-mib to 8 nodes, 2 with --quick); needs root (iptables)")
     ap.add_argument("--executor-only", action="store_true",
                     help="only CPU-bound tasks on one m1.medium node, slots against slots=1")
+    ap.add_argument("--provisioning-only", action="store_true",
+                    help="only the provisioning rows (cloudcompute and the baselines, "
+                         "--reps runs of each per N, interleaved)")
+    ap.add_argument("--cloud-figures", action="store_true",
+                    help="with --provisioning-only: the cloud's own figures too")
+    ap.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")],
+                    help="cluster sizes N, comma-separated (default 1,4,8,16; 1 with --quick)")
+    ap.add_argument("--reps", type=int, default=3,
+                    help="runs of each provisioning variant per N (1 with --quick)")
     ap.add_argument("--fanout-mib", type=int, default=1024,
                     help="file size for --fanout-only (MiB, a multiple of 4)")
     args = ap.parse_args()

@@ -15,7 +15,12 @@ def test_bench_quick_writes_results(tmp_path, state_dir):
     for t in data["targets"]:
         assert set(t) == {"name", "measured", "target", "unit", "better", "met"}
         assert t["better"] in ("lower", "higher") and isinstance(t["met"], bool)
-    assert data["provisioning"]["1"]["cloudcompute"]["requests"] > 0
+    row = data["provisioning"]["1"]
+    assert row["cloudcompute"]["requests"] > 0 and len(row["cloudcompute"]["runs"]) == 1
+    for name in ("cloudcompute", "sdk_ssh_first_task"):  # both timed to a first task
+        assert 0 < row[name]["up_s"] <= row[name]["first_task_s"]
+    assert any(t["name"].startswith("provision N=1: time to first task") for t in
+               data["targets"])
     own = data["cloud_figures"]
     assert len(own["runs"]) == own["reps"] == 3
     for key in ("active_s", "ssh_after_active_s", "delete_s"):
