@@ -52,18 +52,20 @@ CLOUDCOMPUTE_* variables, the cloud's `cloudcompute:` section of clouds.yaml."""
            help="The addresses allowed to reach the nodes' SSH port")
     option(up, "--key-file", metavar="PATH", env=True,
            shown="a new ed25519 key for this cluster",
-           help="A private key to log in with (its public half in PATH.pub)")
+           help="A private key to log in with; its public half must be in PATH.pub")
     option(up, "--ttl-hours", type=float, metavar="HOURS", env=True,
            shown=str(field_default("ttl_hours")),
-           help="Hours after which the cluster deletes itself (and gc may delete it)")
+           help="Hours after which the cluster deletes itself and gc may delete it")
     option(up, "--idle-minutes", type=float, metavar="MINUTES", env=True, shown="never",
            help="Minutes without SSH connections or running tasks after which the "
                 "cluster deletes itself")
     option(up, "--min-nodes", type=int, metavar="N", env=True, shown="every node",
-           help="The fewest nodes up may finish with when failed servers cannot be replaced")
+           help="The fewest nodes the cluster may start with when failed servers cannot "
+                "be replaced")
     option(up, "--max-replacements", type=int, metavar="N", env=True,
            shown=str(field_default("max_replacements")),
-           help="How many failed servers up replaces before it drops nodes or fails")
+           help="How many failed servers to replace before dropping nodes (down to "
+                "--min-nodes) or failing")
     option(up, "--timeout-active", type=float, metavar="SECONDS", env=True,
            shown=str(field_default("active", config.Timeouts)),
            help="Seconds the servers may take to become ACTIVE")
@@ -75,7 +77,7 @@ CLOUDCOMPUTE_* variables, the cloud's `cloudcompute:` section of clouds.yaml."""
                          "Show a cluster's nodes, addresses, host key fingerprints and timings.")
     status.add_argument("name", metavar="NAME", help=NAME_HELP)
     extend = add_command(sub, "extend", cmd_extend,
-                         "Move a cluster's deadline (ttl-hours) later.", """\
+                         "Give a cluster more hours before it deletes itself.", """\
 Add HOURS to the later of the cluster's deadline and now; the cluster's
 watchdog and gc read the new deadline from the servers' metadata.""")
     extend.add_argument("name", metavar="NAME", help=NAME_HELP)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import textwrap
 import time
 from typing import Any, Callable, Dict, List, Optional
 
@@ -21,8 +22,8 @@ def register(sub: Any) -> None:
                          "Start a function over input files as a detached job; print its id.",
                          """\
 Start a function on the cluster once per input file, as a job that outlives
-this command: the nodes keep running it, its output and its results when this
-machine disconnects. Prints the job id at once; with -o, then waits and
+this command: the nodes keep running it and keep its output and results when
+this machine disconnects. Prints the job id at once; with -o, then waits and
 writes the results as `results` does.""")
     submit.add_argument("name", metavar="NAME", help=NAME_HELP)
     submit.add_argument("function", metavar="FUNCTION",
@@ -50,7 +51,7 @@ code is 1; the others' values are still written.""")
            help="The directory the results are written to")
     _common(results)
     option(results, "--wait", type=float, metavar="SECONDS", shown="no limit",
-           help="Give up waiting after this long (exit 1)")
+           help="Seconds to wait for the job before giving up with exit code 1")
 
     cancel = add_command(sub, "cancel", cmd_cancel,
                          "Cancel a detached job: kill its running tasks, start no more.")
@@ -66,13 +67,14 @@ code is 1; the others' values are still written.""")
                 action.metavar = "NODE|JOB"
                 action.help = ("Only this node's console log (default: every node's); "
                                "or a job id: that job's output.")
-        logs.description = (logs.description or "") + (
-            "\n\nWith a job id instead of a node: the job's output, each line prefixed "
-            "with its task's position; -f follows it as it is printed.")
+        logs.description = (logs.description or "") + "\n\n" + textwrap.fill(
+            "With a job id instead of a node: the job's output, each line prefixed "
+            "with its task's position (0 is the first); -f follows it as it is "
+            "printed.", 79)
         option(logs, "-f", "--follow", action="store_true", default=False,
                help="With JOB: print the output as it comes, until the job ends")
         option(logs, "--task", type=int, metavar="N", shown="every task",
-               help="With JOB: only this task's output (its position)")
+               help="With JOB: only the output of the task at this position")
 
 
 def _common(p: Any) -> None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 from typing import Any, Optional
 
@@ -25,6 +26,10 @@ status. The node's host key is checked against the one recorded at `up`.""")
     ssh.add_argument("node", nargs="?", metavar="NODE",
                      help="The node to log in to (default: the first).")
     ssh.set_defaults(cmd=[])  # the words after "--" (split off in main)
+    # argparse never sees them, so the usage line names them itself
+    usage = " ".join(ssh.format_usage().split()) + " [-- COMMAND ...]"
+    indent = " " * len("usage: %s " % ssh.prog)
+    ssh.usage = textwrap.fill(usage, 79, subsequent_indent=indent)[len("usage: "):]
     logs = add_command(sub, "logs", cmd_logs, "Print the console logs of a cluster's servers.")
     logs.add_argument("name", metavar="NAME", help=NAME_HELP)
     logs.add_argument("node", nargs="?", metavar="NODE",

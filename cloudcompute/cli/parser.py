@@ -41,6 +41,14 @@ output went away.
 """
 
 
+CLOUD_HELP = "The clouds.yaml entry to use"
+CLOUD_DEFAULT = "the OS_* variables alone"
+FORMAT_HELP = "Print a table for people or one JSON document for scripts"
+VERBOSE_HELP = "Log more: -v for INFO, -vv for DEBUG of every library"
+VERBOSE_DEFAULT = "warnings and progress only"
+"""The global options' help, before the command and after it."""
+
+
 class UsageError(Exception):
     """Wrong usage or bad input: exit code 2 with a one-line message."""
 
@@ -137,12 +145,14 @@ def add_command(subparsers: Any, name: str, func: Callable[[argparse.Namespace],
     again = p.add_argument_group("global options, also accepted after the command")
     # SUPPRESS: given here, they replace the value before the command; else it stays.
     again.add_argument("--os-cloud", metavar="NAME", default=argparse.SUPPRESS,
-                       help="The clouds.yaml entry to use (default: OS_CLOUD).")
+                       help="%s (default: the one given before the command, else OS_CLOUD, "
+                            "else %s)." % (CLOUD_HELP, CLOUD_DEFAULT))
     again.add_argument("-f", "--format", choices=("table", "json"), default=argparse.SUPPRESS,
-                       help="Print a table or one JSON document (default: table, or "
-                            "CLOUDCOMPUTE_FORMAT).")
+                       help="%s (default: as given before the command, else "
+                            "CLOUDCOMPUTE_FORMAT, else table)." % FORMAT_HELP)
     again.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                       help="Log more: -v for INFO, -vv for DEBUG.")
+                       help="%s (default: as given before the command, else %s)."
+                            % (VERBOSE_HELP, VERBOSE_DEFAULT))
     p.set_defaults(func=func)
     return p
 
@@ -155,12 +165,12 @@ def build(modules: Sequence[str] = ()) -> Parser:
                epilog=USAGE)
     p.add_argument("--version", action="version", version="%(prog)s " + version(),
                    help="Print the version of cloudcompute and exit.")
-    option(p, "--os-cloud", metavar="NAME", env="OS_CLOUD", shown="the OS_* variables alone",
-           help="The clouds.yaml entry to use")
+    option(p, "--os-cloud", metavar="NAME", env="OS_CLOUD", shown=CLOUD_DEFAULT,
+           help=CLOUD_HELP)
     option(p, "-f", "--format", choices=("table", "json"), env=True, default="table",
-           help="Print a table for people or one JSON document for scripts")
-    option(p, "-v", "--verbose", action="count", default=0,
-           help="Log more: -v for INFO, -vv for DEBUG of every library")
+           help=FORMAT_HELP)
+    option(p, "-v", "--verbose", action="count", default=0, shown=VERBOSE_DEFAULT,
+           help=VERBOSE_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
                            title="commands", parser_class=Parser,
                            help="The command to run, one of those below.")

@@ -44,6 +44,11 @@ def missing_help(parser):
             or action.nargs in ("?", "*")
         if takes_default and "(default: " not in text:
             bad.append("%s: help does not show the default: %r" % (name, text))
+        if ") (" in text:
+            bad.append("%s: help has two asides in a row: %r" % (name, text))
+    long_lines = [ln for ln in (parser.description or "").splitlines() if len(ln) > 79]
+    if long_lines:
+        bad.append("description: lines over 79 columns: %r" % long_lines)
     return bad
 
 
@@ -236,6 +241,21 @@ def test_bad_environment_value_is_one_line_and_exit_2(env, message, no_cloud, mo
         monkeypatch.setenv(k, v)
     assert cli.main(["up", "c1"]) == 2
     assert message in one_error_line(capsys)
+
+
+def test_ssh_usage_shows_the_remote_command(capsys):
+    assert cli.main(["ssh", "--help"]) == 0
+    usage = " ".join(capsys.readouterr().out.split("\n\n")[0].split())
+    assert usage.endswith(" NAME [NODE] [-- COMMAND ...]"), usage
+
+
+def test_global_options_after_the_command_read_as_before_it(capsys):
+    assert cli.main(["gc", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "The clouds.yaml entry to use (default: the one given before the command, " \
+        "else OS_CLOUD, else the OS_* variables alone)." in out
+    assert "-vv for DEBUG of every library (default: as given before the command, " \
+        "else warnings and progress only)." in out
 
 
 def test_help_names_each_variable_and_shows_its_default(capsys):
