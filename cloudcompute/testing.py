@@ -15,9 +15,9 @@ import logging
 import re
 import secrets
 import time
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Set
 
-from cloudcompute import config, gc
+from cloudcompute import config, gc, retry, tags
 from cloudcompute.cluster import Cluster
 from cloudcompute.config import ClusterSpec, NodeGroup, Timeouts
 from cloudcompute.exceptions import CloudComputeError, ConfigError, TeardownError
@@ -174,11 +174,21 @@ def tagged_leftovers(conn: Any, names: Iterable[str],
     names: resources carrying the library's tags, keypairs named after the
     clusters, and state files, as ``<cluster id>: <resource>``."""
     wanted = set(names)
-    found: List[str] = []
+    found: Set[str] = set()
     for r in gc.survey(conn, state_dir).values():
-        if r.cluster_id.rsplit("-", 1)[0] not in wanted:
+        if _name_of(r.cluster_id) not in wanted:
             continue
-        found.extend("%s: %s" % (r.cluster_id, what) for what in r.resources)
+        found.update("%s: %s" % (r.cluster_id, what) for what in r.resources)
         if r.state_file:
-            found.append("%s: state file %s" % (r.cluster_id, r.state_file))
+            found.add("%s: state file %s" % (r.cluster_id, r.state_file))
+    # gc's survey names a keypair only for a cluster it found by other means
+    for kp in retry.call(lambda: list(conn.compute.keypairs())):
+        cid = kp.name[3:] if kp.name.startswith("cc-") else ""
+        if tags.valid_cluster_id(cid) and "-" in cid and _name_of(cid) in wanted:
+            found.add("%s: keypair %s" % (cid, kp.name))
     return sorted(found)
+
+
+def _name_of(cluster_id: str) -> str:
+    """The cluster name in a cluster id (``<name>-<random hex>``)."""
+    return cluster_id.rsplit("-", 1)[0]

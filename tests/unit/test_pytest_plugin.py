@@ -401,3 +401,21 @@ def test_sigterm_during_up_stops_pytest(pytester, fake_clusters, monkeypatch):
         session.restore_sigterm()
     assert isinstance(info.value, KeyboardInterrupt) and session.stopping
     assert factory.names == [fake_clusters.made[0].name]
+
+
+def test_leftovers_include_a_keypair_nothing_else_names(monkeypatch):
+    """gc's survey ties a keypair to a cluster only through the cluster's other
+    resources or state file; the leak check finds one left on its own."""
+    import types
+    found = {"w-1-0badc0de": types.SimpleNamespace(cluster_id="w-1-0badc0de",
+                                                   resources=["security group cc-w-1-0badc0de"],
+                                                   state_file=None),
+             "other-0badc0de": types.SimpleNamespace(cluster_id="other-0badc0de",
+                                                     resources=["server x"], state_file=None)}
+    monkeypatch.setattr(testing.gc, "survey", lambda conn, state_dir=None: found)
+    kps = [types.SimpleNamespace(name=n) for n in (
+        "cc-w-2-1234abcd", "cc-w-1-0badc0de", "cc-other-0badc0de", "mykey", "cc-w-2")]
+    conn = types.SimpleNamespace(compute=types.SimpleNamespace(keypairs=lambda: kps))
+    assert testing.tagged_leftovers(conn, ["w-1", "w-2"]) == [
+        "w-1-0badc0de: keypair cc-w-1-0badc0de", "w-1-0badc0de: security group cc-w-1-0badc0de",
+        "w-2-1234abcd: keypair cc-w-2-1234abcd"]
