@@ -34,6 +34,7 @@ away (default 2), and prints how to reach them.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import threading
 import time
@@ -220,9 +221,10 @@ class Session:
             terminalreporter.write_line(note)
         state = os.environ.get("CLOUDCOMPUTE_STATE_DIR")
         for what, kept in self.kept:
-            cli = "cloudcompute --os-cloud %s" % kept.cloud if kept.cloud else "cloudcompute"
-            if state:
-                cli = "CLOUDCOMPUTE_STATE_DIR=%s %s" % (state, cli)
+            cli = "cloudcompute --os-cloud %s" % shlex.quote(kept.cloud) if kept.cloud \
+                else "cloudcompute"
+            if state:  # the commands are pasted into a shell as printed
+                cli = "CLOUDCOMPUTE_STATE_DIR=%s %s" % (shlex.quote(state), cli)
             terminalreporter.write_line(
                 "kept %s (from %s) until %s: reach it with '%s ssh %s' or "
                 "Cluster.attach(%r); delete it with '%s down %s'" % (

@@ -419,3 +419,18 @@ def test_leftovers_include_a_keypair_nothing_else_names(monkeypatch):
     assert testing.tagged_leftovers(conn, ["w-1", "w-2"]) == [
         "w-1-0badc0de: keypair cc-w-1-0badc0de", "w-1-0badc0de: security group cc-w-1-0badc0de",
         "w-2-1234abcd: keypair cc-w-2-1234abcd"]
+
+
+def test_kept_cluster_commands_survive_a_state_dir_with_spaces(pytester, monkeypatch):
+    """The summary's commands are pasted into a shell as printed."""
+    import shlex
+    monkeypatch.setenv("CLOUDCOMPUTE_STATE_DIR", "/tmp/my state")
+    session = plugin.Session(pytester.parseconfig())
+    session.kept.append(("t", testing.KeptCluster("k-1", "k-1-0badc0de", "my cloud", 0.0)))
+    lines = []
+    reporter = type("R", (), {"write_sep": lambda self, *a: None,
+                              "write_line": lambda self, line: lines.append(line)})()
+    session.pytest_terminal_summary(reporter)
+    down = lines[0].rsplit("delete it with '", 1)[1].rstrip("'")
+    assert shlex.split(down) == ["CLOUDCOMPUTE_STATE_DIR=/tmp/my state", "cloudcompute",
+                                 "--os-cloud", "my cloud", "down", "k-1"]
