@@ -7,10 +7,12 @@ import json
 import sys
 from typing import Any, List, Optional
 
-from cloudcompute.cli.parser import UsageError
+from cloudcompute.cli.parser import UsageError, option
 
 NAME_HELP = ("The cluster's name: 1-40 lowercase letters, digits and '-', starting with "
              "a letter.")
+FUNCTION_HELP = "The function, as path/to/file.py:name or package.module:name."
+INPUTS_HELP = "Input files (.npy, .parquet, .csv or .json), one task each"
 
 
 def emit(args: argparse.Namespace, data: Any, rows: Optional[List[List[Any]]] = None,
@@ -31,6 +33,13 @@ def emit(args: argparse.Namespace, data: Any, rows: Optional[List[List[Any]]] = 
     for line in [headers] + rows:
         out.write("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=False))
                   .rstrip() + "\n")
+
+
+def add_allow_pickle(p: Any) -> None:
+    """The ``--allow-pickle`` option of the commands that move values."""
+    option(p, "--allow-pickle", action="store_true", default=False,
+           help="Send and accept values by pickle, for types the safe codecs lack; "
+                "only with nodes you trust")
 
 
 def attach(args: argparse.Namespace) -> Any:

@@ -9,7 +9,8 @@ import textwrap
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from cloudcompute.cli.common import NAME_HELP, attach, emit
+from cloudcompute.cli.common import (FUNCTION_HELP, INPUTS_HELP, NAME_HELP,
+                                     add_allow_pickle, attach, emit)
 from cloudcompute.cli.parser import UsageError, add_command, option
 from cloudcompute.cli.progress import progress_bar
 
@@ -26,13 +27,11 @@ this command: the nodes keep running it and keep its output and results when
 this machine disconnects. Prints the job id at once; with -o, then waits and
 writes the results as `results` does.""")
     submit.add_argument("name", metavar="NAME", help=NAME_HELP)
-    submit.add_argument("function", metavar="FUNCTION",
-                        help="The function, as path/to/file.py:name or package.module:name.")
-    submit.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="Input files (.npy, .parquet, .csv or .json), one task each.")
+    submit.add_argument("function", metavar="FUNCTION", help=FUNCTION_HELP)
+    submit.add_argument("inputs", nargs="+", metavar="INPUT", help=INPUTS_HELP + ".")
     option(submit, "-o", "--output-dir", metavar="DIR", shown="do not wait",
            help="Wait for the job and write its results to this directory")
-    _common(submit)
+    add_allow_pickle(submit)
     option(submit, "--timeout", type=float, metavar="SECONDS", shown="none",
            help="Kill a task that runs longer than this on its node")
 
@@ -49,7 +48,7 @@ code is 1; the others' values are still written.""")
     results.add_argument("job", metavar="JOB", help=JOB_HELP)
     option(results, "-o", "--output-dir", metavar="DIR", default="results",
            help="The directory the results are written to")
-    _common(results)
+    add_allow_pickle(results)
     option(results, "--wait", type=float, metavar="SECONDS", shown="no limit",
            help="Seconds to wait for the job before giving up with exit code 1")
 
@@ -75,12 +74,6 @@ code is 1; the others' values are still written.""")
                help="With JOB: print the output as it comes, until the job ends")
         option(logs, "--task", type=int, metavar="N", shown="every task",
                help="With JOB: only the output of the task at this position")
-
-
-def _common(p: Any) -> None:
-    option(p, "--allow-pickle", action="store_true", default=False,
-           help="Send and accept values by pickle, for types the safe codecs lack; "
-                "only with nodes you trust")
 
 
 def _job(c: Any, job_id: str, allow_pickle: bool = False) -> Any:

@@ -48,11 +48,8 @@ def cmd_ssh(args: argparse.Namespace) -> Optional[int]:
     c = attach(args)
     if not c.node_names():
         raise UsageError("cluster %s has no ready nodes" % args.name)
-    node = args.node or c.node_names()[0]
-    info = next((n for n in c.nodes if n.name == node), None)
-    if info is None:
-        raise UsageError("cluster %s has no node %r (nodes: %s)"
-                         % (args.name, node, ", ".join(c.node_names())))
+    node = node_names(c, [args.node] if args.node else None)[0]
+    info = next(n for n in c.nodes if n.name == node)
     if args.cmd:
         result = c.connection(node).run(args.cmd, warn=True)
         sys.stdout.write(result.stdout)

@@ -9,7 +9,8 @@ import re
 import sys
 from typing import Any, List
 
-from cloudcompute.cli.common import NAME_HELP, attach, emit, node_names
+from cloudcompute.cli.common import (FUNCTION_HELP, INPUTS_HELP, NAME_HELP,
+                                     add_allow_pickle, attach, emit, node_names)
 from cloudcompute.cli.parser import UsageError, add_command, option
 from cloudcompute.cli.progress import byte_bar, progress_bar
 from cloudcompute.exceptions import SSHError
@@ -23,16 +24,12 @@ a node), or once without arguments when no input is given. Each result is
 written to the output directory as .npy (arrays), .parquet or .csv (frames)
 or .json, named after its input.""")
     run.add_argument("name", metavar="NAME", help=NAME_HELP)
-    run.add_argument("function", metavar="FUNCTION",
-                     help="The function, as path/to/file.py:name or package.module:name.")
-    run.add_argument("inputs", nargs="*", metavar="INPUT",
-                     help="Input files (.npy, .parquet, .csv or .json), one task each "
-                          "(default: none: the function runs once, without arguments).")
+    run.add_argument("function", metavar="FUNCTION", help=FUNCTION_HELP)
+    run.add_argument("inputs", nargs="*", metavar="INPUT", help=INPUTS_HELP + (
+        " (default: none: the function runs once, without arguments)."))
     option(run, "-o", "--output-dir", metavar="DIR", default="results", env=True,
            help="The directory the results are written to")
-    option(run, "--allow-pickle", action="store_true", default=False,
-           help="Send and accept values by pickle, for types the safe codecs lack; "
-                "only with nodes you trust")
+    add_allow_pickle(run)
 
     put = add_command(sub, "put", cmd_put,
                       "Copy a local file to the nodes, checked by sha256.")
