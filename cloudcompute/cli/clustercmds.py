@@ -13,8 +13,25 @@ from cloudcompute.cli.spec import (GROUP_SYNTAX, build_spec, field_default, pars
                                    parse_groups)
 
 
-
 def register(sub: Any) -> None:
+    _register_up(sub)
+    status = add_command(sub, "status", cmd_status,
+                         "Show a cluster's nodes, addresses, host key fingerprints and timings.")
+    status.add_argument("name", metavar="NAME", help=NAME_HELP)
+    extend = add_command(sub, "extend", cmd_extend,
+                         "Give a cluster more hours before it deletes itself.", """\
+Add HOURS to the later of the cluster's deadline and now; the cluster's
+watchdog and gc read the new deadline from the servers' metadata.""")
+    extend.add_argument("name", metavar="NAME", help=NAME_HELP)
+    option(extend, "--hours", type=float, required=True, metavar="HOURS", shown="none, required",
+           help="Hours to add to the later of the deadline and now")
+    down = add_command(sub, "down", cmd_down,
+                       "Delete a cluster and every resource it created, and check that "
+                       "none is left.")
+    down.add_argument("name", metavar="NAME", help=NAME_HELP)
+
+
+def _register_up(sub: Any) -> None:
     up = add_command(sub, "up", cmd_up, "Create a cluster and leave it running.", """\
 Create a cluster and leave it running (detached: `down` or `gc` deletes it).
 Flavors, images, networks and quotas are checked before anything is created.
@@ -72,21 +89,6 @@ CLOUDCOMPUTE_* variables, the cloud's `cloudcompute:` section of clouds.yaml."""
     option(up, "--timeout-ssh", type=float, metavar="SECONDS", env=True,
            shown=str(field_default("ssh", config.Timeouts)),
            help="Seconds the nodes may take to answer SSH once ACTIVE")
-
-    status = add_command(sub, "status", cmd_status,
-                         "Show a cluster's nodes, addresses, host key fingerprints and timings.")
-    status.add_argument("name", metavar="NAME", help=NAME_HELP)
-    extend = add_command(sub, "extend", cmd_extend,
-                         "Give a cluster more hours before it deletes itself.", """\
-Add HOURS to the later of the cluster's deadline and now; the cluster's
-watchdog and gc read the new deadline from the servers' metadata.""")
-    extend.add_argument("name", metavar="NAME", help=NAME_HELP)
-    option(extend, "--hours", type=float, required=True, metavar="HOURS", shown="none, required",
-           help="Hours to add to the later of the deadline and now")
-    down = add_command(sub, "down", cmd_down,
-                       "Delete a cluster and every resource it created, and check that "
-                       "none is left.")
-    down.add_argument("name", metavar="NAME", help=NAME_HELP)
 
 
 def cmd_up(args: argparse.Namespace) -> None:
