@@ -46,6 +46,9 @@ REPLY_LIMIT = 64 << 10
 """What a transfer keeps of the node's reply besides the file's bytes (its hash on
 stdout, an error on stderr); a node that sends more is cut off."""
 
+CLOSE_TIMEOUT = 15.0
+"""Seconds ``ssh -O exit`` may take to stop a ControlMaster."""
+
 LOG = logging.getLogger(__name__)
 
 
@@ -276,5 +279,12 @@ class OpenSSHBulk:
         return data
 
     def close(self) -> None:
-        subprocess.run(self.base + ["-O", "exit"] + self.dest, capture_output=True)
+        """Stop the ControlMaster (at most :data:`CLOSE_TIMEOUT` seconds) and remove
+        the known_hosts file and control socket."""
+        try:
+            subprocess.run(self.base + ["-O", "exit"] + self.dest, capture_output=True,
+                           timeout=CLOSE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            LOG.warning("%s: the OpenSSH ControlMaster did not stop within %ss; its socket "
+                        "is removed with its directory", self.name, CLOSE_TIMEOUT)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -370,3 +370,18 @@ def test_openssh_transfers_cut_off_a_node_that_answers_without_end(tmp_path, mon
             t.download("x", max_bytes=1 << 20)
     finally:
         t.close()
+
+
+def test_openssh_close_gives_up_on_a_controlmaster_that_hangs(tmp_path, monkeypatch, caplog):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "ssh").write_text("#!/bin/sh\nexec sleep 60\n")
+    (bindir / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", "%s%s%s" % (bindir, os.pathsep, os.environ["PATH"]))
+    monkeypatch.setattr(bulk, "CLOSE_TIMEOUT", 0.5)
+    t = bulk.OpenSSHBulk("n1", "192.0.2.1", "u", "/nonexistent", ["ssh-ed25519 AAAA"])
+    t0 = time.monotonic()
+    t.close()
+    assert time.monotonic() - t0 < 10
+    assert not os.path.exists(t.dir)
+    assert "ControlMaster did not stop within 0.5s" in caplog.text
