@@ -204,7 +204,8 @@ class ClusterState:
             self._held.depth = depth
 
     def save(self) -> None:
-        """Write ``record`` atomically; call it inside ``locked()``."""
+        """Write ``record`` atomically and durably (file and directory synced); call
+        it inside ``locked()``."""
         d = os.path.dirname(self.path)
         fd, tmp = tempfile.mkstemp(dir=d, prefix=".%s.tmp-" % self.name, suffix=".json")
         try:
@@ -214,6 +215,7 @@ class ClusterState:
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o600)
             os.replace(tmp, self.path)
+            _fsync_dir(d)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

@@ -52,3 +52,20 @@ def test_remove_also_deletes_what_a_killed_writer_left(tmp_path):
     (tmp_path / ".other.tmp-x.json").write_text("{")
     st.remove()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-x.json"]
+
+
+def test_every_save_syncs_the_directory_after_the_rename(tmp_path, monkeypatch):
+    """The rename that replaces the record is durable only once the directory is
+    synced: an intent must survive a crash of the machine, not only of the process."""
+    from cloudcompute import state
+    st = ClusterState.create(ClusterRecord(name="c1", cluster_id="c1-x"), str(tmp_path))
+    synced = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        synced.append(("rename", dst))
+        real_replace(src, dst)
+    monkeypatch.setattr(state.os, "replace", replace)
+    monkeypatch.setattr(state, "_fsync_dir", lambda d: synced.append(("sync", d)))
+    st.intend("servers", "cc-c1-x-node-0")
+    assert synced == [("rename", st.path), ("sync", str(tmp_path))]
