@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import Any, Dict
 
 from cloudcompute import config
 from cloudcompute.cli.common import NAME_HELP, attach, emit
@@ -16,7 +16,8 @@ from cloudcompute.cli.spec import (GROUP_SYNTAX, build_spec, field_default, pars
 def register(sub: Any) -> None:
     _register_up(sub)
     status = add_command(sub, "status", cmd_status,
-                         "Show a cluster's nodes, addresses, host key fingerprints and timings.")
+                         "Show a cluster's nodes, their addresses and host key fingerprints "
+                         "(-f json adds timings).")
     status.add_argument("name", metavar="NAME", help=NAME_HELP)
     extend = add_command(sub, "extend", cmd_extend,
                          "Give a cluster more hours before it deletes itself.", """\
@@ -101,15 +102,19 @@ def cmd_up(args: argparse.Namespace) -> None:
         c.up()
     c.detach()
     d = c.describe()
-    emit(args, d, [[n["name"], n["address"], n["host_key_fingerprints"][0]
-                    if n["host_key_fingerprints"] else "-"] for n in d["nodes"]],
+    emit(args, d, [[n["name"], n["address"], _host_key(n)] for n in d["nodes"]],
          ["node", "address", "host key"])
+
+
+def _host_key(node: Dict[str, Any]) -> str:
+    """The first host key fingerprint of a node as ``describe()`` lists it."""
+    return node["host_key_fingerprints"][0] if node["host_key_fingerprints"] else "-"
 
 
 def cmd_status(args: argparse.Namespace) -> None:
     d = attach(args).describe()
-    emit(args, d, [[n["name"], n["group"], n["address"], n["server_id"]] for n in d["nodes"]],
-         ["node", "group", "address", "server id"])
+    emit(args, d, [[n["name"], n["group"], n["address"], n["server_id"], _host_key(n)]
+                   for n in d["nodes"]], ["node", "group", "address", "server id", "host key"])
 
 
 def cmd_extend(args: argparse.Namespace) -> None:

@@ -245,3 +245,16 @@ def test_get_of_a_size_the_node_garbles_is_one_line(monkeypatch, capsys, tmp_pat
     assert cli.main(["get", "c1", "f", str(tmp_path / "f")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "n0: stat f printed 'twelve'" in err, err
+
+
+def test_status_table_shows_the_host_key_fingerprints(monkeypatch, capsys):
+    fake = _fake_cluster(monkeypatch)
+    fake.describe = lambda: {"name": "c1", "cluster_id": "c1-0badc0de", "timings": {},
+                             "nodes": [{"name": "n0", "group": "node", "server_id": "id-0",
+                                        "address": "10.0.0.5", "fixed_ip": "10.0.0.5",
+                                        "floating_ip": None, "timings": {},
+                                        "host_key_fingerprints": ["SHA256:abc"]}]}
+    assert cli.main(["status", "c1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["node", "group", "address", "server", "id", "host", "key"]
+    assert out[1].split() == ["n0", "node", "10.0.0.5", "id-0", "SHA256:abc"]
