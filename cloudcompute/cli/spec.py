@@ -56,14 +56,12 @@ def load_spec_file(path: str) -> Dict[str, Any]:
             raw = f.read()
     except OSError as exc:
         raise UsageError("cannot read spec file %s: %s" % (path, exc.strerror)) from exc
+    import tomllib
+
+    import yaml
     try:
-        if path.endswith(".toml"):
-            import tomllib
-            data = tomllib.loads(raw.decode())
-        else:
-            import yaml
-            data = yaml.safe_load(raw)
-    except Exception as exc:  # any parser error is bad input, reported in one line
+        data = tomllib.loads(raw.decode()) if path.endswith(".toml") else yaml.safe_load(raw)
+    except (ValueError, yaml.YAMLError) as exc:  # TOMLDecodeError, UnicodeDecodeError
         raise UsageError("spec file %s is not valid %s: %s" % (
             path, "TOML" if path.endswith(".toml") else "YAML",
             str(exc).splitlines()[0])) from exc

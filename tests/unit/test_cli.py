@@ -258,3 +258,15 @@ def test_status_table_shows_the_host_key_fingerprints(monkeypatch, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["node", "group", "address", "server", "id", "host", "key"]
     assert out[1].split() == ["n0", "node", "10.0.0.5", "id-0", "SHA256:abc"]
+
+
+@pytest.mark.parametrize("name,raw,message", [
+    ("s.toml", b"nodes = [1\n", "not valid TOML"),
+    ("s.toml", b"nodes = 1\n\xff\n", "not valid TOML"),
+    ("s.yaml", b"nodes: 1\n\xff\n", "not valid YAML"),
+])
+def test_spec_files_that_do_not_parse_are_usage_errors(tmp_path, name, raw, message):
+    p = tmp_path / name
+    p.write_bytes(raw)
+    with pytest.raises(cli.UsageError, match=message):
+        cli.build_spec(ns(spec=str(p)))
