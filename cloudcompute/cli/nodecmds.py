@@ -60,14 +60,15 @@ def cmd_ssh(args: argparse.Namespace) -> Optional[int]:
     ssh = c.state.record.ssh
     if ssh.user is None or ssh.key_file is None:
         raise UsageError("cluster %s: its record names no SSH user or key" % args.name)
+    address = info.ssh_address  # no address at all: SSHError naming the node
     scratch = tempfile.mkdtemp(prefix="cc-ssh-")
     try:
         known = os.path.join(scratch, "known_hosts")
         fd = os.open(known, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.writelines("%s %s\n" % (info.address, k) for k in info.host_keys)
+            f.writelines("%s %s\n" % (address, k) for k in info.host_keys)
         argv = (["ssh"] + bulk.openssh_options(ssh.key_file, known, batch=False)
-                + bulk.destination(ssh.user, info.address))
+                + bulk.destination(ssh.user, address))
         # Ctrl-C belongs to the remote shell; wait for ssh, then remove known_hosts.
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:

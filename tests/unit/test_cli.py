@@ -150,7 +150,7 @@ def test_ssh_verifies_the_host_by_its_recorded_key_only_and_cleans_up(monkeypatc
 
     from cloudcompute.cluster import Cluster
     from cloudcompute.record import SSHAccess
-    node = types.SimpleNamespace(name="n0", address="10.0.0.5",
+    node = types.SimpleNamespace(name="n0", address="10.0.0.5", ssh_address="10.0.0.5",
                                  host_keys=["ssh-ed25519 AAAAC3Nz"])
     fake = types.SimpleNamespace(nodes=[node], node_names=lambda: ["n0"],
                                  close_connections=lambda: None,
@@ -270,3 +270,13 @@ def test_spec_files_that_do_not_parse_are_usage_errors(tmp_path, name, raw, mess
     p.write_bytes(raw)
     with pytest.raises(cli.UsageError, match=message):
         cli.build_spec(ns(spec=str(p)))
+
+
+def test_ssh_to_a_node_without_an_address_is_one_line(monkeypatch, capsys):
+    from cloudcompute.record import NodeInfo, SSHAccess
+    fake = _fake_cluster(monkeypatch)
+    fake.nodes = [NodeInfo(name="n0", group="node", host_keys=["ssh-ed25519 AAAA"])]
+    fake.state = type("S", (), {"record": type("R", (), {"ssh": SSHAccess("debian", "/k")})})
+    assert cli.main(["ssh", "c1"]) == 1
+    err = capsys.readouterr().err
+    assert err == "cloudcompute: error: n0: no IPv4 address, fixed or floating, to reach it by\n"
