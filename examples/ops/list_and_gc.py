@@ -2,15 +2,19 @@
 
     python examples/ops/list_and_gc.py         # list, and show what gc would delete
     python examples/ops/list_and_gc.py --yes   # really delete what gc finds
+
+Exit code 0, or 1 when a deletion failed (each failure is named).
 """
 import argparse
 import logging
+import sys
 import time
 
 from cloudcompute import connect, gc
 
 
-def main() -> None:
+def main() -> int:
+    """Exit code 0, or 1 when a deletion failed (as `cloudcompute gc`)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cloud", help="The clouds.yaml entry to use (default: OS_CLOUD).")
     ap.add_argument("--yes", action="store_true", help="Delete them (default: a dry run).")
@@ -23,9 +27,15 @@ def main() -> None:
         print("%-24s %-30s %9d  %s" % (rec.name or "?", rec.cluster_id, len(rec.resources),
                                        gc.orphan_reason(rec, now) or "no"))
     report = gc.collect(conn, dry_run=not args.yes)
-    verb = "deleted" if args.yes else "would delete"
-    print("gc %s %d cluster(s)" % (verb, len(report)))
+    if args.yes:
+        print("gc deleted %d cluster(s)" % sum(1 for r in report if r["deleted"]))
+    else:
+        print("gc would delete %d cluster(s)" % sum(1 for r in report if "skipped" not in r))
+    failed = [r for r in report if "error" in r]
+    for r in failed:
+        print("gc failed on %s: %s" % (r["cluster_id"], r["error"]))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

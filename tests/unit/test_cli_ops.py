@@ -128,3 +128,30 @@ def test_ops_files_name_the_command_the_readme_documents():
     assert "StandardOutput=journal" in service and "SyslogIdentifier=cloudcompute-gc" in service
     timer = open(os.path.join(ops, "cloudcompute-gc.timer")).read()
     assert "OnCalendar=" in timer and "Persistent=true" in timer
+
+
+def test_list_and_gc_example_counts_what_it_deleted_and_exits_1_on_a_failure(
+        cloud, capsys, monkeypatch):
+    from cloudcompute import gc
+    spec = importlib.util.spec_from_file_location(
+        "list_and_gc", os.path.join(ROOT, "examples", "ops", "list_and_gc.py"))
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.setattr(example, "connect", lambda cloud_name=None: cloud)
+    cloud.cluster("gone-00000001", servers=1, **{tags.META_EXPIRES: "%d" % (NOW - HOUR)})
+    cloud.cluster("gone-00000002", servers=1, **{tags.META_EXPIRES: "%d" % (NOW - HOUR)})
+    monkeypatch.setattr(sys, "argv", ["list_and_gc.py"])
+    assert example.main() == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "gc would delete 2 cluster(s)"
+
+    def fail_one(conn, r, entry, state_dir, timeout):
+        if r.cluster_id.endswith("1"):
+            entry["error"] = "server cc-gone-00000001-node-0 still there"
+        else:
+            entry["deleted"] = True
+    monkeypatch.setattr(gc, "_delete", fail_one)
+    monkeypatch.setattr(sys, "argv", ["list_and_gc.py", "--yes"])
+    assert example.main() == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == ["gc deleted 1 cluster(s)",
+                        "gc failed on gone-00000001: server cc-gone-00000001-node-0 still there"]
