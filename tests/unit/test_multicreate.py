@@ -264,3 +264,12 @@ def test_a_batched_nodes_keys_come_from_its_console_log_polled_with_backoff(buil
     assert node.host_keys == [key] and asked == [node.server_id] * 4
     assert sleeps == [1.0, 1.5, 2.25]
     assert on_disk(b)[node.name]["host_keys"] == [key]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "50"])
+def test_create_batch_must_be_a_positive_integer(bad):
+    from cloudcompute.config import validate
+    from cloudcompute.exceptions import ConfigError
+    with pytest.raises(ConfigError, match="create_batch must be an integer >= 1"):
+        validate(ClusterSpec(name="c", flavor="f", image="i", create_batch=bad))
+    assert validate(ClusterSpec(name="c", flavor="f", image="i")).create_batch == 50
