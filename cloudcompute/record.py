@@ -188,7 +188,7 @@ class _Reader:
             expires_at=self.typed(data, "expires_at", number, None),
             ssh=self.ssh(self.typed(data, "ssh", dict, {})),
             nodes=self.nodes(self.typed(data, "nodes", dict, {})),
-            timings=dict(self.typed(data, "timings", dict, {})),
+            timings=self.seconds("timings", self.typed(data, "timings", dict, {})),
             spec=self.spec(self.typed(data, "spec", dict, None)),
             python=self.strings("python", self.typed(data, "python", dict, {})),
             dask=self.dask(self.typed(data, "dask", dict, None)),
@@ -221,6 +221,8 @@ class _Reader:
             fields = {f: self.typed(node, f, types, None) for f, types in _NODE_FIELDS.items()}
             if not all(isinstance(k, str) for k in fields["host_keys"] or []):
                 raise self.fail("nodes.%s.host_keys" % key, "must be a list of key lines")
+            if fields["timings"] is not None:
+                self.seconds("nodes.%s.timings" % key, fields["timings"])
             # fields this version does not know are dropped, as in a spec
             out.append(NodeInfo(**{f: v for f, v in fields.items() if v is not None}))
         return out
@@ -236,6 +238,12 @@ class _Reader:
     def strings(self, field: str, data: Dict[str, Any]) -> Dict[str, str]:
         if not all(isinstance(v, str) for v in data.values()):
             raise self.fail(field, "must map names to strings")
+        return dict(data)
+
+    def seconds(self, field: str, data: Dict[str, Any]) -> Dict[str, float]:
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                   for v in data.values()):
+            raise self.fail(field, "must map names to seconds")
         return dict(data)
 
     def dask(self, data: Optional[Dict[str, Any]]) -> Optional[DaskRecord]:
