@@ -254,6 +254,15 @@ class PipeChannel:
         os.close(self.wake_w)
 
 
+def fake_ssh(tmp_path, monkeypatch, script):
+    """An ``ssh`` first on PATH that runs ``script`` (a shell script) instead."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "ssh").write_text(script)
+    (bindir / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", "%s%s%s" % (bindir, os.pathsep, os.environ["PATH"]))
+
+
 @pytest.fixture(params=["openssh", "paramiko"])
 def transport(request, tmp_path, monkeypatch):
     """(a Transport to a "node" whose home is a local directory, that home)"""
@@ -262,11 +271,7 @@ def transport(request, tmp_path, monkeypatch):
     if request.param == "paramiko":
         yield ParamikoTransport("n1", lambda: PipeChannel(home)), home
         return
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "ssh").write_text(FAKE_SSH)
-    (bindir / "ssh").chmod(0o755)
-    monkeypatch.setenv("PATH", "%s%s%s" % (bindir, os.pathsep, os.environ["PATH"]))
+    fake_ssh(tmp_path, monkeypatch, FAKE_SSH)
     monkeypatch.setenv("NODE_HOME", str(home))
     t = bulk.OpenSSHBulk("n1", "192.0.2.1", "u", "/nonexistent", ["ssh-ed25519 AAAA"])
     yield t, home
@@ -355,11 +360,7 @@ while True:
 def test_openssh_transfers_cut_off_a_node_that_answers_without_end(tmp_path, monkeypatch):
     """The node's reply beside the file (hash, error) is capped: a node that
     floods it is cut off with a fatal error, not held in memory until it stops."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "ssh").write_text(HOSTILE_SSH)
-    (bindir / "ssh").chmod(0o755)
-    monkeypatch.setenv("PATH", "%s%s%s" % (bindir, os.pathsep, os.environ["PATH"]))
+    fake_ssh(tmp_path, monkeypatch, HOSTILE_SSH)
     t = bulk.OpenSSHBulk("n1", "192.0.2.1", "u", "/nonexistent", ["ssh-ed25519 AAAA"])
     try:
         with pytest.raises(SSHError, match="upload of x: the node sent more than 65536") as e:
@@ -373,11 +374,7 @@ def test_openssh_transfers_cut_off_a_node_that_answers_without_end(tmp_path, mon
 
 
 def test_openssh_close_gives_up_on_a_controlmaster_that_hangs(tmp_path, monkeypatch, caplog):
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "ssh").write_text("#!/bin/sh\nexec sleep 60\n")
-    (bindir / "ssh").chmod(0o755)
-    monkeypatch.setenv("PATH", "%s%s%s" % (bindir, os.pathsep, os.environ["PATH"]))
+    fake_ssh(tmp_path, monkeypatch, "#!/bin/sh\nexec sleep 60\n")
     monkeypatch.setattr(bulk, "CLOSE_TIMEOUT", 0.5)
     t = bulk.OpenSSHBulk("n1", "192.0.2.1", "u", "/nonexistent", ["ssh-ed25519 AAAA"])
     t0 = time.monotonic()
