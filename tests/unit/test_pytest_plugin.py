@@ -434,3 +434,17 @@ def test_kept_cluster_commands_survive_a_state_dir_with_spaces(pytester, monkeyp
     down = lines[0].rsplit("delete it with '", 1)[1].rstrip("'")
     assert shlex.split(down) == ["CLOUDCOMPUTE_STATE_DIR=/tmp/my state", "cloudcompute",
                                  "--os-cloud", "my cloud", "down", "k-1"]
+
+
+def test_ctrl_c_in_a_test_deletes_its_cluster_before_pytest_ends(pytester, fake_clusters):
+    pytester.makepyfile("""
+        def test_one(cloudcompute_cluster):
+            cloudcompute_cluster(nodes=1, flavor="f", image="i")
+            raise KeyboardInterrupt
+    """)
+    result = pytester.runpytest("-p", "no:cacheprovider", no_reraise_ctrlc=True)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    (c,) = fake_clusters.made
+    assert c.state is None  # down() ran
+    result.stdout.fnmatch_lines(["*cloudcompute: interrupted; deleting 1 test cluster(s)*",
+                                 "*cloudcompute: interrupted; deleted %s*" % c.name])
