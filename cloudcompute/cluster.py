@@ -342,9 +342,10 @@ class Cluster:
 
     def get(self, remote_path: str, local_path: Optional[str] = None,
             node: Optional[str] = None,
-            progress: Optional[Callable[[int], None]] = None) -> Any:
-        """A file from a node, saved or loaded (:meth:`Jobs.get`)."""
-        return self.jobs.get(remote_path, local_path, node, progress)
+            progress: Optional[Callable[[int], None]] = None,
+            max_bytes: Optional[int] = None) -> Any:
+        """A file from a node, saved or loaded, size-capped (:meth:`Jobs.get`)."""
+        return self.jobs.get(remote_path, local_path, node, progress, max_bytes)
 
     # -- detached jobs: ``cluster.jobs()`` lists them (:meth:`Jobs.__call__`) -------
     def submit(self, fn: Callable[..., Any], items: Iterable[Any], allow_pickle: bool = False,

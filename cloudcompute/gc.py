@@ -84,9 +84,12 @@ def _ts(value: Any) -> Optional[float]:
     if not value:
         return None
     try:
-        return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+        stamp = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return None
+    if stamp.tzinfo is None:  # Nova's keypairs say UTC without saying so
+        stamp = stamp.replace(tzinfo=datetime.timezone.utc)
+    return stamp.timestamp()
 
 
 def _later(a: Optional[float], b: Optional[float]) -> Optional[float]:
@@ -161,9 +164,13 @@ def survey(conn: Any, state_dir: Optional[str] = None,
                 r.ended = r.ended or credential.ENDED_TAG in (x.tags or [])
                 created = _ts(getattr(x, "created_at", None))
                 r.oldest = min(filter(None, [r.oldest, created]), default=None)
+    alone = []
     for kp in retry.call(lambda: list(conn.compute.keypairs())):
-        if kp.name.startswith("cc-") and kp.name[3:] in recs:
-            recs[kp.name[3:]].resources.append("keypair %s" % kp.name)
+        cid = kp.name[3:] if kp.name.startswith("cc-") else ""
+        if cid in recs:
+            recs[cid].resources.append("keypair %s" % kp.name)
+        elif tags.generated_cluster_id(cid) and (cluster_id is None or cid == cluster_id):
+            alone.append(kp.name)  # keypairs carry no tags: only the strict name counts
     for cred in _credentials(conn):
         cid = cred.name[3:] if (cred.name or "").startswith("cc-") else ""
         if tags.valid_cluster_id(cid) and (cluster_id is None or cid == cluster_id) \
@@ -180,7 +187,20 @@ def survey(conn: Any, state_dir: Optional[str] = None,
                 and tags.valid_cluster_id(st.cluster_id):
             # Nothing tagged in this cloud: resources gone, or not created yet.
             _add_state(rec(st.cluster_id), st)
+    for name in alone:  # a cluster's keypair with nothing else of it left anywhere
+        r = rec(name[3:])
+        r.resources.append("keypair %s" % name)
+        if r.state_file is None:  # keypairs carry no tags: their age is all there is
+            r.oldest = _keypair_created(conn, name)
     return recs
+
+
+def _keypair_created(conn: Any, name: str) -> Optional[float]:
+    """When a keypair was created (the list omits it); None if it is gone."""
+    try:
+        return _ts(getattr(retry.call(conn.compute.get_keypair, name), "created_at", None))
+    except os_exc.NotFoundException:
+        return None
 
 
 def _credentials(conn: Any) -> List[Any]:
@@ -236,7 +256,7 @@ def _teardown_state(r: FoundCluster) -> ClusterState:
                                os.path.dirname(r.state_file))
         if st.cluster_id == r.cluster_id:
             return st
-    name = r.name or r.cluster_id.rsplit("-", 1)[0]
+    name = r.name or tags.name_of(r.cluster_id)
     return ClusterState.create(ClusterRecord(name=name, cluster_id=r.cluster_id),
                                tempfile.mkdtemp(prefix="cloudcompute-gc-"))
 

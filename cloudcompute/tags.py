@@ -52,6 +52,11 @@ def new_cluster_id(name: str) -> str:
     return "%s-%s" % (name, secrets.token_hex(4))
 
 
+def name_of(cluster_id: str) -> str:
+    """The cluster name a cluster id starts with (``<name>-<random hex>``)."""
+    return cluster_id.rsplit("-", 1)[0]
+
+
 def _read_id(path: str, pattern: "re.Pattern[str]") -> Optional[str]:
     try:
         with open(path) as f:
@@ -231,6 +236,15 @@ def _time(meta: Mapping[str, object], key: str) -> Optional[float]:
 
 def valid_cluster_id(cluster_id: object) -> bool:
     return isinstance(cluster_id, str) and bool(CLUSTER_ID_RE.match(cluster_id))
+
+
+_GENERATED_ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}-[0-9a-f]{8}$")
+
+
+def generated_cluster_id(cluster_id: object) -> bool:
+    """Whether ``cluster_id`` has the form :func:`new_cluster_id` gives (name, '-',
+    8 hex digits): what an untagged resource's name must carry to count as ours."""
+    return isinstance(cluster_id, str) and bool(_GENERATED_ID_RE.match(cluster_id))
 
 
 def parse_server_metadata(meta: Optional[Mapping[str, object]], cluster_id: str) -> ServerMeta:

@@ -176,7 +176,7 @@ def tagged_leftovers(conn: Any, names: Iterable[str],
     wanted = set(names)
     found: Set[str] = set()
     for r in gc.survey(conn, state_dir).values():
-        if _name_of(r.cluster_id) not in wanted:
+        if tags.name_of(r.cluster_id) not in wanted:
             continue
         found.update("%s: %s" % (r.cluster_id, what) for what in r.resources)
         if r.state_file:
@@ -184,11 +184,6 @@ def tagged_leftovers(conn: Any, names: Iterable[str],
     # gc's survey names a keypair only for a cluster it found by other means
     for kp in retry.call(lambda: list(conn.compute.keypairs())):
         cid = kp.name[3:] if kp.name.startswith("cc-") else ""
-        if tags.valid_cluster_id(cid) and "-" in cid and _name_of(cid) in wanted:
+        if tags.valid_cluster_id(cid) and "-" in cid and tags.name_of(cid) in wanted:
             found.add("%s: keypair %s" % (cid, kp.name))
     return sorted(found)
-
-
-def _name_of(cluster_id: str) -> str:
-    """The cluster name in a cluster id (``<name>-<random hex>``)."""
-    return cluster_id.rsplit("-", 1)[0]

@@ -220,12 +220,17 @@ class Jobs:
 
     def get(self, remote_path: str, local_path: Optional[str] = None,
             node: Optional[str] = None,
-            progress: Optional[Callable[[int], None]] = None) -> Any:
+            progress: Optional[Callable[[int], None]] = None,
+            max_bytes: Optional[int] = None) -> Any:
         """Fetch a file from a node: saved to ``local_path``, or a .npy loaded as an array.
 
-        ``progress(n)`` is called as each chunk of n bytes arrives."""
+        ``progress(n)`` is called as each chunk of n bytes arrives. A file larger
+        than ``max_bytes`` (default: the spec's ``max_result_bytes``, else a
+        share of this machine's memory) is refused before it is read."""
         conn = self.connection(node or self.node_names()[0])
-        raw = _read_verified(conn, remote_path, progress)
+        if max_bytes is None:
+            max_bytes = self.host.spec.max_result_bytes or wire.default_max_result_bytes()
+        raw = _read_verified(conn, remote_path, progress, max_bytes)
         if local_path:
             with open(local_path, "wb") as f:
                 f.write(raw)
@@ -241,7 +246,8 @@ def _transfer_transient(exc: BaseException) -> bool:
     return isinstance(exc, IntegrityError) or is_transient(exc)
 
 
-def _read_verified(conn: Any, path: str, progress: Any = None) -> bytes:
+def _read_verified(conn: Any, path: str, progress: Any = None,
+                   max_bytes: Optional[int] = None) -> bytes:
     from cloudcompute import retry
     return retry.transfer(is_transient=_transfer_transient)(conn.download)(
-        path, progress=progress)
+        path, progress=progress, max_bytes=max_bytes)

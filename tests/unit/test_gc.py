@@ -12,6 +12,7 @@ import time
 import types
 
 import pytest
+from openstack import exceptions as os_exc
 
 from cloudcompute import gc, retry, tags
 from cloudcompute.cluster import Cluster
@@ -86,7 +87,7 @@ class FakeCloud:
             servers=self._servers, delete_server=self.servers.delete,
             find_server=self.servers.find, keypairs=lambda: list(self.keypairs.items.values()),
             delete_keypair=self.keypairs.delete, find_keypair=self.keypairs.find,
-            set_server_metadata=self._set_metadata)
+            get_keypair=self._get_keypair, set_server_metadata=self._set_metadata)
         self.network = types.SimpleNamespace(
             ips=self.ips.list, delete_ip=self.ips.delete, find_ip=self.ips.find,
             routers=self.routers.list, delete_router=self.routers.delete,
@@ -106,6 +107,12 @@ class FakeCloud:
         if self.on_server_list is not None:
             self.on_server_list(filters)
         return out
+
+    def _get_keypair(self, name):
+        self.calls.append(("keypair", "get", name))
+        if name not in self.keypairs.items:
+            raise os_exc.NotFoundException("keypair %s" % name)
+        return copy.deepcopy(self.keypairs.items[name])
 
     def _set_metadata(self, server, **meta):
         self.calls.append(("server", "set_metadata", server, meta))
@@ -351,3 +358,35 @@ def test_what_a_watchdog_left_is_collected_at_once_and_only_without_servers(tmp_
         "gone-00000001", "lost-00000002"]
     assert cloud.ids(cloud.networks) == ["live-net"]
     assert cloud.ids(cloud.credentials) == ["cred-2", "cred-3"]
+
+
+def nova_time(t):
+    """A keypair's created_at as Nova writes it: UTC, without a zone."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000", time.gmtime(t))
+
+
+def test_a_keypair_left_alone_is_collected_once_older_than_the_grace(tmp_path):
+    cloud = FakeCloud()
+    cloud.keypairs.add("cc-old-00000001", created_at=nova_time(NOW - 2 * HOUR))
+    cloud.keypairs.add("cc-new-00000002", created_at=nova_time(NOW - 60))  # up() under way
+    cloud.keypairs.add("cc-not-a-cluster", created_at=nova_time(NOW - 9 * HOUR))
+    cloud.keypairs.add("cc-laptop-2023", created_at=nova_time(NOW - 9 * HOUR))
+    cloud.keypairs.add("mine", created_at=nova_time(NOW - 9 * HOUR))
+    got = reasons(cloud, tmp_path)
+    assert sorted(got) == ["new-00000002", "old-00000001"]
+    assert got["old-00000001"][0].startswith("no servers and no state file")
+    assert got["new-00000002"][0] is None
+    report = gc.collect(cloud, dry_run=False, state_dir=str(tmp_path))
+    assert [(r["cluster_id"], r["deleted"]) for r in report] == [("old-00000001", True)]
+    assert cloud.ids(cloud.keypairs) == ["cc-laptop-2023", "cc-new-00000002",
+                                         "cc-not-a-cluster", "mine"]
+
+
+def test_a_keypair_with_its_state_file_here_waits_for_its_owner(tmp_path):
+    cloud = FakeCloud()
+    cloud.keypairs.add("cc-c1-00000001", created_at=nova_time(NOW - 9 * HOUR))
+    ClusterState.create(ClusterRecord(name="c1", cluster_id="c1-00000001", cloud="devstack",
+                                      owner_id=tags.Owner.current(),
+                                      expires_at=NOW + HOUR), str(tmp_path))
+    assert reasons(cloud, tmp_path, now=time.time())["c1-00000001"][0] is None
+    assert not [c for c in cloud.calls if c[:2] == ("keypair", "get")]
