@@ -127,7 +127,7 @@ def readme_blocks(lang):
 
 def test_readme_python_blocks_run(state_dir, tmp_path):
     blocks = readme_blocks("python")
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     outputs = []
     for i, block in enumerate(blocks):
         script = tmp_path / ("readme_%d.py" % i)
@@ -138,6 +138,7 @@ def test_readme_python_blocks_run(state_dir, tmp_path):
     assert abs(float(outputs[0].strip()) - 3.14159) < 0.01
     assert "[0. 1. 2. 3. 4.]" in outputs[1] and "SHA256:" in outputs[1]
     assert "http://127.0.0.1:" in outputs[2] and "10 stores" in outputs[2]  # Dask
+    assert "deadline in 10.0 hours" in outputs[3]  # Clusters that end themselves
 
 
 def test_readme_cli_block_runs(state_dir, tmp_path):
