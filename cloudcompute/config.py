@@ -27,6 +27,7 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 SSH_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 """A POSIX user name: it goes into ssh's argv, so it must never read as an option."""
 SETTINGS_SECTION = "cloudcompute"
+API_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
 
 
 @dataclasses.dataclass
@@ -74,7 +75,18 @@ class ClusterSpec:
     min_nodes: Optional[int] = None
     max_replacements: int = 2
     ttl_hours: float = 24.0
+    idle_minutes: Optional[float] = None
+    """End the cluster after this long without activity (``cloudcompute.autodown``)."""
+    autodown: bool = True
+    """Let the cluster end itself at its deadline (and when idle): a watchdog on
+    the first node deletes it with an application credential of its own."""
+    node_api_host: Optional[str] = None
+    """The address nodes use for the cloud's API, where the catalog names one they
+    cannot reach (the local cloud's 127.0.0.1): a host or ``gateway``."""
     parallel: int = 8
+    create_batch: int = 50
+    """Servers of one group created per request (Nova's multi-create,
+    ``min_count``/``max_count``); 1 creates each server with its own request."""
     slots: Optional[int] = None
     max_result_bytes: Optional[int] = None
 
@@ -86,12 +98,13 @@ class ClusterSpec:
         """Fill unset fields from a clouds.yaml ``cloudcompute:`` section."""
         spec = dataclasses.replace(self, groups=[dataclasses.replace(g) for g in self.groups])
         unknown = set(settings) - {"network", "external_network", "floating_ips",
-                                   "ssh_user", "ssh_cidr", "image", "flavor", "cidr"}
+                                   "ssh_user", "ssh_cidr", "image", "flavor", "cidr",
+                                   "node_api_host"}
         if unknown:
             LOG.warning("ignoring unknown %s settings in clouds.yaml: %s",
                         SETTINGS_SECTION, ", ".join(sorted(unknown)))
         for key in ("network", "external_network", "floating_ips", "ssh_user",
-                    "ssh_cidr"):
+                    "ssh_cidr", "node_api_host"):
             if key == "network" and spec.create_network:
                 continue
             if getattr(spec, key) is None and settings.get(key) is not None:
@@ -188,10 +201,23 @@ def validate(spec: ClusterSpec) -> ClusterSpec:
                         % (spec.max_result_bytes,))
     if spec.parallel < 1:
         problems.append("parallel must be >= 1")
+    if not isinstance(spec.create_batch, int) or isinstance(spec.create_batch, bool) \
+            or spec.create_batch < 1:
+        problems.append("create_batch must be an integer >= 1, got %r"
+                        % (spec.create_batch,))
     if spec.max_replacements < 0:
         problems.append("max_replacements must be >= 0")
     if spec.ttl_hours <= 0:
         problems.append("ttl_hours must be > 0")
+    if spec.idle_minutes is not None and not (
+            isinstance(spec.idle_minutes, (int, float)) and not isinstance(
+                spec.idle_minutes, bool) and spec.idle_minutes > 0):
+        problems.append("idle_minutes must be a positive number of minutes or None, got %r"
+                        % (spec.idle_minutes,))
+    if spec.node_api_host is not None and not (
+            isinstance(spec.node_api_host, str) and API_HOST_RE.match(spec.node_api_host)):
+        problems.append("node_api_host %r: give a host name, an IPv4 address or 'gateway'"
+                        % (spec.node_api_host,))
     for k, v in [kv for g in spec.groups for kv in g.metadata.items()] + list(
             spec.metadata.items()):
         if not isinstance(k, str) or not isinstance(v, str) or len(k) > 255 or len(v) > 255:
@@ -237,8 +263,9 @@ def connect(cloud: Optional[str] = None,
     if conn is None:
         try:
             conn = openstack.connect(cloud=cloud, **kwargs)
-        except os_exc.ConfigException as exc:
-            raise ConfigError("cloud %r: %s" % (cloud, exc)) from exc
+        except (os_exc.ConfigException, ks_exc.MissingRequiredOptions) as exc:
+            # No clouds.yaml entry, or one (or OS_* variables) without an auth URL.
+            raise ConfigError("cloud %s: %s" % (_cloud_name(None, cloud), exc)) from exc
     def authorize() -> None:
         try:
             conn.authorize()
