@@ -152,6 +152,16 @@ def validate(spec: ClusterSpec) -> ClusterSpec:
         if spec.nodes is None:
             spec.nodes = 1
         spec.groups = [NodeGroup("node", spec.nodes, spec.flavor, spec.image)]
+    _check_groups(spec, problems)
+    _check_network(spec, problems)
+    _check_limits(spec, problems)
+    if problems:
+        raise ConfigError(problems)
+    return spec
+
+
+def _check_groups(spec: ClusterSpec, problems: List[str]) -> None:
+    """Each group: count, name, flavor, image and slots (defaults from the spec)."""
     names = set()
     for g in spec.groups:
         if not isinstance(g.count, int) or isinstance(g.count, bool) or g.count < 1:
@@ -173,6 +183,10 @@ def validate(spec: ClusterSpec) -> ClusterSpec:
             problems.append("group %s: flavor is required (name or id)" % g.name)
         if not g.image:
             problems.append("group %s: image is required (name or id)" % g.name)
+
+
+def _check_network(spec: ClusterSpec, problems: List[str]) -> None:
+    """Network choice, floating IPs, SSH user and CIDRs."""
     if spec.create_network and spec.network:
         problems.append("give either network (an existing one) or create_network, not both")
     if spec.floating_ips is not None and spec.floating_ips not in FLOATING_IP_MODES:
@@ -187,6 +201,10 @@ def validate(spec: ClusterSpec) -> ClusterSpec:
                 ipaddress.ip_network(value, strict=False)
             except ValueError:
                 problems.append("%s %r is not a network like 10.0.0.0/24" % (field, value))
+
+
+def _check_limits(spec: ClusterSpec, problems: List[str]) -> None:
+    """Counts, timeouts, sizes, lifetimes and metadata."""
     total = sum(g.count for g in spec.groups if isinstance(g.count, int))
     if spec.min_nodes is not None and not (1 <= spec.min_nodes <= max(total, 1)):
         problems.append("min_nodes %r must be between 1 and the node count %d"
@@ -223,9 +241,6 @@ def validate(spec: ClusterSpec) -> ClusterSpec:
         if not isinstance(k, str) or not isinstance(v, str) or len(k) > 255 or len(v) > 255:
             problems.append("metadata %r: keys and values must be strings of at most "
                             "255 characters" % (k,))
-    if problems:
-        raise ConfigError(problems)
-    return spec
 
 
 def valid_ssh_user(user: object) -> bool:
