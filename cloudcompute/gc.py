@@ -24,7 +24,6 @@ at each cluster's servers again.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import logging
 import os
 import shutil
@@ -80,18 +79,6 @@ class FoundCluster:
         self.problems.append(text)
 
 
-def _ts(value: Any) -> Optional[float]:
-    if not value:
-        return None
-    try:
-        stamp = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if stamp.tzinfo is None:  # Nova's keypairs say UTC without saying so
-        stamp = stamp.replace(tzinfo=datetime.timezone.utc)
-    return stamp.timestamp()
-
-
 def _later(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return max([x for x in (a, b) if x is not None], default=None)
 
@@ -99,7 +86,7 @@ def _later(a: Optional[float], b: Optional[float]) -> Optional[float]:
 def _add_server(r: FoundCluster, s: Any) -> None:
     r.servers += 1
     r.resources.append("server %s" % s.name)
-    r.oldest = min(filter(None, [r.oldest, _ts(s.created_at)]), default=None)
+    r.oldest = min(filter(None, [r.oldest, credential.parse_time(s.created_at)]), default=None)
     try:
         meta = tags.parse_server_metadata(s.metadata, r.cluster_id)
     except ValueError as exc:
@@ -162,7 +149,7 @@ def survey(conn: Any, state_dir: Optional[str] = None,
                 r = rec(cid)
                 r.resources.append("%s %s" % (kind, x.name or x.id))
                 r.ended = r.ended or credential.ENDED_TAG in (x.tags or [])
-                created = _ts(getattr(x, "created_at", None))
+                created = credential.parse_time(getattr(x, "created_at", None))
                 r.oldest = min(filter(None, [r.oldest, created]), default=None)
     alone = []
     for kp in retry.call(lambda: list(conn.compute.keypairs())):
@@ -198,7 +185,8 @@ def survey(conn: Any, state_dir: Optional[str] = None,
 def _keypair_created(conn: Any, name: str) -> Optional[float]:
     """When a keypair was created (the list omits it); None if it is gone."""
     try:
-        return _ts(getattr(retry.call(conn.compute.get_keypair, name), "created_at", None))
+        keypair = retry.call(conn.compute.get_keypair, name)
+        return credential.parse_time(getattr(keypair, "created_at", None))
     except os_exc.NotFoundException:
         return None
 

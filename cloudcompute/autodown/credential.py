@@ -150,7 +150,8 @@ def find_ids(conn: Any, cluster_id: str) -> List[str]:
 
 
 def parse_time(value: Any) -> Optional[float]:
-    """Keystone's ``expires_at`` (ISO 8601, UTC) as epoch seconds, or None."""
+    """An API timestamp (ISO 8601; UTC where no zone is given, as Keystone's
+    ``expires_at`` and Nova's keypair ``created_at``) as epoch seconds, or None."""
     if not value:
         return None
     try:
