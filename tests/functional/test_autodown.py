@@ -65,14 +65,22 @@ def recorded_servers(state_dir, name):
         return [e["id"] for e in json.load(f)["resources"]["servers"].values()]
 
 
-def test_idle_cluster_of_a_killed_client_ends_itself(conn, admin_conn, unique, state_dir):
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, unique, CLOUD, "2", "1"],
+def client_up(name, nodes, idle_minutes):
+    """A client process that brings the cluster up and waits; (process, its output
+    up to its "UP" line)."""
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, name, CLOUD, str(nodes),
+                             str(idle_minutes)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = []
     for line in proc.stdout:
         out.append(line)
         if line.startswith("UP "):
             break
+    return proc, out
+
+
+def test_idle_cluster_of_a_killed_client_ends_itself(conn, admin_conn, unique, state_dir):
+    proc, out = client_up(unique, 2, 1)
     assert proc.poll() is None, "".join(out)
     servers = recorded_servers(state_dir, unique)
     assert len(servers) == 2

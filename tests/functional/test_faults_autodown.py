@@ -14,7 +14,8 @@ import time
 
 from cloudcompute import Cluster, ClusterSpec, gc
 from tests.functional.conftest import CLOUD
-from tests.functional.test_autodown import CHILD, holdings, recorded_servers, wait_gone
+from tests.functional.test_autodown import (client_up, holdings, recorded_servers,
+                                             wait_gone)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 API_PORTS = ("5000", "8774", "9696")
@@ -59,13 +60,7 @@ def test_a_watchdog_node_deleted_first_leaves_the_rest_to_gc(fault, conn, admin_
                                                              state_dir):
     fault("the watchdog's node deleted under it; client SIGKILLed", "autodown",
           "gc finds the rest by its tags and name and deletes it, credential included")
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, unique, CLOUD, "2", "30"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = []
-    for line in proc.stdout:
-        out.append(line)
-        if line.startswith("UP "):
-            break
+    proc, out = client_up(unique, 2, 30)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     servers = recorded_servers(state_dir, unique)
