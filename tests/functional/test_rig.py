@@ -290,3 +290,44 @@ def test_neutron_network_router_and_port_flows(conn, admin_conn, unique):
     finally:
         conn.network.delete_network(net, ignore_missing=True)
     assert leftovers(admin_conn, conn.current_project_id, unique) == []
+
+
+# -- DevStack parity ---------------------------------------------------------
+def _clouds_yaml():
+    import yaml
+    with open(os.environ["OS_CLIENT_CONFIG_FILE"]) as f:
+        return yaml.safe_load(f)["clouds"]
+
+
+def test_devstack_alt_and_system_admin_clouds(rig, admin_conn):
+    import openstack
+    clouds = _clouds_yaml()
+    # the shape DevStack's tools/update_clouds_yaml.py writes
+    assert clouds["devstack-alt"]["auth"]["project_name"] == "alt_demo"
+    system = clouds["devstack-system-admin"]["auth"]
+    assert system["system_scope"] == "all" and system["username"] == "admin"
+    assert "project_name" not in system
+
+    demo_server = rig["boot"]("seen-by-demo-only")
+    alt = openstack.connect(cloud="devstack-alt")
+    alt_project = admin_conn.identity.find_project("alt_demo", domain_id="default")
+    assert alt.current_project_id == alt_project.id != rig["conn"].current_project_id
+    roles = {admin_conn.identity.get_role(a.role["id"]).name
+             for a in admin_conn.identity.role_assignments(
+                 user_id=alt.current_user_id, scope_project_id=alt_project.id)}
+    assert roles == {"member"}
+    assert demo_server.id not in {s.id for s in alt.compute.servers()}
+    with pytest.raises(openstack.exceptions.NotFoundException):
+        alt.compute.get_server(demo_server.id)
+    # alt_demo gets demo's quotas
+    demo_q = admin_conn.get_compute_quotas(rig["conn"].current_project_id)
+    alt_q = admin_conn.get_compute_quotas(alt_project.id)
+    for key in ("instances", "cores", "ram", "key_pairs"):
+        assert alt_q[key] == demo_q[key], key
+    assert admin_conn.get_network_quotas(alt_project.id)["port"] == \
+        admin_conn.get_network_quotas(rig["conn"].current_project_id)["port"]
+
+    sysadm = openstack.connect(cloud="devstack-system-admin")
+    access = sysadm.session.auth.get_access(sysadm.session)
+    assert access.system == {"all": True} and access.project_id is None
+    assert "alt_demo" in {p.name for p in sysadm.identity.projects()}

@@ -2,7 +2,8 @@
 
 Run by ``devstack/aio/cloud up`` with Debian's python3 and openstacksdk:
 
-    setup_cloud.py identity    service users, services, endpoints, demo project
+    setup_cloud.py identity    service users, services, endpoints, the demo
+                               and alt_demo projects and users
     setup_cloud.py resources   flavors, images, networks, router, quotas,
                                wait for the compute host, write clouds.yaml
 
@@ -76,7 +77,7 @@ def identity():
         if conn.identity.find_role(role) is None:
             conn.identity.create_role(name=role)
     projects = {}
-    for name in ("service", "demo"):
+    for name in ("service", "demo", "alt_demo"):
         projects[name] = (conn.identity.find_project(name, domain_id="default")
                           or conn.identity.create_project(
                               name=name, domain_id="default"))
@@ -85,6 +86,10 @@ def identity():
                     projects["service"], ["admin", "service"])
     ensure_user(conn, "demo", os.environ["CC_AIO_DEMOPASS"], projects["demo"],
                 ["member", "reader"])
+    # DevStack's second tenant (lib/tempest create_tempest_accounts): a user
+    # with the member role in a project of its own.
+    ensure_user(conn, "alt_demo", os.environ["CC_AIO_ALTPASS"],
+                projects["alt_demo"], ["member"])
     existing = {(e.service_id, e.interface) for e in conn.identity.endpoints()}
     for name, (stype, url) in ENDPOINTS.items():
         svc = conn.identity.find_service(name)
@@ -166,8 +171,10 @@ def resources():
             external_gateway_info={"network_id": public.id})
         conn.network.add_interface_to_router(router, subnet_id=subnets[0].id)
 
-    conn.set_compute_quotas(demo.id, **DEMO_QUOTAS["compute"])
-    conn.set_network_quotas(demo.id, **DEMO_QUOTAS["network"])
+    alt = conn.identity.find_project("alt_demo", domain_id="default")
+    for project in (demo, alt):
+        conn.set_compute_quotas(project.id, **DEMO_QUOTAS["compute"])
+        conn.set_network_quotas(project.id, **DEMO_QUOTAS["network"])
 
     write_clouds_yaml()
     log("resources in place after %.1fs" % (time.monotonic() - t0))
@@ -188,10 +195,25 @@ def write_clouds_yaml():
                              "image": IMAGE, "flavor": "m1.tiny",
                              "node_api_host": "gateway"},
         }
+    def devstack_entry(user, password, project=None, system_scope=None):
+        # The shape of DevStack's tools/update_clouds_yaml.py, which
+        # functions-common write_clouds_yaml runs once per cloud.
+        auth = {"auth_url": KS, "username": user, "password": password,
+                "user_domain_id": "default"}
+        if system_scope:
+            auth["system_scope"] = system_scope
+        else:
+            auth.update(project_name=project, project_domain_id="default")
+        return {"region_name": "RegionOne", "identity_api_version": "3",
+                "volume_api_version": "3", "auth": auth}
     clouds = {"clouds": {
         "devstack": entry("demo", os.environ["CC_AIO_DEMOPASS"], "demo"),
         "devstack-admin": entry("admin", os.environ["CC_AIO_ADMINPASS"],
                                 "admin"),
+        "devstack-alt": devstack_entry(
+            "alt_demo", os.environ["CC_AIO_ALTPASS"], project="alt_demo"),
+        "devstack-system-admin": devstack_entry(
+            "admin", os.environ["CC_AIO_ADMINPASS"], system_scope="all"),
     }}
     path = os.path.join(STATE, "clouds.yaml")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
