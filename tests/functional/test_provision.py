@@ -83,7 +83,8 @@ def test_bad_input_fails_before_anything_is_created(conn, admin_conn, unique, st
         Cluster(ClusterSpec(name=unique, nodes=2, flavor="no-such-flavor",
                             image="no-such-image", network="no-such-net"), cloud=CLOUD).up()
     text = str(err.value)
-    assert "unknown flavor 'no-such-flavor' (available: m1.medium, m1.small, m1.tiny)" in text
+    assert ("unknown flavor 'no-such-flavor' (available: cirros256, ds1G, ds2G, ds4G, ds512M, "
+            "m1.large, m1.medium, m1.micro, m1.nano, m1.small, m1.tiny, m1.xlarge)") in text
     assert "unknown image 'no-such-image'" in text and "unknown network 'no-such-net'" in text
     with pytest.raises(PreflightError, match="compute quota instances: need 500"):
         Cluster(ClusterSpec(name=unique, nodes=500), cloud=CLOUD).up()

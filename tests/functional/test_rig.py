@@ -49,9 +49,10 @@ def rig(conn, admin_conn, unique, tmp_path):
     image = conn.image.find_image(IMAGE)
     flavor = conn.compute.find_flavor(FLAVOR)
 
-    def boot(suffix="", wait=True, **kw):
+    def boot(suffix="", wait=True, flavor_name=None, **kw):
+        fid = conn.compute.find_flavor(flavor_name).id if flavor_name else flavor.id
         server = conn.compute.create_server(
-            name="%s-%s" % (unique, suffix), image_id=image.id, flavor_id=flavor.id,
+            name="%s-%s" % (unique, suffix), image_id=image.id, flavor_id=fid,
             networks=[{"uuid": net.id}], key_name=unique,
             security_groups=[{"name": unique}], **kw)
         created["servers"].append(server.id)
@@ -293,6 +294,35 @@ def test_neutron_network_router_and_port_flows(conn, admin_conn, unique):
 
 
 # -- DevStack parity ---------------------------------------------------------
+# Written out here rather than read from the rig: DevStack's lib/nova
+# create_flavors and lib/tempest (m1.nano, m1.micro), name: (id, vcpus, MiB, GiB).
+DEVSTACK_FLAVORS = {
+    "m1.nano": ("42", 1, 192, 1), "m1.micro": ("84", 1, 256, 1),
+    "cirros256": ("c1", 1, 256, 1), "ds512M": ("d1", 1, 512, 5),
+    "ds1G": ("d2", 1, 1024, 10), "ds2G": ("d3", 2, 2048, 10), "ds4G": ("d4", 4, 4096, 20),
+    "m1.tiny": ("1", 1, 512, 1), "m1.small": ("2", 1, 2048, 20),
+    "m1.medium": ("3", 2, 4096, 40), "m1.large": ("4", 4, 8192, 80),
+    "m1.xlarge": ("5", 8, 16384, 160),
+}
+
+
+def test_devstack_flavors_with_devstacks_ids(admin_conn):
+    found = {f.name: (f.id, f.vcpus, f.ram, f.disk)
+             for f in admin_conn.compute.flavors(is_public=None)}
+    assert found == DEVSTACK_FLAVORS
+    for name in DEVSTACK_FLAVORS:
+        specs = admin_conn.compute.fetch_flavor_extra_specs(
+            admin_conn.compute.get_flavor(DEVSTACK_FLAVORS[name][0])).extra_specs
+        assert specs == {"hw_rng:allowed": "True"}, name
+
+
+def test_the_largest_devstack_flavor_schedules(rig):
+    """Placement's inventory of the compute host takes m1.xlarge (8 vCPU, 16 GiB)."""
+    server = rig["boot"]("xl", flavor_name="m1.xlarge")
+    assert server.status == "ACTIVE"
+    assert server.flavor.original_name == "m1.xlarge" and server.flavor.vcpus == 8
+
+
 def _clouds_yaml():
     import yaml
     with open(os.environ["OS_CLIENT_CONFIG_FILE"]) as f:

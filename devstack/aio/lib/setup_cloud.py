@@ -26,11 +26,24 @@ ENDPOINTS = {
     "nova": ("compute", "http://127.0.0.1:8774/v2.1"),
     "neutron": ("network", "http://127.0.0.1:9696"),
 }
-FLAVORS = [  # name, vcpus, ram MiB, disk GiB
-    ("m1.tiny", 1, 512, 1),
-    ("m1.small", 1, 2048, 20),
-    ("m1.medium", 2, 4096, 40),
+# DevStack's flavors with DevStack's ids: lib/nova create_flavors (c1, d1-d4,
+# 1-5) and lib/tempest (42, 84: its TEMPEST_FLAVOR_RAM / _ALT_RAM defaults and
+# the 1 GiB disk of its CirrOS image). Each carries hw_rng:allowed=True there.
+FLAVORS = [  # name, id, vcpus, ram MiB, disk GiB
+    ("m1.nano", "42", 1, 192, 1),
+    ("m1.micro", "84", 1, 256, 1),
+    ("cirros256", "c1", 1, 256, 1),
+    ("ds512M", "d1", 1, 512, 5),
+    ("ds1G", "d2", 1, 1024, 10),
+    ("ds2G", "d3", 2, 2048, 10),
+    ("ds4G", "d4", 4, 4096, 20),
+    ("m1.tiny", "1", 1, 512, 1),
+    ("m1.small", "2", 1, 2048, 20),
+    ("m1.medium", "3", 2, 4096, 40),
+    ("m1.large", "4", 4, 8192, 80),
+    ("m1.xlarge", "5", 8, 16384, 160),
 ]
+FLAVOR_SPECS = {"hw_rng:allowed": "True"}
 IMAGE = "debian-12-cc"
 DEMO_QUOTAS = {
     "compute": dict(instances=40, cores=160, ram=163840, key_pairs=100),
@@ -129,10 +142,7 @@ def resources():
     wait_for("hypervisor", lambda: any(True for _ in conn.compute.hypervisors()), 120)
     log("compute host up after %.1fs" % (time.monotonic() - t0))
 
-    for name, vcpus, ram, disk in FLAVORS:
-        if conn.compute.find_flavor(name, ignore_missing=True) is None:
-            conn.compute.create_flavor(name=name, vcpus=vcpus, ram=ram,
-                                       disk=disk, is_public=True)
+    ensure_flavors(conn)
 
     if conn.image.find_image(IMAGE) is None:
         path = os.path.join(STATE, "data", "image.raw")
@@ -178,6 +188,39 @@ def resources():
 
     write_clouds_yaml()
     log("resources in place after %.1fs" % (time.monotonic() - t0))
+
+
+def ensure_flavors(conn):
+    """Create DevStack's flavors; converge older ones onto DevStack's ids.
+
+    A flavor of the same name but another id or size is replaced only while
+    no server was built from it (a server keeps its flavor's name); otherwise
+    it is kept as it is, and says so in the log, until those servers are gone.
+    """
+    existing = list(conn.compute.flavors(is_public=None))
+    used = set()
+    for server in conn.compute.servers(all_projects=True):
+        flavor = server.flavor
+        if flavor is not None:
+            used.add(getattr(flavor, "original_name", None) or flavor.name)
+            used.add(flavor.id)
+    for name, fid, vcpus, ram, disk in FLAVORS:
+        same = [f for f in existing if f.name == name or f.id == fid]
+        if any(f.name == name and f.id == fid and (f.vcpus, f.ram, f.disk)
+               == (vcpus, ram, disk) for f in same):
+            continue
+        busy = [f for f in same if f.name in used or f.id in used]
+        if busy:
+            log("flavor %s: kept as id %s, servers use it"
+                % (name, ", ".join(f.id for f in busy)))
+            continue
+        for f in same:
+            log("flavor %s (id %s) replaced by DevStack's %s (id %s)"
+                % (f.name, f.id, name, fid))
+            conn.compute.delete_flavor(f)
+        flavor = conn.compute.create_flavor(
+            name=name, id=fid, vcpus=vcpus, ram=ram, disk=disk, is_public=True)
+        conn.compute.create_flavor_extra_specs(flavor, FLAVOR_SPECS)
 
 
 def write_clouds_yaml():
