@@ -26,13 +26,17 @@ from cloudcompute.exceptions import (CloudComputeError, MapError, NodeDataRefuse
 from cloudcompute.jobs import payload, wire
 from cloudcompute.jobs import protocol as P
 from cloudcompute.jobs.jobclient import (COMMAND_TIMEOUT, JOBS_DIR, LOSS, check_job_id,
-                                         list_jobs, new_job_id, run_jobd, stream_logs)
+                                         launch, list_jobs, new_job_id, run_jobd,
+                                         stream_logs)
 from cloudcompute.jobs.executor import Executor, _task_error
 from cloudcompute.jobs.jobstate import (LABEL, TERMINAL, JobRecord, JobStatus, NodeReport,
                                         TaskState, merge)
 from cloudcompute.jobs.placement import Cancelled, NoLiveNodes, is_node_loss
 
 LOG = logging.getLogger(__name__)
+WAIT_FIRST = 0.2  # seconds between the first looks at a job's status while waiting
+WAIT_MAX = 2.0  # the longest pause between looks (each pause 1.5 times the last)
+RESTART_AFTER = 10.0  # seconds before a node's supervisor is restarted again
 
 
 class _Frames(io.RawIOBase):
@@ -183,10 +187,11 @@ class Job:
     def _remove_everywhere(self) -> None:
         """A submit that failed half-way: stop what started, remove the files."""
         for node in self.ex.connections:
-            try:  # the cancel mark stops a supervisor within its poll interval
+            try:  # jobd cancel: the cancel mark, then until the supervisor let go
+                stop = launch(self.ex, node) + ["cancel", self.id, "--node", node]
                 self.ex.connections[node].run(
-                    ["sh", "-c", 'if [ -d "$1" ]; then touch "$1/cancel"; sleep 1; fi; '
-                     'rm -rf -- "$1"', "sh", self._dir()], warn=True, timeout=60)
+                    ["sh", "-c", 'd=$1; shift; if [ -d "$d" ]; then "$@" >/dev/null 2>&1; '
+                     'fi; rm -rf -- "$d"', "sh", self._dir()] + stop, warn=True, timeout=60)
             except LOSS as exc:
                 LOG.warning("job %s: could not remove its files on %s: %s", self.id, node, exc)
 
@@ -244,7 +249,7 @@ class Job:
         for node, rep in self._reports.items():
             unfinished = any(t.state not in TERMINAL for t in rep.tasks.values())
             if unfinished and not rep.supervisor and not rep.cancelled \
-                    and now - self._restarted.get(node, -1e9) > 10:
+                    and now - self._restarted.get(node, -1e9) > RESTART_AFTER:
                 LOG.warning("job %s: no supervisor on %s with work left; starting one",
                             self.id, node)
                 self._restarted[node] = now
@@ -281,7 +286,7 @@ class Job:
         ``timeout`` seconds. ``progress`` gets each task as it ends."""
         deadline = None if timeout is None else time.monotonic() + timeout
         seen: Set[int] = set()
-        delay = 0.2
+        delay = WAIT_FIRST
         while True:
             st = self.status()
             self._repair(st)
@@ -298,7 +303,7 @@ class Job:
                                    if t.state not in TERMINAL][:20])
             time.sleep(delay if deadline is None else
                        max(0.0, min(delay, deadline - time.monotonic())))
-            delay = min(delay * 1.5, 2.0)
+            delay = min(delay * 1.5, WAIT_MAX)
 
     def results(self, timeout: Optional[float] = None, return_exceptions: bool = False,
                 allow_pickle: Optional[bool] = None,

@@ -12,8 +12,10 @@ import hashlib
 import json
 import os
 import re
+import select
 import signal
 import sys
+import threading
 import time
 
 from . import taskproc
@@ -23,7 +25,23 @@ JOB_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 TERMINAL = ("done", "failed", "cancelled")
 TRACEBACK_KEEP = 16 << 10  # characters of a traceback kept in a status
-POLL = 0.1  # seconds between the supervisor's looks at its children and markers
+
+
+def _poll_seconds(default=0.1):
+    """Seconds between the supervisor's looks at its markers and task deadlines:
+    ``CLOUDCOMPUTE_JOBD_POLL`` (0.01 to 10) where it is set, else ``default``."""
+    try:
+        value = float(os.environ.get("CLOUDCOMPUTE_JOBD_POLL", default))
+    except ValueError:
+        return default
+    return min(max(value, 0.01), 10.0) if value == value else default
+
+
+POLL = _poll_seconds()
+# Modules the supervisor imports before its first task, so that no task imports
+# them again: ``CLOUDCOMPUTE_JOBD_WARM`` (comma-separated; empty for none) where set.
+WARM = tuple(m for m in os.environ.get("CLOUDCOMPUTE_JOBD_WARM",
+                                       "numpy,pandas,pyarrow").split(",") if m)
 
 
 def job_dir(job_id):
@@ -90,9 +108,33 @@ class Supervisor:
         self.lock = lock  # the job's lock: held by this process alone, not its tasks
         self.running = {}  # pid -> [index, t0 (monotonic), deadline, why killed]
         self.batches = None
+        self.wake = None  # (read, write) end of the pipe a task's end (SIGCHLD) writes to
+
+    def _listen(self):
+        """Have SIGCHLD wake the supervisor's nap (main thread of its process)."""
+        r, w = os.pipe()
+        for fd in (r, w):
+            os.set_blocking(fd, False)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        self.wake = (r, w)
+
+    def _nap(self, seconds):
+        """Sleep up to ``seconds``; sooner when a task ends."""
+        if self.wake is None:
+            time.sleep(seconds)
+            return
+        if select.select([self.wake[0]], [], [], seconds)[0]:
+            try:
+                while os.read(self.wake[0], 4096):
+                    pass
+            except BlockingIOError:
+                pass
 
     def serve(self):
         """Run until no task of this node is left (the caller holds the lock)."""
+        if self.wake is None and threading.current_thread() is threading.main_thread():
+            self._listen()
         tasks, todo = {}, []
         while True:
             names = sorted(os.listdir(os.path.join(self.jdir, "batches")))
@@ -117,7 +159,11 @@ class Supervisor:
                     self._kill(pid, "timed_out")
             if not self.running and not todo:
                 return 0
-            time.sleep(POLL)
+            nap = POLL  # the cancel mark and new batches are looked for this often
+            for run in self.running.values():
+                if run[2] is not None and run[3] is None:
+                    nap = min(nap, run[2] - now)
+            self._nap(max(nap, 0.0))
 
     def _ended(self, index):
         st = task_status(self.jdir, index)
@@ -148,6 +194,11 @@ class Supervisor:
             try:
                 if self.lock is not None:  # a task outliving us must not hold it
                     os.close(self.lock)
+                if self.wake is not None:  # the task's children are its own business
+                    signal.set_wakeup_fd(-1)
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    for fd in self.wake:
+                        os.close(fd)
                 _run_task(tdir, path, entry)
             except BaseException:  # noqa: B036 - its output log is the only witness
                 import traceback
@@ -297,7 +348,7 @@ def start(jdir, node, slots):
             fcntl.flock(lock, fcntl.LOCK_EX)  # after the running one, for what it left
             _announce(jdir, node)
         sys.meta_path.append(taskproc.ClientOnlyFinder())
-        for mod in ("numpy", "pandas", "pyarrow"):  # warm: each task forks with them
+        for mod in WARM:  # each task forks with them
             try:
                 __import__(mod)
             except ImportError:

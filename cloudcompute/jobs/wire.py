@@ -187,20 +187,28 @@ def _optional(name):
         return None
 
 
+def _loaded(module, name):
+    """``module.name`` if the module is imported already, else None: a value of
+    that type means its module is, so nothing needs importing to tell."""
+    found = getattr(sys.modules.get(module), name, None)
+    return found if isinstance(found, type) else None
+
+
 def _have(name):
     return _optional(name) is not None
 
 
 def encode(value, formats, allow_pickle=False):
     """Return (descriptor, blob). ``formats`` are what the receiver can read."""
-    np = _optional("numpy")
-    pd = _optional("pandas")
-    if np is not None and isinstance(value, np.ndarray) and value.dtype != object \
+    ndarray = _loaded("numpy", "ndarray")
+    frame, series = _loaded("pandas", "DataFrame"), _loaded("pandas", "Series")
+    if ndarray is not None and isinstance(value, ndarray) and value.dtype != object \
             and "npy" in formats:
+        import numpy as np
         buf = io.BytesIO()
         np.save(buf, value, allow_pickle=False)
         return {"format": "npy"}, buf.getbuffer()
-    if pd is not None and isinstance(value, pd.DataFrame):
+    if frame is not None and isinstance(value, frame):
         if "arrow" in formats and _have("pyarrow"):
             import pyarrow as pa
             table = pa.Table.from_pandas(value, preserve_index=True)
@@ -214,7 +222,7 @@ def encode(value, formats, allow_pickle=False):
             except TypeError:
                 if not allow_pickle:
                     raise
-    if pd is not None and isinstance(value, pd.Series) and "npcols" in formats:
+    if series is not None and isinstance(value, series) and "npcols" in formats:
         desc, blob = encode(value.to_frame(name=value.name if value.name is not None
                                            else "__series__"), formats, allow_pickle)
         return dict(desc, series=True), blob

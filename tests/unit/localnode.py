@@ -156,3 +156,15 @@ class LocalNode:
     def cleanup(self):
         self.close()
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+def quick_jobs(monkeypatch):
+    """Detached jobs on local nodes, looked at often: the client's looks at a
+    job's status, and the supervisors' (jobd reads its settings from the
+    environment these nodes inherit). The tasks of these tests import no
+    numpy, so the supervisors import none before them."""
+    from cloudcompute.jobs import detached
+    monkeypatch.setattr(detached, "WAIT_FIRST", 0.05)
+    monkeypatch.setattr(detached, "WAIT_MAX", 0.2)
+    monkeypatch.setenv("CLOUDCOMPUTE_JOBD_POLL", "0.02")
+    monkeypatch.setenv("CLOUDCOMPUTE_JOBD_WARM", "")

@@ -16,7 +16,7 @@ from cloudcompute.jobs.executor import Executor
 from cloudcompute.jobs.jobstate import JobRecord, NodeReport, merge
 from cloudcompute.jobs.placement import Cancelled
 from tests.unit import nodefuncs as nf
-from tests.unit.localnode import LocalNode
+from tests.unit.localnode import LocalNode, quick_jobs
 
 
 def _alive(pid):
@@ -28,9 +28,10 @@ def _alive(pid):
 
 
 @pytest.fixture
-def cluster(tmp_path):
+def cluster(tmp_path, monkeypatch):
     """make(count, slots) -> (executor, nodes); fresh() -> a second client's executor."""
     made, executors = [], []
+    quick_jobs(monkeypatch)
 
     def executor(nodes, slots):
         ex = Executor(nodes, python={n: sys.executable for n in nodes},

@@ -18,14 +18,14 @@ from tests.unit.localnode import LocalNode
 def nodes(tmp_path, monkeypatch):
     made = []
 
-    def make(count=1, slots=1):
+    def make(count=1, slots=1, silence=5.0):  # a loaded machine starts workers slowly
         out = {}
         for i in range(count):
             node = LocalNode("n%d" % i, tmp_path / ("n%d" % i))
             made.append(node)
             out[node.name] = node
         ex = Executor(out, python={n: sys.executable for n in out},
-                      slots={n: slots for n in out}, silence=1.5)
+                      slots={n: slots for n in out}, silence=silence)
         return ex, out
     yield make
     for node in made:
@@ -114,7 +114,7 @@ def test_a_dropped_node_has_its_tasks_run_elsewhere(nodes):
 
 
 def test_a_hung_node_is_lost_within_the_silence_bound(nodes):
-    ex, local = nodes(1, slots=1)
+    ex, local = nodes(1, slots=1, silence=1.5)
     ex.run_on("n0", nf.add_one, [0])
     local["n0"].kill(signal.SIGSTOP)
     t0 = time.monotonic()
@@ -186,7 +186,7 @@ def test_the_project_travels_by_content_once(nodes, tmp_path):
         assert [r.value for r in ex.map(jobmod.work, [-1, 2])] == [3, 6]
         assert ex.project_files_sent == 4
         ex.close()
-        ex2 = Executor(ex.connections, python=ex.python, slots=ex.slots, silence=1.5)
+        ex2 = Executor(ex.connections, python=ex.python, slots=ex.slots, silence=ex.silence)
         assert [r.value for r in ex2.map(jobmod.work, [-4])] == [12]
         assert ex2.project_files_sent == 0  # the node kept what it had
         ex2.close()

@@ -8,7 +8,7 @@ from cloudcompute import cli
 from cloudcompute.cli import jobcmds
 from cloudcompute.jobs import detached
 from cloudcompute.jobs.executor import Executor
-from tests.unit.localnode import LocalNode
+from tests.unit.localnode import LocalNode, quick_jobs
 
 
 class _Jobs:
@@ -39,6 +39,7 @@ class _Cluster:
 
 @pytest.fixture
 def cluster(tmp_path, monkeypatch):
+    quick_jobs(monkeypatch)
     nodes = {n: LocalNode(n, tmp_path / n) for n in ("n0", "n1")}
     ex = Executor(nodes, python={n: sys.executable for n in nodes},
                   slots={n: 1 for n in nodes},

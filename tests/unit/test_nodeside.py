@@ -187,6 +187,8 @@ class PipeChannel:
         self.cond = threading.Condition()
         self.eof = 0
         self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)  # a full pipe wakes the reader already
+        self.wake_lock = threading.Lock()  # close() and _wake() never overlap
 
     def exec_command(self, command):
         self.proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE,
@@ -200,11 +202,21 @@ class PipeChannel:
             with self.cond:
                 buf += chunk
                 self.cond.notify_all()
-            os.write(self.wake_w, b".")
+            self._wake()
         with self.cond:
             self.eof += 1
             self.cond.notify_all()
-        os.write(self.wake_w, b".")
+        self._wake()
+
+    def _wake(self):
+        """One byte on the wake-up pipe, unless close() closed it already (a
+        pump may still be draining a grandchild's output then)."""
+        with self.wake_lock:
+            if self.wake_w is not None:
+                try:
+                    os.write(self.wake_w, b".")
+                except BlockingIOError:
+                    pass
 
     def fileno(self):
         return self.wake_r
@@ -250,8 +262,10 @@ class PipeChannel:
         if not self.proc.stdin.closed:
             self.proc.stdin.close()
         self.proc.wait()
-        os.close(self.wake_r)
-        os.close(self.wake_w)
+        with self.wake_lock:
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            self.wake_w = None
 
 
 def fake_ssh(tmp_path, monkeypatch, script):
