@@ -145,10 +145,11 @@ def test_node_tool_waits_finds_and_stops_a_detached_process_group(home):
 def test_node_tool_stops_the_group_when_its_leader_died(home):
     sh(home, remote.start_command("worker", fake_argv("worker")))
     got = node_tool(home, "wait", "worker", 20)
-    assert got["state"] == "ready"
-    time.sleep(0.5)  # the fake's child has started
+    assert got["state"] == "ready"  # the fake started its child before it said so
     os.kill(got["pid"], signal.SIGKILL)  # a nanny gone, its worker still running
-    time.sleep(0.2)
+    deadline = time.monotonic() + 5
+    while alive(got["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.01)
     status = node_tool(home, "status")
     assert not status["worker"]["alive"] and status["worker"]["processes"] == 1
     assert node_tool(home, "stop", 5)["left"] == []
@@ -260,11 +261,15 @@ def echo_server():
                 c, _ = srv.accept()
             except OSError:
                 continue
+            if stop.is_set():  # the teardown's wake-up call
+                c.close()
+                return
             threading.Thread(target=serve, args=(c,), daemon=True).start()
     t = threading.Thread(target=accept, daemon=True)
     t.start()
     yield srv.getsockname()
     stop.set()
+    socket.create_connection(srv.getsockname(), timeout=10).close()  # wakes accept()
     t.join()
     srv.close()
 
