@@ -361,3 +361,35 @@ def test_devstack_alt_and_system_admin_clouds(rig, admin_conn):
     access = sysadm.session.auth.get_access(sysadm.session)
     assert access.system == {"all": True} and access.project_id is None
     assert "alt_demo" in {p.name for p in sysadm.identity.projects()}
+
+
+def test_server_snapshot_becomes_an_active_image_of_the_nodes_files(rig, tmp_path):
+    import tarfile
+    conn = rig["conn"]
+    server = rig["boot"]("snap")
+    client = ssh(fixed_ip(server), rig["key_file"], console_keys(conn, server)[1])
+    assert run(client, "echo kept > ~/result.txt && echo scratch > /var/tmp/s")[0] == 0
+    client.close()
+    name = server.name + "-image"
+    try:
+        image = conn.compute.create_server_image(server, name, wait=True, timeout=60)
+        image = conn.image.get_image(image.id)
+        assert image.status == "active" and image.size > 0
+        assert image.properties["image_type"] == "snapshot"
+        assert image.instance_uuid == server.id
+        after = conn.compute.get_server(server.id)
+        assert after.status == "ACTIVE" and after.task_state is None
+        path = tmp_path / "snap.tar.gz"
+        conn.image.download_image(image, output=str(path))
+        with tarfile.open(path) as tar:
+            assert tar.extractfile("home/result.txt").read() == b"kept\n"
+            assert tar.extractfile("var/tmp/s").read() == b"scratch\n"
+        conn.image.delete_image(image)
+        end = time.monotonic() + 10
+        while conn.image.find_image(image.id) is not None:
+            assert time.monotonic() < end, "snapshot image not deleted within 10s"
+            time.sleep(0.2)
+    finally:
+        for img in conn.image.images(name=name):
+            conn.image.delete_image(img, ignore_missing=True)
+    assert list(conn.image.images(name=name)) == []

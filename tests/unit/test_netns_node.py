@@ -118,3 +118,28 @@ def test_first_failure_only_once(tmp_path):
     host = node.NodeHost(str(tmp_path))
     assert host.first_failure("k") is True
     assert host.first_failure("k") is False
+
+
+def test_archive_holds_the_nodes_files_as_the_node_names_them(tmp_path):
+    import tarfile
+    host = node.NodeHost(str(tmp_path))
+    d = tmp_path / "instances" / "u1"
+    for sub in ("home", "tmp", "vartmp"):
+        (d / sub).mkdir(parents=True)
+    (d / "home" / "result.txt").write_text("42\n")
+    (d / "vartmp" / "cache").write_text("c")
+    (d / "home" / "escape").symlink_to("/etc/shadow")
+    (d / "sshd_config").write_text("not the node's")
+    out = tmp_path / "snap.tar.gz"
+    assert host.archive("u1", str(out)) == out.stat().st_size > 0
+    with tarfile.open(out) as tar:
+        names = set(tar.getnames())
+        assert tar.extractfile("home/result.txt").read() == b"42\n"
+        assert tar.getmember("home/escape").issym()  # stored as a link, not read
+    assert {"home/result.txt", "var/tmp/cache", "tmp"} <= names
+    assert not any("sshd_config" in n or n.startswith("vartmp") for n in names)
+
+
+def test_archive_of_an_unknown_instance_is_refused(tmp_path):
+    with pytest.raises(node.NodeError, match="no files"):
+        node.NodeHost(str(tmp_path)).archive("nope", str(tmp_path / "x.tar.gz"))

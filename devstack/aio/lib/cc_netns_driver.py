@@ -12,7 +12,9 @@ import time
 
 from oslo_log import log as logging
 
+from nova.compute import task_states
 from nova import exception
+from nova.image import glance
 from nova.virt import fake
 
 import cc_netns_node as node
@@ -45,6 +47,7 @@ class NetnsDriver(fake.FakeDriver):
         self.host = node.NodeHost(state)
         self.boot_delay = float(os.environ.get(
             "CC_AIO_BOOT_DELAY", node.DEFAULT_BOOT_DELAY))
+        self._image_api = glance.API()
 
     def spawn(self, context, instance, image_meta, injected_files,
               admin_password, allocations, network_info=None,
@@ -107,6 +110,53 @@ class NetnsDriver(fake.FakeDriver):
         self.host.destroy(instance.uuid, vifs)
         super().destroy(context, instance, network_info, block_device_info,
                         destroy_disks, destroy_secrets)
+
+    def snapshot(self, context, instance, image_id, update_task_state):
+        """Upload the node's files to the image Nova created for the snapshot.
+
+        The task states and the upload are those of Nova's libvirt driver:
+        IMAGE_PENDING_UPLOAD while the archive is made, IMAGE_UPLOADING while
+        it goes to Glance, through Nova's own image API. The image's data is
+        a gzip tarball of the node's home, /tmp and /var/tmp
+        (``cc_netns_node.NodeHost.archive``); its disk and container formats
+        are the instance image's, so that the snapshot boots like it.
+        """
+        if not os.path.isdir(self.host.inst_dir(instance.uuid)):
+            raise exception.InstanceNotRunning(instance_id=instance.uuid)
+        snapshot = self._image_api.get(context, image_id)
+        update_task_state(task_state=task_states.IMAGE_PENDING_UPLOAD)
+        image_meta = instance.image_meta
+        metadata = {
+            "status": "active",
+            "name": snapshot["name"],
+            "disk_format": (image_meta.disk_format
+                            if image_meta.obj_attr_is_set("disk_format")
+                            else "raw"),
+            "container_format": (image_meta.container_format
+                                 if image_meta.obj_attr_is_set("container_format")
+                                 else "bare"),
+            "properties": {"image_location": "snapshot",
+                           "image_state": "available",
+                           "owner_id": instance.project_id,
+                           "cc_snapshot_content": "node files, tar.gz"},
+        }
+        path = os.path.join(self.host.inst_dir(instance.uuid),
+                            "snapshot-%s.tar.gz" % image_id)
+        try:
+            # A failure here propagates: Nova deletes the image and records
+            # the fault (snapshot_instance's delete_image_on_error).
+            size = self.host.archive(instance.uuid, path)
+            update_task_state(task_state=task_states.IMAGE_UPLOADING,
+                              expected_state=task_states.IMAGE_PENDING_UPLOAD)
+            with open(path, "rb") as data:
+                self._image_api.update(context, image_id, metadata, data)
+        finally:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        LOG.info("Snapshot image upload complete (%d bytes)", size,
+                 instance=instance)
 
     def get_console_output(self, context, instance):
         return self.host.console(instance.uuid).encode("utf-8")
