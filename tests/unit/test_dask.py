@@ -119,6 +119,20 @@ def alive(pid):
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def group(pgid):
+    """Live (not zombie) processes of the process group ``pgid``."""
+    out = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(entry))
+    return out
+
+
 def test_node_tool_waits_finds_and_stops_a_detached_process_group(home):
     assert sh(home, remote.start_command("scheduler", fake_argv("scheduler"))).returncode == 0
     try:
@@ -145,7 +159,10 @@ def test_node_tool_waits_finds_and_stops_a_detached_process_group(home):
 def test_node_tool_stops_the_group_when_its_leader_died(home):
     sh(home, remote.start_command("worker", fake_argv("worker")))
     got = node_tool(home, "wait", "worker", 20)
-    assert got["state"] == "ready"  # the fake started its child before it said so
+    assert got["state"] == "ready"
+    deadline = time.monotonic() + 10
+    while len(group(got["pid"])) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the fake's child has started
     os.kill(got["pid"], signal.SIGKILL)  # a nanny gone, its worker still running
     deadline = time.monotonic() + 5
     while alive(got["pid"]) and time.monotonic() < deadline:
