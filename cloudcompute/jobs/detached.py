@@ -192,7 +192,7 @@ class Job:
                 self.ex.connections[node].run(
                     ["sh", "-c", 'd=$1; shift; if [ -d "$d" ]; then "$@" >/dev/null 2>&1; '
                      'fi; rm -rf -- "$d"', "sh", self._dir()] + stop, warn=True, timeout=60)
-            except LOSS as exc:
+            except LOSS + (CloudComputeError,) as exc:  # e.g. shipping jobd failed there
                 LOG.warning("job %s: could not remove its files on %s: %s", self.id, node, exc)
 
     # -- the record ----------------------------------------------------
