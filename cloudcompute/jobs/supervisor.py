@@ -150,9 +150,9 @@ class Supervisor:
                     self._record(i, {"state": "cancelled", "cancelled": True,
                                      "exc_type": "Cancelled", "message": "", "traceback": ""})
                 todo = []
+            self._reap()  # first: a slot that just came free takes the next task now
             while todo and len(self.running) < self.slots:
                 self._start(todo.pop(0), tasks)
-            self._reap()
             now = time.monotonic()
             for pid, run in list(self.running.items()):
                 if run[2] is not None and now >= run[2] and run[3] is None:

@@ -336,3 +336,25 @@ def test_a_status_answer_keeps_tracebacks_within_its_budget(tmp_path, monkeypatc
     assert len(tasks["0"]["traceback"]) == 4096 and tasks["0"]["traceback"].endswith("line 0")
     assert tasks["1"]["traceback"].startswith("(not shown: see tasks/1/status.json")
     assert tasks["2"]["state"] == "failed"
+
+
+def test_the_supervisor_wakes_when_a_task_ends_not_at_its_next_look(cluster, monkeypatch,
+                                                                     tmp_path):
+    monkeypatch.setenv("CLOUDCOMPUTE_JOBD_POLL", "5")  # looks at its marks every 5 s
+    ex, _ = cluster(1, slots=1)
+    spans = detached.submit(ex, nf.span, [0.05] * 3).results(timeout=30)
+    for k in range(1, 3):  # one slot: each task starts as the one before it ends
+        assert spans[k][1] - spans[k - 1][2] < 1.0, spans
+    t0 = time.monotonic()
+    job = detached.submit(ex, nf.sleep_forever, [str(tmp_path / "pid")], timeout=0.3)
+    (value,) = job.results(timeout=30, return_exceptions=True)
+    assert isinstance(value, TaskTimeout) and time.monotonic() - t0 < 4  # not at 5 s
+
+
+def test_the_supervisor_settings_come_from_the_node_s_environment(monkeypatch):
+    from cloudcompute.jobs import supervisor
+    for raw, want in (("0.02", 0.02), ("0", 0.01), ("99", 10.0), ("nan", 0.1), ("x", 0.1)):
+        monkeypatch.setenv("CLOUDCOMPUTE_JOBD_POLL", raw)
+        assert supervisor._poll_seconds() == want, raw
+    monkeypatch.delenv("CLOUDCOMPUTE_JOBD_POLL")
+    assert supervisor._poll_seconds() == 0.1

@@ -275,3 +275,29 @@ def test_module_source_travels_once_per_worker(tmp_path):
     for spec, blobs in ((spec1, first), (spec2, payload.Blobs())):
         header, rblobs, _ = worker.run_here(*task(spec, blobs))
         assert header["ok"] and wire.decode(header["result"], rblobs[0]) == 2
+
+
+def test_encoding_a_plain_value_imports_no_numpy_pandas_or_pyarrow(tmp_path):
+    """A task that returns JSON does not pay for importing numpy and pandas (a
+    supervisor that warmed nothing forks such tasks)."""
+    import subprocess
+    import sys
+
+    from cloudcompute.jobs import channel
+    pkg = tmp_path / channel.NODE_PACKAGE
+    pkg.mkdir()
+    for name, source in channel.SOURCES.items():
+        (pkg / name).write_bytes(source)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from ccnode import wire; "
+            "desc, blob = wire.encode({'a': [1, 2]}, %r); " % ALL +
+            "print(desc['format'], bytes(blob).decode(), "
+            "sorted(m for m in ('numpy', 'pandas', 'pyarrow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.split(None, 1) == ["json", '{"a": [1, 2]} []\n'], out.stderr
+
+
+def test_an_array_or_frame_is_still_recognised_once_its_module_is_imported():
+    assert wire.encode(np.arange(3), ALL)[0] == {"format": "npy"}
+    assert wire.encode(pd.DataFrame({"a": [1]}), ["npcols", "json"])[0]["format"] == "npcols"
+    assert wire.encode(pd.Series([1.0], name="s"), ["npcols"])[0]["series"] is True
