@@ -282,9 +282,13 @@ class ClusterState:
             entry.update(info, id=res_id)
             self.save()
 
-    def forget(self, kind: str, name: str) -> None:
+    def forget(self, kind: str, *names: str) -> None:
+        """Drop the records of ``names`` (one write for all of them)."""
+        if not names:
+            return
         with self.locked():
-            self.resources[kind].pop(name, None)
+            for name in names:
+                self.resources[kind].pop(name, None)
             self.save()
 
     def count(self) -> int:

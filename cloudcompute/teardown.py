@@ -1,11 +1,15 @@
 """Delete a cluster in dependency order, idempotently, and verify by listing.
 
-Order: servers (then wait until they are gone), floating IPs, router
-interfaces, routers, ports, subnets, networks, security groups, keypairs,
-the watchdog's application credential.
+What depends on nothing goes at once, side by side with the servers:
+floating IPs, keypairs and the watchdog's application credential. What a
+server's port holds waits until the servers are gone: router interfaces,
+routers, ports, subnets, networks, security groups.
 A 404 counts as deleted, so teardown can be run again after any failure.
 Resources are found both from the state file and by the cluster's tag, so
-that a crash between a create call and its state record loses nothing.
+that a crash between a create call and its state record loses nothing. A
+delete that succeeded is the evidence a record is forgotten on; servers are
+followed with one tag-filtered list per poll cycle, and the final check
+lists every kind once (the lists side by side).
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ IN_FLIGHT_GRACE = 15.0
 
 
 def _ids(st: ClusterState, kind: str) -> Dict[str, str]:
-    return {e["id"]: n for n, e in st.resources[kind].items() if e.get("id")}
+    return {e["id"]: n for n, e in list(st.resources[kind].items()) if e.get("id")}
 
 
 def _tagged(lister: Callable[..., Any], cluster_id: str) -> Dict[str, Any]:
@@ -41,6 +45,21 @@ def _tagged(lister: Callable[..., Any], cluster_id: str) -> Dict[str, Any]:
     APIs match every tag of a comma-separated list)."""
     return {r.id: r for r in retry.call(lambda: list(lister(
         tags=",".join(tags.tags(cluster_id)))))}
+
+
+def _side_by_side(*calls: Callable[[], Any]) -> List[Any]:
+    """The results of ``calls``, run in threads at once (the first error re-raised)."""
+    with cf.ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = [pool.submit(c) for c in calls]
+        return [f.result() for f in futures]
+
+
+# The network-side kinds: (state kind, label, lister, deleter) by attribute name.
+_NET_KINDS = (("routers", "router", "routers", "delete_router"),
+              ("subnets", "subnet", "subnets", "delete_subnet"),
+              ("networks", "network", "networks", "delete_network"),
+              ("security_groups", "security group", "security_groups",
+               "delete_security_group"))
 
 
 class Teardown:
@@ -56,12 +75,14 @@ class Teardown:
         self.timeout = timeout
         self.errors: List[str] = []
         self.timings: Dict[str, float] = {}
+        self._servers_s = 0.0
+        self._seen_tagged: Set[str] = set()
 
     def _recorded(self, kind: str, lister: Callable[..., Any]) -> Set[str]:
         """Ids in the state file, plus those of creates whose answer never came
         (an intent without an id), looked up by their unique name."""
         ids = set(_ids(self.st, kind))
-        for name, e in self.st.resources[kind].items():
+        for name, e in list(self.st.resources[kind].items()):
             if e.get("id"):
                 continue
             if kind == "floating_ips":
@@ -75,7 +96,11 @@ class Teardown:
                 ids.add(r.id)
         return ids
 
-    def _delete(self, what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
+    def _found(self, kind: str, lister: Callable[..., Any]) -> Set[str]:
+        return self._recorded(kind, lister) | set(_tagged(lister, self.cid))
+
+    def _delete(self, what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> bool:
+        """Delete one resource; True if it is gone (deleted now, or a 404)."""
         try:
             retry.call(fn, *args, attempts=6, **kw)
         except os_exc.NotFoundException:
@@ -83,35 +108,31 @@ class Teardown:
         except os_exc.SDKException as exc:
             self.errors.append("%s: %s" % (what, exc))
             LOG.warning("could not delete %s: %s", what, exc)
+            return False
+        return True
 
-    def _delete_all(self, what: str, fn: Callable[..., Any], ids: Any) -> None:
-        """Delete many of one kind at once (the API calls, not the waits, run in parallel)."""
+    def _delete_all(self, what: str, fn: Callable[..., Any], ids: Any) -> Set[str]:
+        """Delete many of one kind at once (the API calls, not the waits, run in
+        parallel); the ids that are gone."""
         ids = sorted(ids)
         if len(ids) < 2:
-            for rid in ids:
-                self._delete("%s %s" % (what, rid), fn, rid, ignore_missing=True)
-            return
+            return {rid for rid in ids
+                    if self._delete("%s %s" % (what, rid), fn, rid, ignore_missing=True)}
         with cf.ThreadPoolExecutor(max_workers=min(8, len(ids))) as pool:
-            for f in [pool.submit(self._delete, "%s %s" % (what, rid), fn, rid,
-                                  ignore_missing=True) for rid in ids]:
-                f.result()
+            done = [(rid, pool.submit(self._delete, "%s %s" % (what, rid), fn, rid,
+                                      ignore_missing=True)) for rid in ids]
+            return {rid for rid, f in done if f.result()}
 
     def run(self) -> Dict[str, float]:
         t0 = time.monotonic()
-        self.servers()
-        self.timings["servers"] = time.monotonic() - t0
-        self.network_side()
-        self.keypairs()
-        self.credentials()
+        self._pass()
+        self.timings["servers"] = self._servers_s
         # Look again for creates that were in flight; the first pass after the
         # grace period forgets those that never appeared.
         while self._in_flight() and time.monotonic() < self.deadline:
             LOG.info("waiting for creates that were in flight: %s", self._in_flight())
             retry.SLEEP(1.0)
-            self.servers()
-            self.network_side()
-            self.keypairs()
-            self.credentials()
+            self._pass()
         self.timings["total"] = time.monotonic() - t0
         left = self.verify()
         if left:
@@ -127,30 +148,67 @@ class Teardown:
         LOG.info("cluster %s deleted in %.2fs", self.st.name, self.timings["total"])
         return self.timings
 
-    def servers(self) -> None:
+    def _pass(self) -> None:
+        """One pass over every kind: the servers' deletes first (the longest
+        wait), then, while they go, what does not wait for them; then what
+        their ports held."""
+        t0 = time.monotonic()
+        net = self.conn.network
+        ids = self.delete_servers()
+
+        def servers() -> Dict[str, Set[str]]:
+            self.wait_servers(ids)
+            self._servers_s = time.monotonic() - t0
+            return {}
+
+        def network_lists() -> Dict[str, Set[str]]:
+            return {kind: self._found(kind, getattr(net, lister))
+                    for kind, _, lister, _ in _NET_KINDS}
+        _, found, _, _, _ = _side_by_side(servers, network_lists, self.floating_ips,
+                                          self.keypairs, self.credentials)
+        self.network_side(found)
+
+    def delete_servers(self) -> Set[str]:
+        """Send the deletes of every server, recorded or tagged; their ids."""
         compute = self.conn.compute
-        ids = self._recorded("servers", compute.servers) | set(
-            _tagged(compute.servers, self.cid))
+        self._seen_tagged = set(_tagged(compute.servers, self.cid))
+        ids = self._recorded("servers", compute.servers) | self._seen_tagged
         self._delete_all("server", compute.delete_server, ids)
+        return ids
+
+    def wait_servers(self, ids: Set[str]) -> None:
+        """Until none of ``ids`` is left (one tag-filtered list per cycle)."""
+        compute = self.conn.compute
+        tagged, gone = self._seen_tagged, set()
         while ids:
             present = set(_tagged(compute.servers, self.cid))
-            # Servers recorded but not tagged (tagging failed) are checked one by one.
-            for sid in ids - present:
+            tagged |= present
+            # Servers recorded but never seen tagged (tagging failed) are
+            # checked one by one; the others are gone once the list lacks them.
+            for sid in ids - present - tagged:
                 if retry.call(compute.find_server, sid, ignore_missing=True) is not None:
                     present.add(sid)
+            gone |= ids - present
             ids &= present
             if not ids:
                 break
             if time.monotonic() > self.deadline:
                 self.errors.append("servers still deleting after %.0fs" % self.timeout)
                 break
-            retry.SLEEP(0.25)
-        self._forget_missing("servers", compute.find_server)
+            retry.SLEEP(0.2)
+        self._forget_gone("servers", gone)
 
-    def network_side(self) -> None:
+    def floating_ips(self) -> None:
+        """Floating IPs need not wait for their servers (Neutron unbinds them)."""
         net = self.conn.network
-        fips = self._recorded("floating_ips", net.ips) | set(_tagged(net.ips, self.cid))
-        self._delete_all("floating IP", net.delete_ip, fips)
+        fips = self._found("floating_ips", net.ips)
+        self._forget_gone("floating_ips", self._delete_all("floating IP", net.delete_ip, fips))
+
+    def network_side(self, found: Dict[str, Set[str]]) -> None:
+        """What the servers' ports held, in dependency order; ``found`` holds the
+        ids of each kind (listed while the servers were going)."""
+        net = self.conn.network
+        done = []
         for name, e in list(self.st.resources["router_interfaces"].items()):
             if e.get("router_id") and e.get("subnet_id"):
                 try:
@@ -162,65 +220,52 @@ class Teardown:
                 except os_exc.SDKException as exc:
                     self.errors.append("router interface %s: %s" % (name, exc))
                     continue
-            self.st.forget("router_interfaces", name)
-        routers = self._recorded("routers", net.routers) | set(_tagged(net.routers, self.cid))
-        for rid in routers:
-            self._delete("router %s" % rid, net.delete_router, rid, ignore_missing=True)
-        networks = self._recorded("networks", net.networks) | set(_tagged(net.networks, self.cid))
-        for nid in networks:
+            done.append(name)
+        self.st.forget("router_interfaces", *done)
+        for nid in found["networks"]:
             for port in retry.call(lambda n=nid: list(net.ports(network_id=n))):
                 if port.device_owner != "network:dhcp":
                     self._delete("port %s" % port.id, net.delete_port, port.id,
                                  ignore_missing=True)
-        subnets = self._recorded("subnets", net.subnets) | set(_tagged(net.subnets, self.cid))
-        for sid in subnets:
-            self._delete("subnet %s" % sid, net.delete_subnet, sid, ignore_missing=True)
-        for nid in networks:
-            self._delete("network %s" % nid, net.delete_network, nid, ignore_missing=True)
-        sgs = self._recorded("security_groups", net.security_groups) | set(
-            _tagged(net.security_groups, self.cid))
-        for gid in sgs:
-            self._delete("security group %s" % gid, net.delete_security_group, gid,
-                         ignore_missing=True)
-        for kind, finder in (("floating_ips", net.find_ip), ("routers", net.find_router),
-                             ("subnets", net.find_subnet), ("networks", net.find_network),
-                             ("security_groups", net.find_security_group)):
-            self._forget_missing(kind, finder)
+        for kind, label, _, deleter in _NET_KINDS:
+            gone = {rid for rid in sorted(found[kind]) if self._delete(
+                "%s %s" % (label, rid), getattr(net, deleter), rid, ignore_missing=True)}
+            self._forget_gone(kind, gone)
 
     def keypairs(self) -> None:
         names = set(self.st.resources["keypairs"]) | {tags.resource_name(self.cid)}
-        for name in names:
-            self._delete("keypair %s" % name, self.conn.compute.delete_keypair, name,
-                         ignore_missing=True)
-            entry = self.st.resources["keypairs"].get(name)
-            if retry.call(self.conn.compute.find_keypair, name, ignore_missing=True) is None \
-                    and (entry is None or entry.get("id")
-                         or time.monotonic() >= self.grace_end):
-                self.st.forget("keypairs", name)
+        gone = {name for name in sorted(names) if self._delete(
+            "keypair %s" % name, self.conn.compute.delete_keypair, name,
+            ignore_missing=True)}
+        # a keypair is named, not numbered: its record's id is its name
+        self._forget_gone("keypairs", gone, by_name=True)
 
     def credentials(self) -> None:
         """The watchdog's application credential (:mod:`cloudcompute.autodown`),
         by its recorded id and by its name, ``cc-<cluster id>``."""
         identity, user = self.conn.identity, self.conn.current_user_id
         ids = set(_ids(self.st, "application_credentials"))
-        try:
-            ids.update(credential.find_ids(self.conn, self.cid))
-        except os_exc.SDKException as exc:
-            self.errors.append("application credential %s: %s"
-                               % (tags.resource_name(self.cid), exc))
-        for cid in sorted(ids):
-            self._delete("application credential %s" % cid,
-                         identity.delete_application_credential, user, cid,
-                         ignore_missing=True)
-        self._forget_missing("application_credentials", functools.partial(
-            identity.find_application_credential, user))
+        if not ids or self._in_flight():
+            try:
+                ids.update(credential.find_ids(self.conn, self.cid))
+            except os_exc.SDKException as exc:
+                self.errors.append("application credential %s: %s"
+                                   % (tags.resource_name(self.cid), exc))
+        gone = {cid for cid in sorted(ids) if self._delete(
+            "application credential %s" % cid, identity.delete_application_credential,
+            user, cid, ignore_missing=True)}
+        self._forget_gone("application_credentials", gone)
 
     def _in_flight(self) -> List[str]:
         """Creates recorded as intended whose resource has not been seen yet."""
-        return sorted("%s %s" % (kind, name) for kind, entries in self.st.resources.items()
-                      for name, e in entries.items() if not e.get("id"))
+        # snapshots: the other kinds' threads change their own records meanwhile
+        return sorted("%s %s" % (kind, name) for kind, entries in list(self.st.resources.items())
+                      for name, e in list(entries.items()) if not e.get("id"))
 
-    def _forget_missing(self, kind: str, finder: Callable[..., Any]) -> None:
+    def _forget_gone(self, kind: str, gone: Set[str], by_name: bool = False) -> None:
+        """Forget the records of ``gone`` ids (names, ``by_name``), and those of
+        creates that never showed within the grace period."""
+        drop = []
         for name, e in list(self.st.resources[kind].items()):
             rid = e.get("id")
             if rid is None:
@@ -228,18 +273,23 @@ class Teardown:
                 if time.monotonic() >= self.grace_end:
                     LOG.warning("%s %s: its create was in flight and nothing appeared "
                                 "within the grace period; forgetting it", kind, name)
-                    self.st.forget(kind, name)
-            elif retry.call(finder, rid, ignore_missing=True) is None:
-                self.st.forget(kind, name)
+                    drop.append(name)
+            elif (name if by_name else rid) in gone:
+                drop.append(name)
+        self.st.forget(kind, *drop)
 
     def verify(self) -> List[str]:
-        """What the cloud still holds for this cluster, by tag and by state (once each)."""
-        left = {r.id: "%s %s (%s)" % (kind, r.name or r.id, r.id) for kind, lister in (
-            ("server", self.conn.compute.servers), ("floating IP", self.conn.network.ips),
-            ("router", self.conn.network.routers), ("network", self.conn.network.networks),
-            ("subnet", self.conn.network.subnets),
-            ("security group", self.conn.network.security_groups))
-            for r in _tagged(lister, self.cid).values()}
+        """What the cloud still holds for this cluster, by tag and by state (one
+        list per kind, side by side)."""
+        listers = (("server", self.conn.compute.servers), ("floating IP", self.conn.network.ips),
+                   ("router", self.conn.network.routers), ("network", self.conn.network.networks),
+                   ("subnet", self.conn.network.subnets),
+                   ("security group", self.conn.network.security_groups))
+        lists = _side_by_side(*[functools.partial(_tagged, lister, self.cid)
+                                for _, lister in listers])
+        left = {r.id: "%s %s (%s)" % (kind, r.name or r.id, r.id)
+                for (kind, _), found in zip(listers, lists, strict=True)
+                for r in found.values()}
         for kind in self.st.resources:
             label = kind[:-1].replace("_", " ").replace("floating ip", "floating IP")
             for name, e in self.st.resources[kind].items():

@@ -3,6 +3,8 @@
 The stand-in models only what teardown relies on (listing by tag, delete,
 find); the real cloud is exercised by the functional tests.
 """
+import threading
+import time
 import types
 
 import pytest
@@ -92,18 +94,70 @@ def state(tmp_path):
     return st
 
 
+class SlowServers(Store):
+    """Servers that stay listed for ``polls`` lists after their delete, as
+    Nova's do while the compute host tears them down; ``log`` gets a
+    ("server gone", id) entry when one leaves the list."""
+
+    def __init__(self, log, items, polls=2, until=None):
+        super().__init__(log, "server", items)
+        self.polls, self.deleting, self.until = polls, {}, until
+
+    def delete(self, rid, ignore_missing=True, **kw):
+        self.log.append((self.kind, rid))
+        if rid in self.items:
+            self.deleting.setdefault(rid, self.polls)
+
+    def list(self, **kw):
+        for rid, left in list(self.deleting.items()):
+            if left == 0:
+                if self.until is not None:
+                    self.until.wait(timeout=2)  # a real deletion takes seconds
+                self.items.pop(rid, None)
+                del self.deleting[rid]
+                self.log.append(("server gone", rid))
+            else:
+                self.deleting[rid] = left - 1
+        return super().list(**kw)
+
+    def find(self, rid, ignore_missing=True):
+        self.log.append(("server find", rid))
+        return super().find(rid, ignore_missing)
+
+
 def test_dependency_order_and_state_removed(tmp_path):
     log = []
-    conn = fake_conn(log, server=["s1"], ip=["f1"], router=["r1"], network=["n1"],
-                     subnet=["sub1"], security_group=["g1"], keypair=["cc-c-1"])
+    conn = fake_conn(log, ip=["f1"], router=["r1"], network=["n1"],
+                     subnet=["sub1"], security_group=["g1"], keypair=["cc-c-1"],
+                     credential=["k1"])
+    others = threading.Event()  # set once everything that need not wait went
+    servers = SlowServers(log, ["s1"], until=others)
+    conn.compute.servers, conn.compute.delete_server = servers.list, servers.delete
+    conn.compute.find_server = servers.find
     st = state(tmp_path)
-    Teardown(conn, st).run()
+    st.created("application_credentials", "cc-c-1", "k1")
+
+    def watch():
+        while not others.is_set():
+            if {"ip", "keypair", "credential"} <= {k for k, _ in log}:
+                others.set()
+            time.sleep(0.001)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        Teardown(conn, st).run()
+    finally:
+        others.set()
     kinds = [k for k, _ in log]
-    order = ["server", "ip", "router_if", "router", "subnet", "network", "security_group",
-             "keypair"]
-    assert [k for k in order if k in kinds] == order
-    assert kinds.index("server") < kinds.index("ip") < kinds.index("router")
-    assert kinds.index("subnet") < kinds.index("network") < kinds.index("security_group")
+    gone = kinds.index("server gone")
+    # what a server's port holds goes after the servers, in dependency order
+    after = ["router_if", "router", "subnet", "network", "security_group"]
+    assert [k for k in kinds if k in after] == after
+    assert min(kinds.index(k) for k in after) > gone
+    # what waits for nothing went while the server was still being deleted
+    for k in ("ip", "keypair", "credential"):
+        assert kinds.index("server") < gone and kinds.index(k) < gone, (k, kinds)
+    assert "server find" not in kinds  # a tagged server is followed by the list alone
     assert not (tmp_path / "c.json").exists()
 
 
