@@ -46,7 +46,7 @@ FLAVORS = [  # name, id, vcpus, ram MiB, disk GiB
 FLAVOR_SPECS = {"hw_rng:allowed": "True"}
 IMAGE = "debian-12-cc"
 DEMO_QUOTAS = {
-    "compute": dict(instances=40, cores=160, ram=163840, key_pairs=100),
+    "compute": dict(instances=100, cores=200, ram=204800, key_pairs=100),
     "network": dict(floatingip=40, port=200, security_group=40,
                     security_group_rule=400, network=20, subnet=20, router=10),
 }
