@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from openstack import exceptions as os_exc
 
 from cloudcompute import retry, tags
 from cloudcompute.exceptions import StateError
@@ -37,18 +39,39 @@ def _create(create: Callable[..., Any], lister: Callable[..., Any], **args: Any)
                                 lambda: _first(lister, name=args["name"]))
 
 
+_RULE_KEYS = {"direction": "direction", "ethertype": "ether_type", "protocol": "protocol",
+              "port_range_min": "port_range_min", "remote_ip_prefix": "remote_ip_prefix",
+              "remote_group_id": "remote_group_id"}
+
+
+def _existing_rules(conn: Any, rules: List[Dict[str, Any]]) -> Optional[List[Any]]:
+    """The group's rules identical to each of ``rules``, or None if one is missing."""
+    have = retry.call(lambda: list(conn.network.security_group_rules(
+        security_group_id=rules[0]["security_group_id"])))
+    found = [next((r for r in have if all(getattr(r, attr, None) == want.get(k)
+                                          for k, attr in _RULE_KEYS.items())), None)
+             for want in rules]
+    return None if any(r is None for r in found) else found
+
+
 def _create_rule(conn: Any, **args: Any) -> Any:
     """A security-group rule; a retry first looks for an identical one."""
-    def find() -> Any:
-        keys = {"direction": "direction", "ethertype": "ether_type",
-                "protocol": "protocol", "port_range_min": "port_range_min",
-                "remote_ip_prefix": "remote_ip_prefix", "remote_group_id": "remote_group_id"}
-        for r in retry.call(lambda: list(conn.network.security_group_rules(
-                security_group_id=args["security_group_id"]))):
-            if all(getattr(r, attr, None) == args.get(k) for k, attr in keys.items()):
-                return r
-        return None
-    return retry.create_checked(lambda: conn.network.create_security_group_rule(**args), find)
+    found = retry.create_checked(lambda: conn.network.create_security_group_rule(**args),
+                                 lambda: _existing_rules(conn, [args]))
+    return found[0] if isinstance(found, list) else found
+
+
+def _create_rules(conn: Any, rules: List[Dict[str, Any]]) -> None:
+    """Rules of one group in one request (Neutron's bulk create is all or
+    nothing); a retry first looks for them. A cloud that refuses the bulk form
+    gets them one by one."""
+    try:
+        retry.create_checked(lambda: list(conn.network.create_security_group_rules(rules)),
+                             lambda: _existing_rules(conn, rules))
+    except (os_exc.BadRequestException, os_exc.NotFoundException) as exc:
+        LOG.info("bulk security-group rule create refused (%s); one by one", exc)
+        for args in rules:
+            _create_rule(conn, **args)
 
 
 def create_keypair(conn: Any, st: ClusterState, key_file: Optional[str]) -> Tuple[str, str]:
@@ -128,10 +151,10 @@ def create_security_group(conn: Any, st: ClusterState) -> Any:
                  name=name, description=_describe(st))
     st.created("security_groups", name, sg.id)
     _tag(conn, sg, st)
-    for ethertype in ("IPv4", "IPv6"):
-        _create_rule(conn, security_group_id=sg.id, direction="ingress",
-                     ethertype=ethertype, remote_group_id=sg.id,
-                     description="cluster-internal traffic")
+    _create_rules(conn, [dict(security_group_id=sg.id, direction="ingress",
+                              ethertype=ethertype, remote_group_id=sg.id,
+                              description="cluster-internal traffic")
+                         for ethertype in ("IPv4", "IPv6")])
     return sg
 
 

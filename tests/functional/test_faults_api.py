@@ -31,9 +31,13 @@ RECOVERED = [
            forward=True, nth=1)]),
     ("security group rule create answers 409", "retried; rule made once",
      [dict(method="POST", port=NEUTRON, path=r"/security-group-rules$", status=409, nth=1)]),
+    ("group rules bulk create succeeds but its answer is a 500",
+     "found on retry, not duplicated",
+     [dict(method="POST", port=NEUTRON, path=r"/security-group-rules$", status=500,
+           forward=True, nth=1)]),
     ("SSH rule create succeeds but its answer is a 500", "found on retry, not duplicated",
      [dict(method="POST", port=NEUTRON, path=r"/security-group-rules$", status=500,
-           forward=True, nth=3)]),
+           forward=True, nth=2)]),
     ("status polls answer 429 with Retry-After: 1", "waits as asked and comes up",
      [dict(method="GET", port=NOVA, path=r"/servers/detail", status=429, retry_after=1,
            every=2, times=3)]),
@@ -66,8 +70,13 @@ def test_api_fault_is_survived(case, expected, rules, proxied, fault, unique, st
     with Cluster(ClusterSpec(name=unique, nodes=1), cloud=cloud) as c:
         assert c.connection(c.nodes[0].name).run(["true"]).ok
         sid = c.nodes[0].server_id
+        (sg,) = [e["id"] for e in c.state.resources["security_groups"].values()]
+        made = [(r.direction, r.ether_type, r.protocol, r.port_range_min,
+                 r.remote_ip_prefix, r.remote_group_id)
+                for r in conn.network.security_group_rules(security_group_id=sg)]
     injected = proxy.faults()
     assert injected, "the rule never fired"
+    assert len(made) == len(set(made)) and len(made) == 5, made  # 2 egress, 2 group, SSH
     creates = [e for e in proxy.log if e[0] == "POST" and e[2].endswith("/servers")
                and e[3] in ("ok", "500+forwarded", "reset+forwarded")]
     assert len(creates) == 1, creates  # a server is never created twice

@@ -5,6 +5,7 @@ The stand-in keeps what was created as openstacksdk's own resource objects
 lists them honouring the filters asked for, and can fail a create with a
 503, before or after making the resource (an answer lost on the way back).
 """
+import logging
 import os
 import socket
 import stat
@@ -76,6 +77,24 @@ class Kind:
             raise ks_exc.ServiceUnavailable("the answer was lost")
         return item
 
+    def create_many(self, data):
+        """Neutron's bulk create: all or nothing; ``bulk_refused`` as a cloud
+        without the bulk form answers."""
+        self.bulk_calls = getattr(self, "bulk_calls", 0) + 1
+        if getattr(self, "bulk_refused", False):
+            raise os_exc.BadRequestException("bulk create is not supported")
+        mode = self.fail.pop(0) if self.fail else None
+        if mode == "before":
+            raise ks_exc.ServiceUnavailable("try again")
+        made = []
+        for args in data:
+            made.append(sdk(self.cls, **dict(args, id="%s%d" % (self.prefix,
+                                                                 len(self.items) + 1))))
+            self.items.append(made[-1])
+        if mode == "after":
+            raise ks_exc.ServiceUnavailable("the answer was lost")
+        return iter(made)
+
     def list(self, **filters):
         return iter([i for i in self.items
                      if all(getattr(i, k, None) == v for k, v in filters.items())])
@@ -107,6 +126,7 @@ def fake_cloud():
         set_tags=set_tags,
         create_security_group=c.groups.create, security_groups=c.groups.list,
         create_security_group_rule=c.rules.create, security_group_rules=c.rules.list,
+        create_security_group_rules=c.rules.create_many,
         create_network=c.networks.create, networks=c.networks.list,
         create_subnet=c.subnets.create, subnets=c.subnets.list,
         create_router=c.routers.create, routers=c.routers.list,
@@ -251,18 +271,44 @@ def test_ssh_from_an_ipv6_address_is_an_ipv6_rule():
     assert rules(cloud) == [("ingress", "IPv6", "tcp", 22, 22, "2001:db8::5/128", None)]
 
 
-def test_a_rule_whose_answer_was_lost_is_found_not_made_twice(st):
+def test_the_groups_rules_go_in_one_request(st):
     cloud = fake_cloud()
-    cloud.rules.fail = [None, "after"]  # the IPv6 rule was made; its answer lost
     resources.create_security_group(cloud, st)
-    assert len(cloud.rules.items) == 2 and cloud.rules.creates == 2
+    assert cloud.rules.bulk_calls == 1 and cloud.rules.creates == 0
+    assert [r[1] for r in rules(cloud)] == ["IPv4", "IPv6"]
+
+
+def test_rules_whose_answer_was_lost_are_found_not_made_twice(st):
+    cloud = fake_cloud()
+    cloud.rules.fail = ["after"]  # both rules were made; the answer lost
+    resources.create_security_group(cloud, st)
+    assert len(cloud.rules.items) == 2 and cloud.rules.bulk_calls == 1
+
+
+def test_rules_that_failed_are_made_on_the_retry(st):
+    cloud = fake_cloud()
+    cloud.rules.fail = ["before"]  # nothing was made
+    resources.create_security_group(cloud, st)
+    assert [r[1] for r in rules(cloud)] == ["IPv4", "IPv6"] and cloud.rules.bulk_calls == 2
+
+
+def test_a_cloud_without_bulk_create_gets_the_rules_one_by_one(st, caplog):
+    cloud = fake_cloud()
+    cloud.rules.bulk_refused = True
+    cloud.rules.fail = [None, "after"]  # the IPv6 rule was made; its answer lost
+    with caplog.at_level(logging.INFO):
+        resources.create_security_group(cloud, st)
+    assert [r[1] for r in rules(cloud)] == ["IPv4", "IPv6"] and cloud.rules.creates == 2
+    assert "one by one" in caplog.text
 
 
 def test_a_rule_that_failed_is_made_even_when_a_similar_one_exists(st):
     cloud = fake_cloud()
-    cloud.rules.fail = [None, "before"]  # the IPv6 rule was not made: IPv4 is no match
-    resources.create_security_group(cloud, st)
-    assert [r[1] for r in rules(cloud)] == ["IPv4", "IPv6"] and cloud.rules.creates == 3
+    sg = resources.create_security_group(cloud, st)
+    cloud.rules.fail = ["before"]  # the SSH rule was not made: the others are no match
+    resources.allow_ssh(cloud, sg.id, "10.0.0.5/32")
+    assert [r[5] for r in rules(cloud)] == ["10.0.0.5/32", None, None]
+    assert cloud.rules.creates == 2
 
 
 # ------------------------------------------------------------ network
