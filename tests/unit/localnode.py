@@ -3,15 +3,20 @@
 ``LocalNode`` stands where a ``NodeConnection`` stands for the executor: its
 commands run here with ``HOME`` pointing at a directory of its own, and its
 "channel" is the stdin/stdout of a local process. Killing that process is a
-node that drops; stopping it (SIGSTOP) is a node that hangs.
+node that drops; stopping it (SIGSTOP) is a node that hangs. The worker's
+process is forked from a zygote that has numpy and pandas imported
+(:mod:`tests.unit.zygote`), so a test does not wait for those imports.
 """
 import os
 import select
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import types
+
+from tests.unit.zygote import ZYGOTE, forkable
 
 
 class LocalChannel:
@@ -27,6 +32,11 @@ class LocalChannel:
     def exec_command(self, command):
         if self.hung:  # a node that accepts the session and never answers
             command = "exec sleep 600"
+        found = forkable(shlex.split(command))
+        if found is not None:  # the worker: forked with numpy and pandas imported
+            env = dict(os.environ, HOME=self.home)
+            self.proc = ZYGOTE.spawn(found[0], found[1], self.home, env)
+            return
         self.proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      cwd=self.home, env=dict(os.environ, HOME=self.home),
