@@ -54,6 +54,21 @@ def provisioning_targets(n, row, boot_delay):
     return out
 
 
+def scale_targets(n, row):
+    """The targets of one large cluster (one run each, raw parallel beside it)."""
+    raw, cc = row["raw_parallel"], row["cloudcompute"]
+    return [target("scale N=%d: resources left after down (tag survey)" % n,
+                   len(cc["leftovers"]), 0, "resources", "lower"),
+            target("scale N=%d: HTTP requests per node" % n, cc["requests"] / n, 2,
+                   "requests", "lower"),
+            target("scale N=%d: SSH-ready / raw parallel per-server POSTs" % n,
+                   cc["up_s"] / raw["up_s"], 0.8, "ratio", "lower"),
+            target("scale N=%d: teardown vs raw parallel deletes" % n,
+                   cc["down_s"] / raw["down_s"], 1.15, "ratio", "lower"),
+            target("scale N=%d: client CPU per node to SSH-ready" % n,
+                   cc["client_cpu_ms_per_node"], 10.0, "ms", "lower")]
+
+
 def run(args):
     cloud = os.environ.get("OS_CLOUD", "devstack")
     conn = config.connect(cloud)
@@ -109,6 +124,11 @@ def run(args):
         row = results["provisioning"][n] = prov.interleaved(
             cloud, n, defaults, reps, names, LOG.warning)
         targets += provisioning_targets(n, row, boot_delay)
+    scale_sizes = [] if args.skip_provisioning or args.quick else args.scale_sizes
+    for n in scale_sizes:
+        LOG.warning("scale: N=%d, up, a task on every node, down", n)
+        row = results.setdefault("scale", {})[n] = prov.scale(cloud, n, defaults)
+        targets += scale_targets(n, row)
     if args.provisioning_only:
         return results
 
@@ -176,6 +196,17 @@ def write(results, out):
                                  if key in r else "-")
                 lines.append("| %s | %s | %d | %s | %.2f |" % (
                     n, name, len(r["runs"]), " | ".join(cells), r["requests"] / int(n)))
+    if results.get("scale"):
+        lines += ["", "Large clusters (one run each):", "",
+                  "| N | variant | ready s | first task s | teardown s | requests/node "
+                  "| client CPU ms/node | left after down |", "|---|---|---|---|---|---|---|---|"]
+        for n, row in sorted(results["scale"].items(), key=lambda kv: int(kv[0])):
+            for name, r in row.items():
+                lines.append("| %s | %s | %.1f | %s | %.1f | %.2f | %s | %s |" % (
+                    n, name, r["up_s"], "%.1f" % r["first_task_s"] if "first_task_s" in r
+                    else "-", r["down_s"], r["requests"] / int(n),
+                    "%.1f" % r["client_cpu_ms_per_node"] if "client_cpu_ms_per_node" in r
+                    else "-", len(r["leftovers"]) if "leftovers" in r else "-"))
     if "payload_mb_s" in results:
         lines += ["", "Payload MB/s (%s MiB):" % results["payload_mib"], "",
                   "| method | MB/s |", "|---|---|"]
@@ -223,7 +254,34 @@ def _plots(results, out):
     a1.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "bench-provisioning.png"), dpi=110)
+    _cost_plot(results, out, plt)
     _data_plots(results, out, plt)
+
+
+def _cost_plot(results, out, plt):
+    """cloudcompute's cost against N: wall time, requests and client CPU per
+    node, from the interleaved medians and the single large-cluster runs."""
+    points = {}
+    for n, row in results["provisioning"].items():
+        points[int(n)] = (row["cloudcompute"], row["raw_parallel"])
+    for n, row in results.get("scale", {}).items():
+        points[int(n)] = (row["cloudcompute"], row["raw_parallel"])
+    ns = sorted(points)
+    if not ns or not all("client_cpu_s" in points[n][0] for n in ns):
+        return
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(12, 3.6))
+    a1.plot(ns, [points[n][0]["up_s"] for n in ns], "o-", label="cloudcompute, SSH-ready")
+    a1.plot(ns, [points[n][1]["up_s"] for n in ns], "s--", label="raw parallel POSTs, ACTIVE")
+    a1.set(xlabel="servers", ylabel="seconds", title="wall time")
+    a1.legend(fontsize=7)
+    a2.plot(ns, [points[n][0]["requests"] / n for n in ns], "o-")
+    a2.set(xlabel="servers", ylabel="HTTP requests per server", title="API requests")
+    a3.plot(ns, [1000 * points[n][0]["client_cpu_s"] / n for n in ns], "o-")
+    a3.set(xlabel="servers", ylabel="client CPU ms per server", title="client CPU to SSH-ready")
+    for a in (a1, a2, a3):
+        a.set_xscale("log", base=2)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "bench-cost.png"), dpi=110)
 
 
 def _data_plots(results, out, plt):
@@ -273,6 +331,10 @@ def main():
                     help="with --provisioning-only: the cloud's own figures too")
     ap.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")],
                     help="cluster sizes N, comma-separated (default 1,4,8,16; 1 with --quick)")
+    ap.add_argument("--scale-sizes", type=lambda v: [int(x) for x in v.split(",") if x],
+                    default=[32, 64],
+                    help="large clusters run once each after the interleaved sizes "
+                         "(default 32,64; none with --quick; '' for none)")
     ap.add_argument("--reps", type=int, default=3,
                     help="runs of each provisioning variant per N (1 with --quick)")
     ap.add_argument("--fanout-mib", type=int, default=1024,

@@ -24,7 +24,7 @@ import openstack
 import paramiko
 
 from benchmarks import remote_funcs as rf
-from cloudcompute import Cluster, ClusterSpec
+from cloudcompute import Cluster, ClusterSpec, testing
 
 
 _ID = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}|[0-9a-f]{32}")
@@ -168,11 +168,13 @@ def cloudcompute_cluster(cloud: str, n: int, defaults: Dict[str, str]) -> Dict[s
     to a first task done on every node, then down()."""
     conn, counter = _fresh(cloud)
     counter.take()
-    t0 = time.monotonic()
-    c = Cluster(ClusterSpec(name="bench%s" % uuid.uuid4().hex[:6], nodes=n), conn=conn)
+    t0, cpu0 = time.monotonic(), time.process_time()
+    name = "bench%s" % uuid.uuid4().hex[:6]
+    c = Cluster(ClusterSpec(name=name, nodes=n), conn=conn)
     try:
         c.up()
         up = time.monotonic() - t0
+        cpu = time.process_time() - cpu0
         requests = counter.take()
         kinds = counter.last
         timings = dict(c.timings)
@@ -186,7 +188,20 @@ def cloudcompute_cluster(cloud: str, n: int, defaults: Dict[str, str]) -> Dict[s
         c.down()
     return {"up_s": up, "first_task_s": first_task, "active_s": timings["active"],
             "down_s": time.monotonic() - t1, "requests": requests,
-            "requests_by_kind": kinds, "down_requests": counter.take()}
+            "requests_by_kind": kinds, "down_requests": counter.take(),
+            "client_cpu_s": cpu, "name": name}
+
+
+def scale(cloud: str, n: int, defaults: Dict[str, str]) -> Dict[str, Any]:
+    """One large cluster: up, a task on every node, down; then what is left of
+    it in the cloud (gc's survey by tag, and keypairs by name); raw parallel
+    creates and deletes of the same N beside it."""
+    raw = raw_parallel(cloud, n, defaults)
+    cc = cloudcompute_cluster(cloud, n, defaults)
+    conn = openstack.connect(cloud=cloud)
+    cc["leftovers"] = testing.tagged_leftovers(conn, [cc.pop("name")])
+    cc["client_cpu_ms_per_node"] = 1000 * cc["client_cpu_s"] / n
+    return {"raw_parallel": raw, "cloudcompute": cc}
 
 
 def _ssh_until_ready(address: str, user: str, pkey: Any, deadline: float) -> paramiko.SSHClient:
