@@ -393,3 +393,72 @@ def test_server_snapshot_becomes_an_active_image_of_the_nodes_files(rig, tmp_pat
         for img in conn.image.images(name=name):
             conn.image.delete_image(img, ignore_missing=True)
     assert list(conn.image.images(name=name)) == []
+
+
+def _link_local(mac):
+    """The EUI-64 link-local address an interface with this MAC would take."""
+    b = [int(x, 16) for x in mac.split(":")]
+    e = [b[0] ^ 2] + b[1:3] + [0xff, 0xfe] + b[3:]
+    return "fe80::" + ":".join("%x" % (e[i] << 8 | e[i + 1]) for i in range(0, 8, 2))
+
+
+LISTEN6 = ("nohup python3 -c \"import socket; s = socket.socket(socket.AF_INET6); "
+           "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('::', 2222)); "
+           "s.listen(); s.settimeout(20); s.accept()\" >/dev/null 2>&1 & sleep 0.5")
+CONNECT6 = ("python3 -c \"import socket, sys; "
+            "socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)\" %s %d")
+
+
+def test_ipv6_is_no_way_around_the_firewall(rig):
+    """No IPv6 between nodes, nor from a node to the host; IPv4 still works."""
+    conn = rig["conn"]
+    a, b = rig["boot"]("v6a"), rig["boot"]("v6b")
+    ca = ssh(fixed_ip(a), rig["key_file"], console_keys(conn, a)[1])
+    cb = ssh(fixed_ip(b), rig["key_file"], console_keys(conn, b)[1])
+    b_mac = next(iter(conn.network.ports(device_id=b.id))).mac_address
+    net = conn.network.find_network(NETWORK)
+    bridge = "ccbr" + net.id.replace("-", "")[:10]
+    # the bridge's link-local address if it has one, else the one it would take
+    shown = subprocess.run(["ip", "-6", "-o", "addr", "show", "dev", bridge, "scope", "link"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    if "inet6" in shown:
+        bridge_ll = shown[shown.index("inet6") + 1].split("/")[0]
+    else:
+        with open("/sys/class/net/%s/address" % bridge) as f:
+            bridge_ll = _link_local(f.read().strip())
+    # a listener on node b (all its addresses) and one on the host, bound to
+    # the nodes' bridge only: over IPv6, node a reaches neither
+    assert run(cb, LISTEN6)[0] == 0
+    host = socket.socket(socket.AF_INET6)
+    host.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, bridge.encode())
+    host.bind(("::", 0))
+    host.listen()
+    try:
+        code, _, err = run(ca, CONNECT6 % (_link_local(b_mac) + "%eth0", 2222))
+        assert code != 0, "node a reached node b over IPv6"
+        code, _, err = run(ca, CONNECT6 % (bridge_ll + "%eth0", host.getsockname()[1]))
+        assert code != 0, "node a reached the host over IPv6"
+    finally:
+        host.close()
+    # IPv4 between the nodes is untouched
+    assert run(ca, "timeout 3 bash -c 'echo > /dev/tcp/%s/22'" % fixed_ip(b))[0] == 0
+    # no IPv6 address on either side of any node's link, and the host drops
+    # IPv6 that comes in from the nodes' bridges
+    for client in (ca, cb):
+        assert run(client, "ip -6 -o addr show dev eth0")[1] == ""
+    ports = [line.split(": ")[1].split("@")[0] for line in subprocess.run(
+        ["ip", "-o", "link", "show", "master", bridge], capture_output=True, text=True,
+        check=True).stdout.splitlines()]
+    assert len(ports) >= 2
+    for dev in [bridge] + ports:
+        assert subprocess.run(["ip", "-6", "-o", "addr", "show", "dev", dev], capture_output=True,
+                              text=True, check=True).stdout == "", dev
+        with open("/proc/sys/net/ipv6/conf/%s/disable_ipv6" % dev) as f:
+            assert f.read().strip() == "1", dev
+    rules = subprocess.run(["ip6tables", "-S"], capture_output=True, text=True,
+                           check=True).stdout
+    assert "-A INPUT -i ccbr+ -j CC-AIO-DROP6" in rules
+    assert "-A FORWARD -i ccbr+ -j CC-AIO-DROP6" in rules
+    assert "-A CC-AIO-DROP6 -j DROP" in rules
+    ca.close()
+    cb.close()

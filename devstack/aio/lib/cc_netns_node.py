@@ -64,6 +64,15 @@ def run(cmd: Sequence[str]) -> str:
     return proc.stdout
 
 
+def no_ipv6(runner: Runner, ifname: str, prefix: Sequence[str] = ()) -> None:
+    """Turn IPv6 off on one interface, before it comes up: it then takes no
+    link-local address and neither sends nor receives IPv6, which the rig's
+    firewall (IPv4 only) would not filter (``cloud`` also drops IPv6 from the
+    bridges with ip6tables)."""
+    runner(list(prefix) + ["sysctl", "-qw",
+                           "net.ipv6.conf.%s.disable_ipv6=1" % ifname])
+
+
 @dataclasses.dataclass
 class Vif:
     port_id: str
@@ -331,12 +340,14 @@ class NodeHost:
                 self.ensure_bridge(vif)
                 self.run(["ip", "link", "add", vif.host_veth, "type", "veth",
                           "peer", "name", vif.node_veth])
+                no_ipv6(self.run, vif.host_veth)
                 self.run(["ip", "link", "set", vif.host_veth, "master",
                           vif.bridge, "up"])
             self.run(["ip", "link", "set", vif.node_veth, "netns", ns])
             eth = "eth%d" % i
             nsx = ["ip", "netns", "exec", ns]
             self.run(nsx + ["ip", "link", "set", vif.node_veth, "name", eth])
+            no_ipv6(self.run, eth, nsx)
             self.run(nsx + ["ip", "link", "set", eth, "address", vif.mac])
             self.run(nsx + ["ip", "addr", "add",
                             "%s/%d" % (vif.address, vif.prefixlen),
@@ -350,6 +361,7 @@ class NodeHost:
         links = self.run(["ip", "-o", "link", "show"])
         if (" %s:" % vif.bridge) not in links:
             self.run(["ip", "link", "add", vif.bridge, "type", "bridge"])
+        no_ipv6(self.run, vif.bridge)
         # Connections from nodes to the gateway's API ports are translated to
         # 127.0.0.1 (`cloud` host_network); the kernel routes such packets,
         # and the answers, only on an interface with route_localnet.
