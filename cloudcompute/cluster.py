@@ -141,8 +141,12 @@ class Cluster:
         base = phases.base_resources(self.conn, st, self.spec, plan)
         # servers, floating IPs, the SSH rule and logins, each node's login
         # starting as it turns ACTIVE
-        builder, connections = phases.servers_and_ssh(self.conn, st, self.spec, plan, base,
-                                                      self.progress, self.timings, since=t1)
+        # the watchdog's credential is made while the nodes boot
+        prepare = functools.partial(autodown.prepare, self.conn, st, self.spec) \
+            if self.spec.autodown else None
+        builder, connections, prepared = phases.servers_and_ssh(
+            self.conn, st, self.spec, plan, base, self.progress, self.timings, since=t1,
+            while_ssh=prepare)
         nodes = builder.active_nodes()
         self._connections.update(connections)
         self.timings["total"] = time.monotonic() - t0
@@ -152,7 +156,7 @@ class Cluster:
             st.record.timings = dict(self.timings)
             st.save()
         if self.spec.autodown:
-            autodown.start(self)
+            autodown.start(self, prepared)
         LOG.info("cluster %s up: %d nodes in %.1fs (%s)", self.name, len(self.nodes),
                  self.timings["total"], ", ".join("%s %.2fs" % kv for kv in
                                                   self.timings.items()))

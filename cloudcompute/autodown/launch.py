@@ -1,8 +1,9 @@
 """Start the watchdog on the first node, and move the cluster's deadline.
 
-``start`` runs at the end of ``up()`` (``ClusterSpec.autodown``): it creates
-the application credential (:mod:`.credential`), ships the ``ccwatch``
-package (:mod:`.rest`, :mod:`.watchdog`, stdlib only) to
+``prepare`` runs in ``up()`` while the nodes boot (``ClusterSpec.autodown``):
+it creates the application credential (:mod:`.credential`) and the
+watchdog's config. ``start`` runs once the nodes answer SSH: it ships the
+``ccwatch`` package (:mod:`.rest`, :mod:`.watchdog`, stdlib only) to
 ``~/.cloudcompute/autodown`` on the first node with its config, writes the
 secret there in a file only the login user can read (over the SSH channel's
 stdin, never on a command line or in a log), and starts the watchdog
@@ -10,12 +11,13 @@ detached (its own session; it outlives the SSH connection and the client).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from openstack import exceptions as os_exc
 
@@ -34,6 +36,14 @@ for _name in ("rest.py", "watchdog.py"):
         SOURCES[_name] = _f.read()
 LAUNCH = ("import sys; sys.path.insert(0, sys.argv[1]); "
           "from ccwatch.watchdog import main; sys.exit(main(sys.argv[1:]))")
+WRITE = ("import json, os, sys\n"
+         "for name, text in json.load(sys.stdin).items():\n"
+         "    path = os.path.join(sys.argv[1], name)\n"
+         "    os.makedirs(os.path.dirname(path), exist_ok=True)\n"
+         "    with open(path + '.tmp', 'w') as f:\n"
+         "        f.write(text)\n"
+         "    os.replace(path + '.tmp', path)\n")
+"""Writes the files of a JSON object read from stdin under the directory argv[1]."""
 POLL = 15.0
 """Seconds between the watchdog's looks at its deadline and the node's activity."""
 
@@ -42,10 +52,9 @@ def _ids(st: Any, kind: str) -> List[str]:
     return sorted(e["id"] for e in st.resources[kind].values() if e.get("id"))
 
 
-def targets(cluster: Any) -> credential.Targets:
-    """The cluster's resources the watchdog will delete, as recorded."""
-    st, conn = cluster.state, cluster.conn
-    first = cluster.nodes[0]
+def targets(conn: Any, st: Any, first: Any) -> credential.Targets:
+    """The cluster's resources the watchdog will delete, as recorded; ``first``
+    is the node that runs it."""
     ports = list(retry.call(lambda: list(conn.network.ports(device_id=first.server_id))))
     return credential.Targets(
         servers=_ids(st, "servers"), floating_ips=_ids(st, "floating_ips"),
@@ -58,8 +67,9 @@ def targets(cluster: Any) -> credential.Targets:
 
 def _default_group(conn: Any) -> Optional[str]:
     try:
-        sg = retry.call(conn.network.find_security_group, "default",
-                        project_id=conn.current_project_id, ignore_missing=True)
+        # one filtered list (a find would first try "default" as an id)
+        sg = next(iter(retry.call(lambda: list(conn.network.security_groups(
+            name="default", project_id=conn.current_project_id)))), None)
     except os_exc.SDKException as exc:
         LOG.info("no default security group found (%s): the watchdog will leave the "
                  "cluster's group for gc", exc)
@@ -67,19 +77,29 @@ def _default_group(conn: Any) -> Optional[str]:
     return sg.id if sg is not None else None
 
 
-def start(cluster: Any) -> bool:
-    """Give the cluster its watchdog; False (after one warning) if the cloud
-    refused the credential."""
-    st, conn, spec = cluster.state, cluster.conn, cluster.spec
-    t = targets(cluster)
+@dataclasses.dataclass
+class Prepared:
+    """A watchdog ready to ship: its credential (made) and its config."""
+    targets: credential.Targets
+    credential_id: str
+    secret: str = dataclasses.field(repr=False)
+    config: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def prepare(conn: Any, st: Any, spec: Any, nodes: Sequence[Any]) -> Optional[Prepared]:
+    """The credential and config of the watchdog of ``nodes`` (the first runs
+    it); None (after one warning) if the cloud refused the credential. Needs
+    no SSH: ``up()`` runs it while the nodes boot."""
+    first = sorted(nodes, key=lambda n: n.name)[0]
+    t = targets(conn, st, first)
     deadline = float(st.record.expires_at)
     made = credential.create(conn, st, credential.access_rules(conn, t),
                              deadline + credential.MARGIN)
     if made is None:
-        return False
+        return None
     cred_id, secret = made
     config = {
-        "cluster_id": st.cluster_id, "server_id": cluster.nodes[0].server_id,
+        "cluster_id": st.cluster_id, "server_id": first.server_id,
         "servers": t.servers, "floating_ips": t.floating_ips, "keypair": t.keypair,
         "security_group": t.security_group, "own_port": t.own_port,
         "default_security_group": _default_group(conn), "leftovers": t.leftovers,
@@ -89,17 +109,41 @@ def start(cluster: Any) -> bool:
         "deadline": deadline, "idle_minutes": spec.idle_minutes, "poll": POLL,
         "timeout": spec.timeouts.teardown, "credential_id": cred_id,
     }
-    node = cluster.connection(cluster.nodes[0].name)
-    for name, source in SOURCES.items():
-        _write(node, "%s/%s/%s" % (REMOTE_DIR, PACKAGE, name), source)
-    _write(node, REMOTE_DIR + "/config.json", json.dumps(config).encode())
-    _write(node, REMOTE_DIR + "/credential.json",
-           json.dumps({"id": cred_id, "secret": secret}).encode())
-    node.run(["sh", "-c", 'setsid nohup python3 -c "$1" "$2" >/dev/null 2>&1 </dev/null &',
-              "sh", LAUNCH, REMOTE_DIR])
+    return Prepared(t, cred_id, secret, config)
+
+
+def start(cluster: Any, prepared: Optional[Prepared] = None) -> bool:
+    """Give the cluster its watchdog; False (after one warning) if the cloud
+    refused the credential. A ``prepared`` one whose targets no longer match
+    the cluster (a node was dropped or replaced since) is replaced."""
+    st, conn = cluster.state, cluster.conn
+    first = cluster.nodes[0]
+    if prepared is not None and (prepared.config["server_id"] != first.server_id
+                                 or prepared.targets != targets(conn, st, first)):
+        LOG.info("cluster %s: its nodes changed while they booted; new watchdog "
+                 "credential", cluster.name)
+        credential.delete(conn, prepared.credential_id)
+        st.forget("application_credentials", tags.resource_name(st.cluster_id))
+        prepared = None
+    if prepared is None:
+        prepared = prepare(conn, st, cluster.spec, cluster.nodes)
+    if prepared is None:
+        return False
+    files = {"%s/%s" % (PACKAGE, name): source.decode() for name, source in SOURCES.items()}
+    files["config.json"] = json.dumps(prepared.config)
+    files["credential.json"] = json.dumps({"id": prepared.credential_id,
+                                           "secret": prepared.secret})
+    # one command: the files from stdin (only the login user can read them),
+    # then the watchdog, detached
+    cluster.connection(first.name).run(
+        ["sh", "-c", 'umask 077 && python3 -c "$1" "$3" && '
+         '{ setsid nohup python3 -c "$2" "$3" >/dev/null 2>&1 </dev/null & }',
+         "sh", WRITE, LAUNCH, REMOTE_DIR], stdin=json.dumps(files).encode())
+    deadline = prepared.config["deadline"]
     LOG.info("cluster %s: watchdog started on %s (deadline %s%s)", cluster.name,
-             cluster.nodes[0].name, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(deadline)),
-             "" if spec.idle_minutes is None else ", idle %g min" % spec.idle_minutes)
+             first.name, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(deadline)),
+             "" if cluster.spec.idle_minutes is None
+             else ", idle %g min" % cluster.spec.idle_minutes)
     return True
 
 
@@ -173,7 +217,7 @@ def _renew_credential(cluster: Any, deadline: float) -> None:
         credential.delete(conn, cred.id)
         st.forget("application_credentials", name)
         made = credential.create(conn, st, credential.access_rules(
-            conn, targets(cluster)), deadline + credential.MARGIN)
+            conn, targets(conn, st, cluster.nodes[0])), deadline + credential.MARGIN)
         if made is not None:
             node = cluster.connection(cluster.nodes[0].name)
             _write(node, REMOTE_DIR + "/credential.json",

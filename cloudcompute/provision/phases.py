@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from cloudcompute import retry, tags
 from cloudcompute.config import ClusterSpec
@@ -29,6 +29,8 @@ from cloudcompute.record import ClusterRecord, NodeInfo, SSHAccess, directly_rou
 from cloudcompute.ssh.client import NodeConnection
 from cloudcompute.ssh.readiness import banner_probe, wait_for_ssh
 from cloudcompute.state import ClusterState
+
+T = TypeVar("T")
 
 LOG = logging.getLogger(__name__)
 Progress = Callable[[str, str], None]
@@ -215,11 +217,14 @@ def wait_ssh(builder: ServerBuilder, nodes: List[NodeInfo], key_file: str, user:
 
 def servers_and_ssh(conn: Any, st: ClusterState, spec: ClusterSpec, plan: Plan,
                     base: BaseResources, progress: Progress, timings: Dict[str, float],
-                    since: float) -> Tuple[ServerBuilder, Dict[str, NodeConnection]]:
+                    since: float, while_ssh: Optional[Callable[[List[NodeInfo]], T]] = None,
+                    ) -> Tuple[ServerBuilder, Dict[str, NodeConnection], Optional[T]]:
     """``servers``, ``floating_ips``, ``open_ssh`` and ``wait_ssh`` overlapped:
     each node gets its floating IP (if it needs one) and its SSH probe as it
     turns ACTIVE, while others still build; the SSH rule is added with the
-    first. Each node has ``timeouts.ssh`` from its own ACTIVE. Adds
+    first. Each node has ``timeouts.ssh`` from its own ACTIVE. Once every
+    node is ACTIVE, ``while_ssh(nodes)`` runs beside the SSH waits; its
+    result is the third value (its error is raised after theirs). Adds
     ``create``, ``active`` and ``ssh`` to ``timings``."""
     builder = ServerBuilder(conn, st, spec, plan, base.network_id, base.security_group_name,
                             base.keypair, progress,
@@ -241,6 +246,20 @@ def servers_and_ssh(conn: Any, st: ClusterState, spec: ClusterSpec, plan: Plan,
     except BaseException:
         logins.close()
         raise
-    connections = logins.collect(builder.active_nodes())
-    timings["ssh"] = time.monotonic() - since
-    return builder, connections
+    if while_ssh is None:
+        connections = logins.collect(builder.active_nodes())
+        timings["ssh"] = time.monotonic() - since
+        return builder, connections, None
+    with cf.ThreadPoolExecutor(max_workers=1) as pool:
+        beside = pool.submit(while_ssh, builder.active_nodes())
+        try:
+            connections = logins.collect(builder.active_nodes())
+        finally:
+            cf.wait([beside])
+        timings["ssh"] = time.monotonic() - since
+        try:
+            return builder, connections, beside.result()
+        except BaseException:
+            for c in connections.values():
+                c.close()
+            raise

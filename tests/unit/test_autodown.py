@@ -335,13 +335,15 @@ class FakeState:
 
 def fake_cluster(expires_at=NOW + 3600, refuse=None):
     from openstack import exceptions as os_exc
-    meta, made = {}, []
+    meta, made, deleted = {}, [], []
 
     def create_cred(user, name, **attrs):
         if refuse:
             raise os_exc.ForbiddenException(refuse)
         made.append(dict(attrs, name=name))
         return types.SimpleNamespace(id="a1", secret="TOP-SECRET-VALUE")
+    groups = [types.SimpleNamespace(id=i, name=n, project_id=p) for i, n, p in (
+        ("gx", "default", "p2"), ("gc", "cc-c", "p1"), ("gd", "default", "p1"))]
     conn = types.SimpleNamespace(
         current_user_id="u1", current_project_id="p1",
         endpoint_for=lambda s: {"compute": "http://h:8774/v2.1", "network": "http://h:9696",
@@ -350,9 +352,12 @@ def fake_cluster(expires_at=NOW + 3600, refuse=None):
                                      get_interface=lambda: "public"),
         network=types.SimpleNamespace(
             ports=lambda device_id: [types.SimpleNamespace(id="p0")],
-            find_security_group=lambda name, project_id, ignore_missing: types.SimpleNamespace(
-                id="gd")),
-        identity=types.SimpleNamespace(create_application_credential=create_cred),
+            security_groups=lambda **kw: [g for g in groups if all(
+                getattr(g, k) == v for k, v in kw.items())]),
+        identity=types.SimpleNamespace(
+            create_application_credential=create_cred, deleted=deleted,
+            delete_application_credential=lambda user, cid, ignore_missing: deleted.append(
+                cid)),
         compute=types.SimpleNamespace(set_server_metadata=lambda sid, **m: meta.setdefault(
             sid, {}).update(m)))
     node = FakeNode()
@@ -371,17 +376,79 @@ def test_start_sends_the_secret_on_stdin_only_and_records_the_id():
     assert launch.start(cluster)
     assert made[0]["unrestricted"] is False and made[0]["access_rules"]
     assert made[0]["expires_at"].startswith("2027-01-15")  # deadline plus the margin
-    assert all("TOP-SECRET-VALUE" not in " ".join(argv) for argv, _ in node.runs)
-    secret_writes = [argv for argv, stdin in node.runs
-                     if stdin and b"TOP-SECRET-VALUE" in stdin]
-    assert [a[-1] for a in secret_writes] == [launch.REMOTE_DIR + "/credential.json"]
-    assert "umask 077" in secret_writes[0][2]
-    assert node.runs[-1][0][2].startswith("setsid nohup python3")  # detached
-    config = json.loads(next(stdin for argv, stdin in node.runs
-                             if argv[-1].endswith("config.json")))
+    ((argv, stdin),) = node.runs  # one command writes the files and starts it
+    assert "TOP-SECRET-VALUE" not in " ".join(argv)
+    assert argv[2].startswith("umask 077 && ") and "setsid nohup python3" in argv[2]
+    assert argv[-1] == launch.REMOTE_DIR
+    files = json.loads(stdin)
+    assert sorted(files) == ["ccwatch/__init__.py", "ccwatch/rest.py", "ccwatch/watchdog.py",
+                             "config.json", "credential.json"]
+    assert json.loads(files["credential.json"]) == {"id": "a1", "secret": "TOP-SECRET-VALUE"}
+    config = json.loads(files["config.json"])
     assert "TOP-SECRET-VALUE" not in json.dumps(config)
     assert config["servers"] == ["s0", "s1"] and config["own_port"] == "p0"
+    assert config["default_security_group"] == "gd"
     assert cluster.state.resources["application_credentials"]["cc-c-1"]["id"] == "a1"
+
+
+def test_the_node_side_writer_puts_every_file_under_its_directory(tmp_path):
+    import subprocess
+    import sys
+    from cloudcompute.autodown import launch
+    files = {"ccwatch/watchdog.py": "x = 1\n", "credential.json": "{}"}
+    subprocess.run([sys.executable, "-c", launch.WRITE, str(tmp_path)], check=True,
+                   input=json.dumps(files).encode())
+    assert (tmp_path / "ccwatch" / "watchdog.py").read_text() == "x = 1\n"
+    assert (tmp_path / "credential.json").read_text() == "{}"
+
+
+def test_the_start_command_writes_the_files_then_starts_the_watchdog(tmp_path, monkeypatch):
+    """The exact command start() sends, run by a local shell in place of the node's."""
+    import subprocess
+    import time
+    from cloudcompute.autodown import launch
+    monkeypatch.setattr(launch, "SOURCES", {"__init__.py": b"", "watchdog.py": (
+        b"import json, os, sys\n"
+        b"def main(argv):\n"
+        b"    d = argv[0]\n"
+        b"    cred = json.load(open(os.path.join(d, 'credential.json')))\n"
+        b"    open(os.path.join(d, 'started'), 'w').write(cred['id'])\n"
+        b"    return 0\n")})
+    cluster, _, _, _ = fake_cluster()
+
+    class ShellNode:
+        def run(self, argv, warn=False, stdin=None, timeout=None):
+            out = subprocess.run(argv, input=stdin, cwd=str(tmp_path), capture_output=True,
+                                 timeout=30)
+            return types.SimpleNamespace(ok=out.returncode == 0, stdout=out.stdout.decode(),
+                                         stderr=out.stderr.decode())
+    cluster.connection = lambda name: ShellNode()
+    assert launch.start(cluster)
+    started = tmp_path / launch.REMOTE_DIR / "started"
+    for _ in range(200):
+        if started.exists():
+            break
+        time.sleep(0.01)
+    assert started.read_text() == "a1"
+    assert (tmp_path / launch.REMOTE_DIR / "credential.json").stat().st_mode & 0o077 == 0
+
+
+def test_a_credential_made_while_the_nodes_booted_is_used_once_they_answer():
+    from cloudcompute.autodown import launch
+    cluster, node, _, made = fake_cluster()
+    prepared = launch.prepare(cluster.conn, cluster.state, cluster.spec, cluster.nodes)
+    assert launch.start(cluster, prepared)
+    assert len(made) == 1 and len(node.runs) == 1
+
+
+def test_a_credential_made_for_nodes_that_changed_since_is_replaced():
+    from cloudcompute.autodown import launch
+    cluster, node, _, made = fake_cluster()
+    prepared = launch.prepare(cluster.conn, cluster.state, cluster.spec, cluster.nodes)
+    del cluster.state.resources["servers"]["n1"]  # dropped: its SSH never answered
+    assert launch.start(cluster, prepared)
+    assert len(made) == 2 and cluster.conn.identity.deleted == ["a1"]
+    assert json.loads(json.loads(node.runs[0][1])["config.json"])["servers"] == ["s0"]
 
 
 def test_a_refused_credential_is_one_warning_and_no_watchdog(caplog):

@@ -145,14 +145,42 @@ def test_each_login_starts_as_its_node_turns_active(overlapped):
     b = make()
     timings = {}
     spec = ClusterSpec(name="c", floating_ips="always")
-    builder, conns = phases.servers_and_ssh(None, None, spec, plan("ext"), BASE,
-                                            lambda p, n: None, timings, time.monotonic())
+    builder, conns, beside = phases.servers_and_ssh(None, None, spec, plan("ext"), BASE,
+                                                    lambda p, n: None, timings,
+                                                    time.monotonic())
+    assert beside is None
     assert builder is b and sorted(conns) == ["a", "b", "c"]
     assert events.index("login a") < events.index("active b")
     assert events.index("login b") < events.index("active c")
     assert rules == ["192.0.2.7/32"]  # the SSH rule once, with the first node
     assert b.attached == ["a", "b", "c"]
     assert set(timings) == {"create", "active", "ssh"} and not any(c.closed for c in made)
+
+
+def test_what_runs_beside_the_ssh_waits_gets_every_active_node(overlapped):
+    make, events, rules, made = overlapped
+    make()
+
+    def beside(nodes):
+        events.append("beside " + ",".join(n.name for n in nodes))
+        return "prepared"
+    _, conns, got = phases.servers_and_ssh(None, None, ClusterSpec(name="c"), plan(None),
+                                           BASE, lambda p, n: None, {}, time.monotonic(),
+                                           while_ssh=beside)
+    assert got == "prepared" and sorted(conns) == ["a", "b", "c"]
+    assert events.index("beside a,b,c") > events.index("active c")
+
+
+def test_a_failure_beside_the_ssh_waits_closes_the_logins_and_is_raised(overlapped):
+    make, events, rules, made = overlapped
+    make()
+
+    def beside(nodes):
+        raise RuntimeError("credential refused")
+    with pytest.raises(RuntimeError, match="credential refused"):
+        phases.servers_and_ssh(None, None, ClusterSpec(name="c"), plan(None), BASE,
+                               lambda p, n: None, {}, time.monotonic(), while_ssh=beside)
+    assert [c.name for c in made] == ["a", "b", "c"] and all(c.closed for c in made)
 
 
 def test_a_failure_while_others_build_closes_the_logins_made(overlapped):
