@@ -57,6 +57,9 @@ def provisioning_targets(n, row, boot_delay):
 def scale_targets(n, row):
     """The targets of one large cluster (one run each, raw parallel beside it)."""
     raw, cc = row["raw_parallel"], row["cloudcompute"]
+    if "error" in cc:
+        return [target("scale N=%d: up, a task on every node, down (failed: %s)"
+                       % (n, cc["error"][:120]), 0, 1, "runs", "higher")]
     return [target("scale N=%d: resources left after down (tag survey)" % n,
                    len(cc["leftovers"]), 0, "resources", "lower"),
             target("scale N=%d: HTTP requests per node" % n, cc["requests"] / n, 2,
@@ -202,6 +205,9 @@ def write(results, out):
                   "| client CPU ms/node | left after down |", "|---|---|---|---|---|---|---|---|"]
         for n, row in sorted(results["scale"].items(), key=lambda kv: int(kv[0])):
             for name, r in row.items():
+                if "error" in r:
+                    lines.append("| %s | %s | failed: %s |||||| " % (n, name, r["error"][:200]))
+                    continue
                 lines.append("| %s | %s | %.1f | %s | %.1f | %.2f | %s | %s |" % (
                     n, name, r["up_s"], "%.1f" % r["first_task_s"] if "first_task_s" in r
                     else "-", r["down_s"], r["requests"] / int(n),
@@ -265,7 +271,8 @@ def _cost_plot(results, out, plt):
     for n, row in results["provisioning"].items():
         points[int(n)] = (row["cloudcompute"], row["raw_parallel"])
     for n, row in results.get("scale", {}).items():
-        points[int(n)] = (row["cloudcompute"], row["raw_parallel"])
+        if "error" not in row["cloudcompute"]:
+            points[int(n)] = (row["cloudcompute"], row["raw_parallel"])
     ns = sorted(points)
     if not ns or not all("client_cpu_s" in points[n][0] for n in ns):
         return

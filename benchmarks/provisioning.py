@@ -197,7 +197,14 @@ def scale(cloud: str, n: int, defaults: Dict[str, str]) -> Dict[str, Any]:
     it in the cloud (gc's survey by tag, and keypairs by name); raw parallel
     creates and deletes of the same N beside it."""
     raw = raw_parallel(cloud, n, defaults)
-    cc = cloudcompute_cluster(cloud, n, defaults)
+    names_before = {s.name for s in openstack.connect(cloud=cloud).compute.servers()}
+    try:
+        cc = cloudcompute_cluster(cloud, n, defaults)
+    except Exception as exc:  # noqa: BLE001 - a failed large run is a result, not a crash
+        conn = openstack.connect(cloud=cloud)
+        left = [s.name for s in conn.compute.servers() if s.name not in names_before]
+        return {"raw_parallel": raw, "cloudcompute": {"error": str(exc)[:2000],
+                                                      "servers_left": left}}
     conn = openstack.connect(cloud=cloud)
     cc["leftovers"] = testing.tagged_leftovers(conn, [cc.pop("name")])
     cc["client_cpu_ms_per_node"] = 1000 * cc["client_cpu_s"] / n
