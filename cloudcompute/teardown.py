@@ -19,7 +19,7 @@ import functools
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, List, Set
+from typing import Any, Callable, Dict, List, Set, Tuple
 
 from openstack import exceptions as os_exc
 
@@ -76,7 +76,6 @@ class Teardown:
         self.errors: List[str] = []
         self.timings: Dict[str, float] = {}
         self._servers_s = 0.0
-        self._seen_tagged: Set[str] = set()
 
     def _recorded(self, kind: str, lister: Callable[..., Any]) -> Set[str]:
         """Ids in the state file, plus those of creates whose answer never came
@@ -154,10 +153,10 @@ class Teardown:
         their ports held."""
         t0 = time.monotonic()
         net = self.conn.network
-        ids = self.delete_servers()
+        ids, tagged = self.delete_servers()
 
         def servers() -> Dict[str, Set[str]]:
-            self.wait_servers(ids)
+            self.wait_servers(ids, tagged)
             self._servers_s = time.monotonic() - t0
             return {}
 
@@ -168,18 +167,19 @@ class Teardown:
                                           self.keypairs, self.credentials)
         self.network_side(found)
 
-    def delete_servers(self) -> Set[str]:
-        """Send the deletes of every server, recorded or tagged; their ids."""
+    def delete_servers(self) -> Tuple[Set[str], Set[str]]:
+        """Send the deletes of every server, recorded or tagged; their ids, and
+        those of them the tag-filtered list showed."""
         compute = self.conn.compute
-        self._seen_tagged = set(_tagged(compute.servers, self.cid))
-        ids = self._recorded("servers", compute.servers) | self._seen_tagged
+        tagged = set(_tagged(compute.servers, self.cid))
+        ids = self._recorded("servers", compute.servers) | tagged
         self._delete_all("server", compute.delete_server, ids)
-        return ids
+        return ids, tagged
 
-    def wait_servers(self, ids: Set[str]) -> None:
+    def wait_servers(self, ids: Set[str], tagged: Set[str]) -> None:
         """Until none of ``ids`` is left (one tag-filtered list per cycle)."""
         compute = self.conn.compute
-        tagged, gone = self._seen_tagged, set()
+        gone: Set[str] = set()
         while ids:
             present = set(_tagged(compute.servers, self.cid))
             tagged |= present
