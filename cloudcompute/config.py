@@ -51,6 +51,9 @@ class Timeouts:
     teardown: float = 300.0
     node_silence: float = 10.0
     """A node whose worker sends nothing (it beats every fifth of this) is lost."""
+    worker_start: float = 60.0
+    """A worker that has not said hello this long after its start is lost (its
+    Python and imports start slowly on a node that many workers share)."""
 
 
 @dataclasses.dataclass

@@ -79,7 +79,8 @@ class Jobs:
                                       python=pythons,
                                       slots={n.name: n.slots for n in self.nodes},
                                       max_result_bytes=spec.max_result_bytes,
-                                      silence=spec.timeouts.node_silence)
+                                      silence=spec.timeouts.node_silence,
+                                      start_timeout=spec.timeouts.worker_start)
         return self._executor
 
     def close(self) -> None:

@@ -35,6 +35,8 @@ SILENCE_LIMIT = 10.0
 """Default seconds without a byte from a node before it counts as lost
 (``Timeouts.node_silence``); the node sends a heartbeat after a fifth of that
 without other output."""
+START_LIMIT = 60.0
+"""Default seconds a worker may take to say hello (``Timeouts.worker_start``)."""
 
 NODE_PACKAGE = "ccnode"
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -82,7 +84,7 @@ class _ChannelReader:
 def _channel_error(node: str, exc: BaseException, silence: float) -> Exception:
     """What a broken read or write on the channel means for the caller."""
     if isinstance(exc, socket.timeout):
-        return NodeLost(node, "no answer for %gs (heartbeat missed)" % silence)
+        return NodeLost(node, "no answer for %gs" % silence)
     if isinstance(exc, wire.WireError):
         if "sha256" in str(exc):
             return IntegrityError(node, "frame from the worker", "sha256 in header", str(exc))
@@ -98,9 +100,10 @@ class RemoteWorker:
     def __init__(self, conn: NodeConnection, python: str = "python3",
                  slots: Optional[int] = None, max_bytes: Optional[int] = None,
                  log_handler: Optional[Callable[[str, str, str], None]] = None,
-                 silence: Optional[float] = None):
+                 silence: Optional[float] = None, start_timeout: Optional[float] = None):
         self.conn = conn
         self.silence = silence or SILENCE_LIMIT
+        self.start_timeout = max(start_timeout or START_LIMIT, self.silence)
         self.python = python
         self.want_slots = slots
         self.max_bytes = max_bytes or wire.default_max_result_bytes()
@@ -152,11 +155,12 @@ class RemoteWorker:
         if self.want_slots:
             argv += ["--slots", str(self.want_slots)]
         chan = self.conn.client.get_transport().open_session(timeout=30)
-        chan.settimeout(self.silence)
+        chan.settimeout(self.start_timeout)  # the hello: Python and its imports
         chan.exec_command(quote_command(argv))
         self._in, self._out = _ChannelReader(chan), _ChannelWriter(chan)
         try:
-            header, _ = self._read()
+            header, _ = self._read(self.start_timeout)
+            chan.settimeout(self.silence)  # from here the worker beats
         except (SSHError, NodeLost) as exc:
             chan.close()
             if not self.conn.client.get_transport().is_active():
@@ -181,7 +185,8 @@ class RemoteWorker:
             err += chan.recv_stderr(1 << 16)
         return err.decode("utf-8", "replace")[-2000:]
 
-    def _read(self) -> Frame:
+    def _read(self, bound: Optional[float] = None) -> Frame:
+        """The next frame; ``bound`` is the channel's timeout, named in its error."""
         try:
             return wire.read_frame(self._in, max_blob=self.max_bytes,
                                    max_header=wire.MAX_NODE_HEADER)
@@ -192,7 +197,7 @@ class RemoteWorker:
             raise SSHError(self.node, "worker channel closed: %s" % exc) from exc
         except (OSError, paramiko.SSHException, wire.WireError, MemoryError) as exc:
             traceback.clear_frames(exc.__traceback__)
-            raise _channel_error(self.node, exc, self.silence) from exc
+            raise _channel_error(self.node, exc, bound or self.silence) from exc
 
     def _read_loop(self, chan: paramiko.Channel) -> None:
         while True:

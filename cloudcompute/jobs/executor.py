@@ -65,12 +65,14 @@ class Executor:
                  slots: Optional[Dict[str, int]] = None, task_retries: int = 2,
                  max_result_bytes: Optional[int] = None,
                  log_handler: Optional[Callable[[str, str, str], None]] = None,
-                 silence: Optional[float] = None):
+                 silence: Optional[float] = None, start_timeout: Optional[float] = None):
         """``log_handler(node, task, text)`` receives the tasks' output; by default
-        each line is logged at INFO."""
+        each line is logged at INFO. A node is lost after ``silence`` seconds
+        without a byte, or ``start_timeout`` seconds without its worker's hello."""
         self.connections = connections
         self.log_handler = log_handler
         self.silence = silence or channel.SILENCE_LIMIT
+        self.start_timeout = start_timeout or channel.START_LIMIT
         self.python = python or {}
         self.slots = slots or {}
         self.task_retries = task_retries
@@ -93,7 +95,7 @@ class Executor:
                 w = self.workers[node] = RemoteWorker(
                     self.connections[node], self.python.get(node, "python3"),
                     self.slots.get(node), self.max_result_bytes, self.log_handler,
-                    self.silence)
+                    self.silence, self.start_timeout)
             if not w.alive:
                 w.start()
             return w

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from cloudcompute.exceptions import (MapError, NodeLost, RemoteTaskError, TaskKilled,
-                                     TaskTimeout)
+from cloudcompute.exceptions import (EnvironmentMismatch, MapError, NodeLost,
+                                     RemoteTaskError, TaskKilled, TaskTimeout)
 from cloudcompute.jobs.executor import Executor, SlotPool, TaskResult
 from tests.unit import nodefuncs as nf
 from tests.unit.localnode import LocalNode
@@ -18,14 +18,14 @@ from tests.unit.localnode import LocalNode
 def nodes(tmp_path, monkeypatch):
     made = []
 
-    def make(count=1, slots=1, silence=5.0):  # a loaded machine starts workers slowly
+    def make(count=1, slots=1, silence=5.0, start_timeout=None, python=sys.executable):
         out = {}
         for i in range(count):
             node = LocalNode("n%d" % i, tmp_path / ("n%d" % i))
             made.append(node)
             out[node.name] = node
-        ex = Executor(out, python={n: sys.executable for n in out},
-                      slots={n: slots for n in out}, silence=silence)
+        ex = Executor(out, python={n: python for n in out}, slots={n: slots for n in out},
+                      silence=silence, start_timeout=start_timeout)
         return ex, out
     yield make
     for node in made:
@@ -234,4 +234,19 @@ def test_a_closure_is_pickled_once_per_map_and_sent_once_per_worker(nodes, monke
     assert carried[-4:] == [False] * 4 and 1 <= sum(carried) <= 3  # only until it is known
     offset = 200  # a new call pickles the closure's state afresh
     assert ex.map(lambda x: x + offset, [1], allow_pickle=True)[0].value == 201
+    ex.close()
+
+
+def test_a_slow_worker_start_is_bounded_by_the_start_timeout_not_the_silence(nodes, tmp_path):
+    slow = tmp_path / "slowpython"  # a node whose Python takes 2 s to say hello
+    slow.write_text('#!/bin/sh\nsleep 2\nexec %s "$@"\n' % sys.executable)
+    slow.chmod(0o755)
+    ex, _ = nodes(1, silence=1.0, start_timeout=30, python=str(slow))
+    assert ex.run_on("n0", nf.add_one, [1]).value == 3 - 1
+    ex.close()
+    ex, _ = nodes(1, silence=1.0, start_timeout=1.0, python=str(slow))
+    t0 = time.monotonic()
+    with pytest.raises((NodeLost, EnvironmentMismatch)) as err:
+        ex.run_on("n0", nf.add_one, [1])
+    assert "no answer for 1s" in str(err.value) and time.monotonic() - t0 < 2 * 2 + 2
     ex.close()
