@@ -52,15 +52,21 @@ def _ids(st: Any, kind: str) -> List[str]:
     return sorted(e["id"] for e in st.resources[kind].values() if e.get("id"))
 
 
-def targets(conn: Any, st: Any, first: Any) -> credential.Targets:
+def targets(conn: Any, st: Any, first: Any, known: Optional[credential.Targets] = None
+            ) -> credential.Targets:
     """The cluster's resources the watchdog will delete, as recorded; ``first``
-    is the node that runs it."""
-    ports = list(retry.call(lambda: list(conn.network.ports(device_id=first.server_id))))
+    is the node that runs it. Its port is listed unless ``known`` targets of
+    the same node carry it."""
+    if known is not None and known.own_port is not None:
+        own_port: Optional[str] = known.own_port
+    else:
+        ports = list(retry.call(lambda: list(conn.network.ports(device_id=first.server_id))))
+        own_port = ports[0].id if len(ports) == 1 else None
     return credential.Targets(
         servers=_ids(st, "servers"), floating_ips=_ids(st, "floating_ips"),
         keypair=next(iter(sorted(st.resources["keypairs"])), None),
         security_group=next(iter(_ids(st, "security_groups")), None),
-        own_port=ports[0].id if len(ports) == 1 else None,
+        own_port=own_port,
         leftovers={k: _ids(st, k) for k in ("routers", "subnets", "networks")
                    if _ids(st, k)})
 
@@ -118,8 +124,9 @@ def start(cluster: Any, prepared: Optional[Prepared] = None) -> bool:
     the cluster (a node was dropped or replaced since) is replaced."""
     st, conn = cluster.state, cluster.conn
     first = cluster.nodes[0]
-    if prepared is not None and (prepared.config["server_id"] != first.server_id
-                                 or prepared.targets != targets(conn, st, first)):
+    if prepared is not None and (
+            prepared.config["server_id"] != first.server_id
+            or prepared.targets != targets(conn, st, first, known=prepared.targets)):
         LOG.info("cluster %s: its nodes changed while they booted; new watchdog "
                  "credential", cluster.name)
         credential.delete(conn, prepared.credential_id)
@@ -133,12 +140,7 @@ def start(cluster: Any, prepared: Optional[Prepared] = None) -> bool:
     files["config.json"] = json.dumps(prepared.config)
     files["credential.json"] = json.dumps({"id": prepared.credential_id,
                                            "secret": prepared.secret})
-    # one command: the files from stdin (only the login user can read them),
-    # then the watchdog, detached
-    cluster.connection(first.name).run(
-        ["sh", "-c", 'umask 077 && python3 -c "$1" "$3" && '
-         '{ setsid nohup python3 -c "$2" "$3" >/dev/null 2>&1 </dev/null & }',
-         "sh", WRITE, LAUNCH, REMOTE_DIR], stdin=json.dumps(files).encode())
+    _send(cluster.connection(first.name), files, start_watchdog=True)
     deadline = prepared.config["deadline"]
     LOG.info("cluster %s: watchdog started on %s (deadline %s%s)", cluster.name,
              first.name, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(deadline)),
@@ -147,10 +149,15 @@ def start(cluster: Any, prepared: Optional[Prepared] = None) -> bool:
     return True
 
 
-def _write(node: Any, path: str, data: bytes) -> None:
-    """A file only the login user can read, written from stdin."""
-    node.run(["sh", "-c", 'umask 077 && mkdir -p "${1%/*}" && cat > "$1.tmp" && '
-              'mv -f "$1.tmp" "$1"', "sh", path], stdin=data)
+def _send(node: Any, files: Dict[str, str], start_watchdog: bool = False) -> None:
+    """``files`` (paths under the watchdog's directory) written on the node,
+    readable by the login user only, in one command that reads them from
+    stdin; then, if asked, the watchdog started detached from the session."""
+    script = 'umask 077 && python3 -c "$1" "$3"'
+    if start_watchdog:
+        script += ' && { setsid nohup python3 -c "$2" "$3" >/dev/null 2>&1 </dev/null & }'
+    node.run(["sh", "-c", script, "sh", WRITE, LAUNCH, REMOTE_DIR],
+             stdin=json.dumps(files).encode())
 
 
 def status(cluster: Any) -> Dict[str, Any]:
@@ -220,7 +227,6 @@ def _renew_credential(cluster: Any, deadline: float) -> None:
             conn, targets(conn, st, cluster.nodes[0])), deadline + credential.MARGIN)
         if made is not None:
             node = cluster.connection(cluster.nodes[0].name)
-            _write(node, REMOTE_DIR + "/credential.json",
-                   json.dumps({"id": made[0], "secret": made[1]}).encode())
+            _send(node, {"credential.json": json.dumps({"id": made[0], "secret": made[1]})})
             LOG.info("cluster %s: the watchdog's credential renewed until the new deadline",
                      cluster.name)

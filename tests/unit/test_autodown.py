@@ -436,9 +436,12 @@ def test_the_start_command_writes_the_files_then_starts_the_watchdog(tmp_path, m
 def test_a_credential_made_while_the_nodes_booted_is_used_once_they_answer():
     from cloudcompute.autodown import launch
     cluster, node, _, made = fake_cluster()
+    listed, ports = [], cluster.conn.network.ports
+    cluster.conn.network.ports = lambda **kw: listed.append(kw) or ports(**kw)
     prepared = launch.prepare(cluster.conn, cluster.state, cluster.spec, cluster.nodes)
     assert launch.start(cluster, prepared)
     assert len(made) == 1 and len(node.runs) == 1
+    assert listed == [{"device_id": "s0"}]  # its port was listed once, at prepare
 
 
 def test_a_credential_made_for_nodes_that_changed_since_is_replaced():
@@ -492,8 +495,11 @@ def test_extend_past_the_credentials_expiry_renews_it_on_the_node(monkeypatch):
     assert deleted == ["a0"] and len(made) == 1
     assert cred_mod.parse_time(made[0]["expires_at"]) == NOW + 600 + 360 + 5 * 3600 + \
         cred_mod.MARGIN
-    writes = [argv[-1] for argv, stdin in node.runs if stdin and b"TOP-SECRET" in stdin]
-    assert writes == [launch.REMOTE_DIR + "/credential.json"]
+    writes = [(argv, json.loads(stdin)) for argv, stdin in node.runs
+              if stdin and b"TOP-SECRET" in stdin]
+    assert [(argv[-1], list(files)) for argv, files in writes] == [
+        (launch.REMOTE_DIR, ["credential.json"])]
+    assert "setsid" not in writes[0][0][2]  # the running watchdog reads it: none started
     assert cluster.state.resources["application_credentials"]["cc-c-1"]["id"] == "a1"
 
 
