@@ -238,15 +238,15 @@ def test_a_closure_is_pickled_once_per_map_and_sent_once_per_worker(nodes, monke
 
 
 def test_a_slow_worker_start_is_bounded_by_the_start_timeout_not_the_silence(nodes, tmp_path):
-    slow = tmp_path / "slowpython"  # a node whose Python takes 2 s to say hello
-    slow.write_text('#!/bin/sh\nsleep 2\nexec %s "$@"\n' % sys.executable)
+    slow = tmp_path / "slowpython"  # a node whose Python takes 1 s to say hello
+    slow.write_text('#!/bin/sh\nsleep 1\nexec %s "$@"\n' % sys.executable)
     slow.chmod(0o755)
-    ex, _ = nodes(1, silence=1.0, start_timeout=30, python=str(slow))
+    ex, _ = nodes(1, silence=0.5, start_timeout=30, python=str(slow))
     assert ex.run_on("n0", nf.add_one, [1]).value == 3 - 1
     ex.close()
-    ex, _ = nodes(1, silence=1.0, start_timeout=1.0, python=str(slow))
+    ex, _ = nodes(1, silence=0.5, start_timeout=0.6, python=str(slow))
     t0 = time.monotonic()
     with pytest.raises((NodeLost, EnvironmentMismatch)) as err:
         ex.run_on("n0", nf.add_one, [1])
-    assert "no answer for 1s" in str(err.value) and time.monotonic() - t0 < 2 * 2 + 2
+    assert "no answer for 0.6s" in str(err.value) and time.monotonic() - t0 < 2 * 1 + 2
     ex.close()
