@@ -14,6 +14,7 @@ import time
 import openstack
 
 from benchmarks import cloud as cloudbench
+from benchmarks import controlplane as cpbench
 from benchmarks import dask as daskbench
 from benchmarks import executor as execbench
 from benchmarks import fanout as fanbench
@@ -72,6 +73,18 @@ def scale_targets(n, row):
                    cc["client_cpu_ms_per_node"], 10.0, "ms", "lower")]
 
 
+def control_plane(cloud, sizes, results):
+    """The control plane alone at each of ``sizes`` (none: nothing), on the
+    cloud's fake compute host, which it starts and stops."""
+    if not sizes:
+        return
+    LOG.warning("control plane alone: N=%s on the fake compute host",
+                ",".join(map(str, sizes)))
+    rows = results["control_plane"] = cpbench.run(cloud, sizes, LOG.warning)
+    for n, row in rows.items():
+        results["targets"] += cpbench.targets(n, row, target)
+
+
 def run(args):
     cloud = os.environ.get("OS_CLOUD", "devstack")
     conn = config.connect(cloud)
@@ -83,6 +96,10 @@ def run(args):
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                "cloud": cloud, "quick": args.quick, "provisioning": {}, "targets": []}
     targets = results["targets"]
+
+    if args.control_plane_only:
+        control_plane(cloud, args.control_plane_sizes, results)
+        return results
 
     if args.executor_only or not (args.cloud_only or args.fanout_only
                                   or args.provisioning_only):
@@ -132,6 +149,8 @@ def run(args):
         LOG.warning("scale: N=%d, up, a task on every node, down", n)
         row = results.setdefault("scale", {})[n] = prov.scale(cloud, n, defaults)
         targets += scale_targets(n, row)
+    if not (args.skip_provisioning or args.quick):
+        control_plane(cloud, args.control_plane_sizes, results)
     if args.provisioning_only:
         return results
 
@@ -213,6 +232,7 @@ def write(results, out):
                     else "-", r["down_s"], r["requests"] / int(n),
                     "%.1f" % r["client_cpu_ms_per_node"] if "client_cpu_ms_per_node" in r
                     else "-", len(r["leftovers"]) if "leftovers" in r else "-"))
+    lines += cpbench.table(results.get("control_plane", {}))
     if "payload_mb_s" in results:
         lines += ["", "Payload MB/s (%s MiB):" % results["payload_mib"], "",
                   "| method | MB/s |", "|---|---|"]
@@ -240,6 +260,7 @@ def _plots(results, out):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    cpbench.plot(results.get("control_plane", {}), out, plt)
     prov_ = results["provisioning"]
     ns = sorted(prov_, key=int)
     if not ns:
@@ -342,6 +363,14 @@ def main():
                     default=[32, 64],
                     help="large clusters run once each after the interleaved sizes "
                          "(default 32,64; none with --quick; '' for none)")
+    ap.add_argument("--control-plane-sizes", type=lambda v: [int(x) for x in v.split(",") if x],
+                    default=list(cpbench.SIZES),
+                    help="the control plane alone: clusters of fake servers up to ACTIVE "
+                         "and down on the cloud's fake compute host (devstack/aio/cloud "
+                         "fake-compute), once each (default 100,250,500; none with "
+                         "--quick or --skip-provisioning; '' for none)")
+    ap.add_argument("--control-plane-only", action="store_true",
+                    help="only the control-plane rows (--control-plane-sizes)")
     ap.add_argument("--reps", type=int, default=3,
                     help="runs of each provisioning variant per N (1 with --quick)")
     ap.add_argument("--fanout-mib", type=int, default=1024,
