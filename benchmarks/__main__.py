@@ -73,14 +73,15 @@ def scale_targets(n, row):
                    cc["client_cpu_ms_per_node"], 10.0, "ms", "lower")]
 
 
-def control_plane(cloud, sizes, results):
+def control_plane(cloud, sizes, results, raw=False):
     """The control plane alone at each of ``sizes`` (none: nothing), on the
-    cloud's fake compute host, which it starts and stops."""
+    cloud's fake compute host, which it starts and stops; ``raw``: with the
+    raw-parallel baseline beside each."""
     if not sizes:
         return
     LOG.warning("control plane alone: N=%s on the fake compute host",
                 ",".join(map(str, sizes)))
-    rows = results["control_plane"] = cpbench.run(cloud, sizes, LOG.warning)
+    rows = results["control_plane"] = cpbench.run(cloud, sizes, LOG.warning, raw=raw)
     for n, row in rows.items():
         results["targets"] += cpbench.targets(n, row, target)
 
@@ -98,7 +99,7 @@ def run(args):
     targets = results["targets"]
 
     if args.control_plane_only:
-        control_plane(cloud, args.control_plane_sizes, results)
+        control_plane(cloud, args.control_plane_sizes, results, args.control_plane_raw)
         return results
 
     if args.executor_only or not (args.cloud_only or args.fanout_only
@@ -150,7 +151,7 @@ def run(args):
         row = results.setdefault("scale", {})[n] = prov.scale(cloud, n, defaults)
         targets += scale_targets(n, row)
     if not (args.skip_provisioning or args.quick):
-        control_plane(cloud, args.control_plane_sizes, results)
+        control_plane(cloud, args.control_plane_sizes, results, args.control_plane_raw)
     if args.provisioning_only:
         return results
 
@@ -371,6 +372,9 @@ def main():
                          "--quick or --skip-provisioning; '' for none)")
     ap.add_argument("--control-plane-only", action="store_true",
                     help="only the control-plane rows (--control-plane-sizes)")
+    ap.add_argument("--control-plane-raw", action="store_true",
+                    help="the control plane with a raw-parallel baseline beside each N "
+                         "(per-server POSTs, 8 at a time; doubles its time)")
     ap.add_argument("--reps", type=int, default=3,
                     help="runs of each provisioning variant per N (1 with --quick)")
     ap.add_argument("--fanout-mib", type=int, default=1024,

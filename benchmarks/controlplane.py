@@ -14,6 +14,7 @@ is this process's CPU time (every thread), per server.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import logging
 import os
@@ -26,7 +27,7 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import openstack
 
-from benchmarks.provisioning import _fresh
+from benchmarks.provisioning import _fresh, _names
 from cloudcompute import config, testing
 from cloudcompute.config import ClusterSpec, Timeouts
 from cloudcompute.provision import phases, preflight
@@ -112,13 +113,73 @@ def per_server(n: int, requests: int, cpu_s: float, down_requests: int,
             "down_client_cpu_ms_per_server": 1000.0 * down_cpu_s / n}
 
 
-def one_size(cloud: str, n: int, log: Callable[[str], None]) -> Dict[str, Any]:
-    """``measure`` at ``n`` and the survey after it; a failed run is a row
-    (its error and what it left), not the end of the benchmark."""
+def raw_parallel(cloud: str, n: int, timeout: float) -> Dict[str, Any]:
+    """The baseline: ``n`` per-server POSTs, 8 at a time, one list per 0.5 s
+    until all are ACTIVE, then ``n`` deletes and one list per 0.5 s until all
+    are gone; on a network of its own (made and removed outside the figures)."""
+    conn, counter = _fresh(cloud)
+    image = conn.image.find_image(config.cloud_settings(conn)["image"], ignore_missing=False)
+    flavor = _flavor_id(conn)
+    net = conn.network.create_network(name="bench-cp-raw-%s" % uuid.uuid4().hex[:6])
+    ids: List[str] = []
+
+    def create(name: str) -> None:
+        ids.append(conn.compute.create_server(name=name, image_id=image.id, flavor_id=flavor,
+                                              networks=[{"uuid": net.id}]).id)
+    try:
+        conn.network.create_subnet(network_id=net.id, ip_version=4, cidr=CIDR,
+                                   is_dhcp_enabled=False, name=net.name)
+        counter.take()
+        t0, cpu0 = time.monotonic(), time.process_time()
+        try:
+            with cf.ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(create, _names("cpraw", n)))
+            _until_listed(conn, set(ids), lambda found: all(
+                v == "ACTIVE" for v in found.values()) and len(found) == n, timeout)
+            up_s, cpu = time.monotonic() - t0, time.process_time() - cpu0
+            requests = counter.take()
+        finally:
+            t1 = time.monotonic()
+            with cf.ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(lambda sid: conn.compute.delete_server(
+                    sid, ignore_missing=True), list(ids)))
+            _until_listed(conn, set(ids), lambda found: not found, timeout)
+            down_s = time.monotonic() - t1
+            down_requests = counter.take()
+    finally:
+        conn.network.delete_network(net)  # its subnet goes with it
+    return {"up_s": up_s, "down_s": down_s, "requests": requests,
+            "down_requests": down_requests, "client_cpu_s": cpu}
+
+
+def _until_listed(conn: Any, ids: set, done: Callable[[Dict[str, str]], bool],
+                  timeout: float) -> None:
+    """List the project's servers every 0.5 s until ``done(id -> status)`` of
+    those in ``ids``; an ERROR or the timeout raises."""
+    end = time.monotonic() + timeout
+    while True:
+        found = {s.id: s.status for s in conn.compute.servers() if s.id in ids}
+        if "ERROR" in found.values():
+            raise RuntimeError("a server went to ERROR in the raw baseline")
+        if done(found):
+            return
+        if time.monotonic() > end:
+            raise RuntimeError("raw baseline: not done within %ss" % timeout)
+        time.sleep(0.5)
+
+
+def one_size(cloud: str, n: int, log: Callable[[str], None],
+             raw: bool = False) -> Dict[str, Any]:
+    """``measure`` at ``n`` and the survey after it (with ``raw``, the
+    raw-parallel baseline first); a failed run is a row (its error and what
+    it left), not the end of the benchmark."""
     state_dir = tempfile.mkdtemp(prefix="cc-bench-cp-")
     try:
         try:
+            baseline = raw_parallel(cloud, n, spec_for("x", n).timeouts.active) if raw else None
             row = measure(cloud, n, state_dir)
+            if baseline is not None:
+                row["raw_parallel"] = baseline
         except Exception as exc:  # noqa: BLE001 - a failed run is a result, not a crash
             log("control plane N=%d failed: %s" % (n, exc))
             conn = openstack.connect(cloud=cloud)
@@ -136,14 +197,15 @@ def _flavor_id(conn: Any) -> str:
 
 
 def run(cloud: str, sizes: List[int], log: Callable[[str], None],
-        aio: str = AIO) -> Dict[int, Dict[str, Any]]:
-    """Every size, with the fake compute host up around them."""
+        aio: str = AIO, raw: bool = False) -> Dict[int, Dict[str, Any]]:
+    """Every size (with ``raw``, the raw-parallel baseline beside each), with
+    the fake compute host up around them."""
     rows: Dict[int, Dict[str, Any]] = {}
     try:
         with fake_compute(aio):
             for n in sizes:
                 log("control plane: N=%d fake servers, up to ACTIVE and down" % n)
-                rows[n] = one_size(cloud, n, log)
+                rows[n] = one_size(cloud, n, log, raw)
     except subprocess.CalledProcessError as exc:  # fake-compute up: every N fails
         error = "fake-compute up failed: %s" % str(exc.stderr or exc.stdout or exc)[-1000:]
         log(error)
@@ -181,6 +243,12 @@ def table(rows: Dict[Any, Dict[str, Any]]) -> List[str]:
             n, r["up_s"], r["down_s"], r["requests_per_server"],
             r["down_requests_per_server"], r["client_cpu_ms_per_server"],
             r["down_client_cpu_ms_per_server"], len(r["leftovers"])))
+        if "raw_parallel" in r:
+            b = r["raw_parallel"]
+            lines.append("| %s, raw parallel per-server POSTs | %.1f | %.1f | %.2f | %.2f "
+                         "| %.1f | | |" % (n, b["up_s"], b["down_s"], b["requests"] / int(n),
+                                           b["down_requests"] / int(n),
+                                           1000.0 * b["client_cpu_s"] / int(n)))
     return lines
 
 
@@ -194,6 +262,10 @@ def plot(rows: Dict[Any, Dict[str, Any]], out: str, plt: Any) -> None:
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(12, 3.6))
     a1.plot(ns, [ok[n]["up_s"] for n in ns], "o-", label="up to ACTIVE")
     a1.plot(ns, [ok[n]["down_s"] for n in ns], "s--", label="down, verified")
+    raw = [n for n in ns if "raw_parallel" in ok[n]]
+    if raw:
+        a1.plot(raw, [ok[n]["raw_parallel"]["up_s"] for n in raw], "^:",
+                label="raw parallel POSTs, ACTIVE")
     a1.set(xlabel="servers", ylabel="seconds", title="wall time")
     a1.legend(fontsize=7)
     a2.plot(ns, [ok[n]["requests_per_server"] for n in ns], "o-", label="up")

@@ -30,7 +30,7 @@ def _row(n, **kw):
 def test_fake_compute_goes_down_after_every_size(tmp_path, monkeypatch):
     aio, log = _aio(tmp_path)
     seen = []
-    monkeypatch.setattr(cp, "one_size", lambda cloud, n, log: seen.append(n) or _row(n))
+    monkeypatch.setattr(cp, "one_size", lambda cloud, n, log, raw: seen.append(n) or _row(n))
     rows = cp.run("c", [3, 5], lambda msg: None, aio=aio)
     assert seen == [3, 5] and sorted(rows) == [3, 5]
     assert log.read_text().split("\n")[:2] == ["fake-compute up", "fake-compute down"]
@@ -39,7 +39,7 @@ def test_fake_compute_goes_down_after_every_size(tmp_path, monkeypatch):
 def test_fake_compute_goes_down_when_a_run_raises(tmp_path, monkeypatch):
     aio, log = _aio(tmp_path)
 
-    def boom(cloud, n, log):
+    def boom(cloud, n, log, raw):
         raise KeyboardInterrupt
     monkeypatch.setattr(cp, "one_size", boom)
     with pytest.raises(KeyboardInterrupt):
@@ -80,6 +80,10 @@ def test_table_rows_in_order_with_a_failure():
     body = [ln for ln in lines if ln.startswith("| 1") or ln.startswith("| 5")]
     assert body[0].startswith("| 100 | 10.0 | 5.0 | 2.00 | 1.00 | 5.0 | 2.0 | 0 |")
     assert body[1].startswith("| 500 | failed: boom / bang") and "2 servers" in body[1]
+    rows["100"]["raw_parallel"] = dict(up_s=30.0, down_s=20.0, requests=150,
+                                       down_requests=300, client_cpu_s=0.2)
+    raw = [ln for ln in cp.table(rows) if "raw parallel" in ln]
+    assert raw == ["| 100, raw parallel per-server POSTs | 30.0 | 20.0 | 1.50 | 3.00 | 2.0 | | |"]
     assert cp.table({}) == []
 
 
