@@ -45,7 +45,17 @@ WRITE = ("import json, os, sys\n"
          "    os.replace(path + '.tmp', path)\n")
 """Writes the files of a JSON object read from stdin under the directory argv[1]."""
 POLL = 15.0
-"""Seconds between the watchdog's looks at its deadline and the node's activity."""
+"""Seconds between the watchdog's looks at its deadline and the node's activity
+(``CLOUDCOMPUTE_WATCHDOG_POLL``, 1 to 300, where the client sets it)."""
+
+
+def poll_seconds() -> float:
+    """The watchdog's poll for a cluster brought up now."""
+    try:
+        value = float(os.environ.get("CLOUDCOMPUTE_WATCHDOG_POLL", POLL))
+    except ValueError:
+        return POLL
+    return min(max(value, 1.0), 300.0) if value == value else POLL
 
 
 def _ids(st: Any, kind: str) -> List[str]:
@@ -112,7 +122,7 @@ def prepare(conn: Any, st: Any, spec: Any, nodes: Sequence[Any]) -> Optional[Pre
         "auth_url": conn.endpoint_for("identity"), "api_host": spec.node_api_host,
         "region": conn.config.get_region_name() or None,
         "interface": conn.config.get_interface() or "public",
-        "deadline": deadline, "idle_minutes": spec.idle_minutes, "poll": POLL,
+        "deadline": deadline, "idle_minutes": spec.idle_minutes, "poll": poll_seconds(),
         "timeout": spec.timeouts.teardown, "credential_id": cred_id,
     }
     return Prepared(t, cred_id, secret, config)

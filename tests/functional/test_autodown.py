@@ -34,6 +34,15 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _quick_watchdog():
+    """The watchdogs of this module's clusters look every 3 s (production: 15 s),
+    so that a deadline or an idle limit of seconds is kept to within seconds."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLOUDCOMPUTE_WATCHDOG_POLL", "3")
+        yield
+
+
 def holdings(admin, conn, unique, server_ids=()):
     """What the cloud still holds of clusters named with ``unique``."""
     left = leftovers(admin, conn.current_project_id, unique)
@@ -80,7 +89,7 @@ def client_up(name, nodes, idle_minutes):
 
 
 def test_idle_cluster_of_a_killed_client_ends_itself(conn, admin_conn, unique, state_dir):
-    proc, out = client_up(unique, 2, 1)
+    proc, out = client_up(unique, 2, 0.5)
     assert proc.poll() is None, "".join(out)
     servers = recorded_servers(state_dir, unique)
     assert len(servers) == 2
@@ -88,7 +97,7 @@ def test_idle_cluster_of_a_killed_client_ends_itself(conn, admin_conn, unique, s
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     took = wait_gone(admin_conn, conn, unique, servers, within=180, credential_left=True)
-    assert took > 45  # the idle rule, not something sooner
+    assert took > 25  # the idle rule (30 s), not something sooner
     # what is left is the credential, which the watchdog cannot delete; gc does
     found = [r for r in gc.collect(conn, dry_run=False, state_dir=state_dir)
              if r["name"] == unique]
@@ -97,14 +106,14 @@ def test_idle_cluster_of_a_killed_client_ends_itself(conn, admin_conn, unique, s
 
 
 def test_deadline_is_kept_and_extend_moves_it(conn, admin_conn, unique, state_dir):
-    c = Cluster(ClusterSpec(name=unique, nodes=1, ttl_hours=1 / 60.0), cloud=CLOUD).up()
+    c = Cluster(ClusterSpec(name=unique, nodes=1, ttl_hours=20 / 3600.0), cloud=CLOUD).up()
     servers = [n.server_id for n in c.nodes]
     first = c.state.record.expires_at
-    new = c.extend(hours=1 / 60.0)
-    assert abs(new - (first + 60)) < 1
+    new = c.extend(hours=20 / 3600.0)
+    assert abs(new - (first + 20)) < 1
     meta = conn.compute.get_server_metadata(servers[0]).metadata
     assert int(meta["cc_expires"]) == int(new)
-    time.sleep(max(0.0, first + 20 - time.time()))
+    time.sleep(max(0.0, first + 8 - time.time()))  # past the old deadline and a poll
     assert holdings(admin_conn, conn, unique, servers), "deleted at the old deadline"
     c.close_connections()
     wait_gone(admin_conn, conn, unique, servers, within=new + 45 - time.time(),
@@ -115,17 +124,17 @@ def test_deadline_is_kept_and_extend_moves_it(conn, admin_conn, unique, state_di
 
 
 def test_a_running_task_keeps_an_idle_cluster(conn, admin_conn, unique, state_dir):
-    c = Cluster(ClusterSpec(name=unique, nodes=1, idle_minutes=0.5), cloud=CLOUD).up()
+    c = Cluster(ClusterSpec(name=unique, nodes=1, idle_minutes=0.25), cloud=CLOUD).up()
     servers = [n.server_id for n in c.nodes]
     try:
         done = []
-        t = threading.Thread(target=lambda: done.append(c.run(jobfuncs.span, 75)))
+        t = threading.Thread(target=lambda: done.append(c.run(jobfuncs.span, 40)))
         t.start()
-        t.join(timeout=120)
+        t.join(timeout=90)
         assert done, "the task did not finish"
         assert holdings(admin_conn, conn, unique, servers), "deleted while busy"
         c.close_connections()
-        wait_gone(admin_conn, conn, unique, servers, within=90, credential_left=True)
+        wait_gone(admin_conn, conn, unique, servers, within=60, credential_left=True)
     finally:
         c.down()
     assert holdings(admin_conn, conn, unique, servers) == []

@@ -526,3 +526,17 @@ def test_spec_checks_idle_minutes_and_node_api_host():
     assert "idle_minutes" in text and "node_api_host" in text
     spec = config.ClusterSpec(name="a").with_settings({"node_api_host": "10.0.0.1"})
     assert spec.node_api_host == "10.0.0.1"
+
+
+def test_the_watchdogs_poll_comes_from_the_environment_within_bounds(monkeypatch):
+    from cloudcompute.autodown import launch
+    for value, want in (("3", 3.0), ("0", 1.0), ("9999", 300.0), ("nan", launch.POLL),
+                        ("x", launch.POLL)):
+        monkeypatch.setenv("CLOUDCOMPUTE_WATCHDOG_POLL", value)
+        assert launch.poll_seconds() == want
+    monkeypatch.delenv("CLOUDCOMPUTE_WATCHDOG_POLL")
+    assert launch.poll_seconds() == launch.POLL == 15.0
+    monkeypatch.setenv("CLOUDCOMPUTE_WATCHDOG_POLL", "4")
+    cluster, _, _, _ = fake_cluster()
+    prepared = launch.prepare(cluster.conn, cluster.state, cluster.spec, cluster.nodes)
+    assert prepared.config["poll"] == 4.0
