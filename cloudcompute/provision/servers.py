@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures as cf
+import datetime
 import functools
 import logging
 import threading
@@ -35,6 +36,12 @@ POLL = 0.5
 POLL_MAX = 2.0
 """Poll cycles start POLL apart and grow by half each cycle up to POLL_MAX."""
 UNLISTED_CYCLES = 3
+FULL_LIST_EVERY = 30.0
+"""Seconds between the wait's listings of the whole cluster; the cycles
+between them list only what changed since (``changes-since``)."""
+CHANGES_MARGIN = 10.0
+"""Seconds a ``changes-since`` listing reaches back before the newest change
+seen: updates committed late, or stamped by a host whose clock lags."""
 CONSOLE_POLL_MAX = 5.0
 
 
@@ -182,12 +189,16 @@ class ServerBuilder:
         want = {n.name for n in self.nodes.values()}
         unlisted: Dict[str, int] = {}
         interval = POLL
+        changes = _Changes()
         while True:
             # no server is ACTIVE the moment it is created: wait before each listing
             retry.SLEEP(min(interval, max(0.0, deadline - time.monotonic())))
             interval = min(POLL_MAX, interval * 1.5)
-            listing = retry.call(lambda: list(self.conn.compute.servers(
-                details=True, tags=tags.CLUSTER_TAG + self.st.cluster_id)))
+            since = changes.since()
+            query = {"changes_since": since} if since else {}
+            listing = retry.call(lambda q=query: list(self.conn.compute.servers(
+                details=True, tags=tags.CLUSTER_TAG + self.st.cluster_id, **q)))
+            changes.seen(listing, full=since is None)
             by_id = {s.id: s for s in listing}
             by_name = {s.name: s for s in listing}
             for node in list(self.nodes.values()):
@@ -195,7 +206,9 @@ class ServerBuilder:
                     continue
                 server = (by_id.get(node.server_id) if node.server_id
                           else by_name.get(node.name))
-                if server is None:
+                if server is None and since is not None:
+                    continue  # not changed since the last listing
+                if server is None or server.status in ("DELETED", "SOFT_DELETED"):
                     # A batch's servers are listed from its answer on; allow a
                     # few cycles all the same before calling one gone.
                     unlisted[node.name] = unlisted.get(node.name, 0) + 1
@@ -310,3 +323,41 @@ class ServerBuilder:
             interval = min(CONSOLE_POLL_MAX, interval * 1.5)
         raise WaitTimeout("host keys in the console log of %s" % node.name,
                           self.spec.timeouts.ssh, [node.name])
+
+
+class _Changes:
+    """When the wait lists only what changed: from the second cycle on, back
+    to ``CHANGES_MARGIN`` before the newest ``updated`` seen, and every
+    ``FULL_LIST_EVERY`` seconds the whole cluster again. Each cycle then
+    costs the client (and Nova) the servers that moved, not all of them."""
+
+    def __init__(self) -> None:
+        self.newest: Optional[datetime.datetime] = None
+        self.full_at = 0.0
+
+    def since(self) -> Optional[str]:
+        """The next listing's ``changes-since``; None for a whole listing."""
+        if self.newest is None or time.monotonic() - self.full_at >= FULL_LIST_EVERY:
+            return None
+        back = self.newest - datetime.timedelta(seconds=CHANGES_MARGIN)
+        return back.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def seen(self, listing: List[Any], full: bool) -> None:
+        if full:
+            self.full_at = time.monotonic()
+        for server in listing:
+            stamp = _parse_time(getattr(server, "updated_at", None))
+            if stamp is not None and (self.newest is None or stamp > self.newest):
+                self.newest = stamp
+
+
+def _parse_time(text: Optional[str]) -> Optional[datetime.datetime]:
+    """Nova's ``updated`` (ISO 8601, UTC), or None where it is missing or odd."""
+    if not text:
+        return None
+    try:
+        value = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value.replace(tzinfo=None) if value.tzinfo is None else \
+        value.astimezone(datetime.timezone.utc).replace(tzinfo=None)

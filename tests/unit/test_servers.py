@@ -6,6 +6,7 @@ The stand-in keeps servers as ``create_server`` made them (with their tags);
 asked for, as openstacksdk's Server objects, and each listing moves every
 listed server one step along its scripted statuses.
 """
+import datetime
 import logging
 import time
 import types
@@ -28,6 +29,7 @@ TAG = tags.CLUSTER_TAG + CID
 W0, W1 = tags.resource_name(CID, "w", "0"), tags.resource_name(CID, "w", "1")
 FAULT = {"code": 500, "message": "No valid host was found. There are not enough hosts "
                                  "available."}
+EPOCH = datetime.datetime(2026, 1, 1)
 MAX_LISTINGS = 1000
 """A wait that never ends would spin here (SLEEP is a no-op): fail instead."""
 
@@ -58,6 +60,7 @@ class Nova:
         self.created = []
         self.deleted = []
         self.listings = []
+        self.listed = []
 
     def create_server(self, **args):
         sid = "id-%d" % (len(self.created) + 1)
@@ -68,10 +71,15 @@ class Nova:
         return sdk(Server, id=sid, name=args["name"], status="BUILD")
 
     def servers(self, details=True, **query):
+        """Each listing is a minute later than the one before; a server's
+        ``updated`` is the listing at which its status last changed, and
+        ``changes_since`` keeps those updated at or after it (as Nova does)."""
         self.listings.append(dict(query, details=details))
         if len(self.listings) > MAX_LISTINGS:
             raise AssertionError("wait_active kept polling")
+        now = EPOCH + datetime.timedelta(minutes=len(self.listings))
         want = [t for t in str(query.pop("tags", "")).split(",") if t]
+        since = query.pop("changes_since", None)
         if query:
             raise AssertionError("this stand-in does not filter by %s" % sorted(query))
         out = []
@@ -79,12 +87,21 @@ class Nova:
             if not all(t in s["tags"] for t in want):
                 continue
             status = s["steps"].pop(0) if len(s["steps"]) > 1 else s["steps"][0]
-            if status == "GONE":
+            if status != s.get("status"):
+                s["status"], s["updated"] = status, now
+            if since is not None and s["updated"] < datetime.datetime.strptime(
+                    since, "%Y-%m-%dT%H:%M:%SZ"):
                 continue
+            if status == "GONE":  # deleted: listed as such only since a time
+                if since is None:
+                    continue
+                status = "DELETED"
             out.append(sdk(Server, id=sid, name=s["name"], status=status, tags=s["tags"],
                            reservation_id=s.get("reservation_id"),
+                           updated=s["updated"].strftime("%Y-%m-%dT%H:%M:%SZ"),
                            fault=FAULT if status == "ERROR" else None,
                            addresses=addresses(s["n"]) if status == "ACTIVE" else {}))
+        self.listed.append(len(out))
         return iter(out)
 
     def delete_server(self, sid, ignore_missing=True):
@@ -137,7 +154,12 @@ def test_active_servers_are_recorded_with_their_fixed_ipv4(build, sleeps):
     assert sorted(p for p in progress if p[0] == "active") == [("active", W0), ("active", W1)]
     # One listing per poll cycle for the whole cluster, filtered by its tag, each
     # after a wait (a server is never ACTIVE the moment it is created).
-    assert nova.listings == [{"details": True, "tags": TAG}] * 3 and len(sleeps) == 3
+    # the whole cluster once, then what changed since a little before the newest change
+    assert nova.listings == [{"details": True, "tags": TAG},
+                             {"details": True, "tags": TAG,
+                              "changes_since": "2026-01-01T00:00:50Z"},
+                             {"details": True, "tags": TAG,
+                              "changes_since": "2026-01-01T00:01:50Z"}] and len(sleeps) == 3
 
 
 def test_a_server_in_error_is_deleted_and_replaced_by_name_r1(build, caplog):
@@ -188,3 +210,23 @@ def test_the_deadline_names_the_nodes_still_pending(build):
     assert err.value.waiting_for == [W1] and err.value.timeout == 0.05
     assert "still waiting for: %s" % W1 in str(err.value)
     assert b.nodes[W0].status == "ACTIVE" and not nova.deleted
+
+
+def test_after_the_first_listing_only_changed_servers_are_listed(build, monkeypatch):
+    """Servers that stay in BUILD are not sent again each cycle; a change comes
+    through; the whole cluster is listed again every FULL_LIST_EVERY seconds."""
+    from cloudcompute.provision import servers
+    clock = [1000.0]
+    monkeypatch.setattr(servers.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(servers.retry, "SLEEP", lambda s: clock.__setitem__(0, clock[0] + s))
+    b, nova, _ = build({W0: ["BUILD"] * 40 + ["ACTIVE"], W1: ["BUILD"] * 3 + ["ACTIVE"]},
+                       timeouts=Timeouts(active=300))
+    b.wait_active()
+    assert len(b.active_nodes()) == 2
+    full = [i for i, q in enumerate(nova.listings) if "changes_since" not in q]
+    assert full[0] == 0 and len(full) >= 2  # again after FULL_LIST_EVERY
+    # a BUILD server unchanged for minutes is in no listing but the full ones
+    # (only the one that changed last, within the margin, comes again)
+    quiet = [n for i, n in enumerate(nova.listed[:-1]) if i not in full and i > 5]
+    assert len(quiet) > 20 and max(quiet) == 1
+    assert nova.listed[-1] == 2  # W0's ACTIVE came through
