@@ -38,7 +38,9 @@ POLL_MAX = 2.0
 UNLISTED_CYCLES = 3
 FULL_LIST_EVERY = 30.0
 """Seconds between the wait's listings of the whole cluster; the cycles
-between them list only what changed since (``changes-since``)."""
+between them list only what changed since (``changes-since``). A server
+deleted while it builds is missed by those (its tags go with it) and found
+missing by the next whole listing."""
 CHANGES_MARGIN = 10.0
 """Seconds a ``changes-since`` listing reaches back before the newest change
 seen: updates committed late, or stamped by a host whose clock lags."""
@@ -207,8 +209,10 @@ class ServerBuilder:
                 server = (by_id.get(node.server_id) if node.server_id
                           else by_name.get(node.name))
                 if server is None and since is not None:
-                    continue  # not changed since the last listing
-                if server is None or server.status in ("DELETED", "SOFT_DELETED"):
+                    # not changed since; or deleted (Nova drops a deleted
+                    # server's tags, so only a whole listing tells)
+                    continue
+                if server is None:
                     # A batch's servers are listed from its answer on; allow a
                     # few cycles all the same before calling one gone.
                     unlisted[node.name] = unlisted.get(node.name, 0) + 1
