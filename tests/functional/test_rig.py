@@ -462,3 +462,71 @@ def test_ipv6_is_no_way_around_the_firewall(rig):
     assert "-A CC-AIO-DROP6 -j DROP" in rules
     ca.close()
     cb.close()
+
+
+def _status(conn, server, want, timeout=60):
+    end = time.monotonic() + timeout
+    while True:
+        s = conn.compute.get_server(server.id)
+        if s.status == want and s.task_state is None:
+            return s
+        assert s.status != "ERROR" and time.monotonic() < end, (s.status, s.task_state,
+                                                                s.fault)
+        time.sleep(0.3)
+
+
+def _until(check, what, timeout=30):
+    end = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < end, what
+        time.sleep(0.3)
+
+
+def test_server_actions_stop_start_reboot_resize_rebuild(rig):
+    """What a VM workflow does to a server: each action ends in the state a
+    VM would be in, and sshd answers (with the node's own host keys) exactly
+    when the server is ACTIVE; the node's files survive all but the rebuild."""
+    conn = rig["conn"]
+    server = rig["boot"]("act")
+    ip = fixed_ip(server)
+    keys = console_keys(conn, server)[1]
+    client = ssh(ip, rig["key_file"], keys)
+    assert run(client, "echo kept > ~/f")[0] == 0
+    client.close()
+
+    conn.compute.stop_server(server)
+    _status(conn, server, "SHUTOFF")
+    assert not banner(ip)  # powered off: nothing answers
+    conn.compute.start_server(server)
+    _status(conn, server, "ACTIVE")
+    client = ssh(ip, rig["key_file"], keys)  # same host keys
+    assert run(client, "cat ~/f")[1] == "kept\n"
+    client.close()
+
+    for kind in ("SOFT", "HARD"):
+        before = conn.compute.get_server_console_output(server)["output"].count(
+            "cc-netns boot:")
+        conn.compute.reboot_server(server, kind)
+        _status(conn, server, "ACTIVE")
+        _until(lambda before=before: conn.compute.get_server_console_output(server)[
+            "output"].count("cc-netns boot:") > before,
+            "no new boot on the console after a %s reboot" % kind)
+        client = ssh(ip, rig["key_file"], keys)
+        assert run(client, "cat ~/f")[1] == "kept\n"
+        client.close()
+
+    conn.compute.resize_server(server, conn.compute.find_flavor("m1.small").id)
+    _status(conn, server, "VERIFY_RESIZE")
+    conn.compute.confirm_server_resize(server)
+    after = _status(conn, server, "ACTIVE")
+    assert after.flavor["original_name"] == "m1.small"
+    client = ssh(ip, rig["key_file"], keys)
+    assert run(client, "cat ~/f")[1] == "kept\n"
+    client.close()
+
+    conn.compute.rebuild_server(server, image=server.image.id)
+    _status(conn, server, "ACTIVE")
+    rebuilt = console_keys(conn, server)[1]  # a new disk: new host keys
+    client = ssh(ip, rig["key_file"], rebuilt)
+    assert run(client, "test -e ~/f || echo gone")[1] == "gone\n"
+    client.close()

@@ -143,3 +143,25 @@ def test_archive_holds_the_nodes_files_as_the_node_names_them(tmp_path):
 def test_archive_of_an_unknown_instance_is_refused(tmp_path):
     with pytest.raises(node.NodeError, match="no files"):
         node.NodeHost(str(tmp_path)).archive("nope", str(tmp_path / "x.tar.gz"))
+
+
+def test_power_on_boots_the_node_again_with_its_spawn_settings(tmp_path):
+    calls = []
+    host = node.NodeHost(str(tmp_path), runner=lambda cmd: calls.append(cmd) or "")
+    booted = []
+    host.boot = booted.append
+    d = tmp_path / "instances" / "u1"
+    d.mkdir(parents=True)
+    (d / "console.log").write_text("first boot\n")
+    (d / "boot.json").write_text('{"hostname": "h1", "user": "debian", "boot_delay": 0.5, '
+                                 '"fault": null, "python_bin": "/envs/x/bin"}')
+    host.stop("u1")
+    assert ["ip", "netns", "pids", "cc-u1"] in calls  # its processes were looked for
+    host.start("u1")
+    (spec,) = booted
+    assert (spec.uuid, spec.hostname, spec.boot_delay, spec.python_bin, spec.netns) == (
+        "u1", "h1", 0.5, "/envs/x/bin", "cc-u1")
+    assert (d / "console.log").read_text().splitlines()[1:] == [
+        "cc-netns: power off", "cc-netns boot: h1 (u1)"]
+    with pytest.raises(node.NodeError, match="no files"):
+        host.start("u2")

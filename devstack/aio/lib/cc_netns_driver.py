@@ -12,6 +12,7 @@ import time
 
 from oslo_log import log as logging
 
+from nova.compute import power_state
 from nova.compute import task_states
 from nova import exception
 from nova.image import glance
@@ -110,6 +111,57 @@ class NetnsDriver(fake.FakeDriver):
         self.host.destroy(instance.uuid, vifs)
         super().destroy(context, instance, network_info, block_device_info,
                         destroy_disks, destroy_secrets)
+
+    # -- server actions: what a VM does, done to the node's processes ------
+    def _power(self, instance, action):
+        try:
+            action(instance.uuid)
+        except node.NodeError as exc:
+            raise exception.InstanceNotFound(instance_id=instance.uuid) from exc
+
+    def _track(self, instance, running):
+        """FakeDriver's record of the instance (lost when nova-compute restarts)."""
+        state = power_state.RUNNING if running else power_state.SHUTDOWN
+        self.instances[instance.uuid] = fake.FakeInstance(instance.name, state,
+                                                          instance.uuid)
+
+    def power_off(self, instance, timeout=0, retry_interval=0):
+        self._power(instance, self.host.stop)
+        self._track(instance, False)
+
+    def power_on(self, context, instance, network_info, block_device_info=None,
+                 accel_info=None):
+        self._power(instance, self.host.start)
+        self._track(instance, True)
+
+    def reboot(self, context, instance, network_info, reboot_type,
+               block_device_info=None, bad_volumes_callback=None, accel_info=None):
+        """Soft or hard, the node's processes end and it boots again."""
+        self._power(instance, self.host.start)
+        self._track(instance, True)
+
+    def migrate_disk_and_power_off(self, context, instance, dest, flavor, network_info,
+                                   block_device_info=None, timeout=0, retry_interval=0):
+        """A resize powers the node off; on this one host its files stay."""
+        self._power(instance, self.host.stop)
+        return ""
+
+    def finish_migration(self, context, migration, instance, disk_info, network_info,
+                         image_meta, resize_instance, allocations, block_device_info=None,
+                         power_on=True):
+        if not os.path.isdir(self.host.inst_dir(instance.uuid)):
+            return super().finish_migration(
+                context, migration, instance, disk_info, network_info, image_meta,
+                resize_instance, allocations, block_device_info, power_on)
+        if power_on:  # a resize on this host: the same node, new flavor
+            self._power(instance, self.host.start)
+        self._track(instance, power_on)
+
+    def finish_revert_migration(self, context, instance, network_info, migration,
+                                block_device_info=None, power_on=True):
+        if power_on:
+            self._power(instance, self.host.start)
+        self._track(instance, power_on)
 
     def snapshot(self, context, instance, image_id, update_task_state):
         """Upload the node's files to the image Nova created for the snapshot.

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -232,6 +233,10 @@ class NodeSpec:
         return "cc-" + self.uuid
 
 
+BOOT_FIELDS = ("hostname", "user", "boot_delay", "fault", "python_bin")
+"""What a power-on needs of the spawn's NodeSpec (kept in the instance's boot.json)."""
+
+
 def spec_knobs(metadata: dict, image_props: dict) -> dict:
     """Fault and boot knobs: server metadata wins over image properties."""
     def pick(name):
@@ -395,11 +400,46 @@ class NodeHost:
         try:
             self.ensure_user(spec.user)
             self.write_files(spec)
+            _write(os.path.join(self.inst_dir(spec.uuid), "boot.json"), json.dumps({
+                k: getattr(spec, k) for k in BOOT_FIELDS}), 0o600)
             self.plug(spec)
             self.boot(spec)
         except Exception:
             self.destroy(spec.uuid, spec.vifs)
             raise
+
+    # -- power ---------------------------------------------------------
+    def stop(self, uuid: str) -> None:
+        """Power off: every process of the node ends (sshd, sessions, what
+        they started); its files, addresses and namespace stay."""
+        d = self._existing(uuid)
+        self._kill_namespace_processes("cc-" + uuid)
+        with open(os.path.join(d, "console.log"), "a") as f:
+            f.write("cc-netns: power off\n")
+
+    def start(self, uuid: str) -> None:
+        """Power on: the node boots again, as at its spawn (sshd after the
+        boot delay, with the same host keys)."""
+        d = self._existing(uuid)
+        self._kill_namespace_processes("cc-" + uuid)  # a second start is a reboot
+        with open(os.path.join(d, "boot.json")) as f:
+            spec = NodeSpec(uuid=uuid, **json.load(f))
+        with open(os.path.join(d, "console.log"), "a") as f:
+            f.write("cc-netns boot: %s (%s)\n" % (spec.hostname, uuid))
+        self.boot(spec)
+
+    def running(self, uuid: str) -> bool:
+        """Whether any process of the node runs."""
+        try:
+            return bool(self.run(["ip", "netns", "pids", "cc-" + uuid]).split())
+        except NodeError:
+            return False
+
+    def _existing(self, uuid: str) -> str:
+        d = self.inst_dir(uuid)
+        if not os.path.isfile(os.path.join(d, "boot.json")):
+            raise NodeError("instance %s has no files on this host" % uuid)
+        return d
 
     # -- teardown ------------------------------------------------------
     def destroy(self, uuid: str, vifs: Sequence[Vif] = ()) -> None:
