@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures as cf
-import datetime
 import functools
 import logging
 import threading
@@ -23,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from openstack import exceptions as os_exc
 
 from cloudcompute import retry, tags
+from cloudcompute.autodown import credential
 from cloudcompute.config import ClusterSpec
 from cloudcompute.exceptions import ProvisioningError, ServerFault, WaitTimeout
 from cloudcompute.provision import multicreate, policy
@@ -336,32 +336,18 @@ class _Changes:
     costs the client (and Nova) the servers that moved, not all of them."""
 
     def __init__(self) -> None:
-        self.newest: Optional[datetime.datetime] = None
+        self.newest: Optional[float] = None  # epoch seconds
         self.full_at = 0.0
 
     def since(self) -> Optional[str]:
         """The next listing's ``changes-since``; None for a whole listing."""
         if self.newest is None or time.monotonic() - self.full_at >= FULL_LIST_EVERY:
             return None
-        back = self.newest - datetime.timedelta(seconds=CHANGES_MARGIN)
-        return back.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                             time.gmtime(self.newest - CHANGES_MARGIN))
 
     def seen(self, listing: List[Any], full: bool) -> None:
         if full:
             self.full_at = time.monotonic()
-        for server in listing:
-            stamp = _parse_time(getattr(server, "updated_at", None))
-            if stamp is not None and (self.newest is None or stamp > self.newest):
-                self.newest = stamp
-
-
-def _parse_time(text: Optional[str]) -> Optional[datetime.datetime]:
-    """Nova's ``updated`` (ISO 8601, UTC), or None where it is missing or odd."""
-    if not text:
-        return None
-    try:
-        value = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return value.replace(tzinfo=None) if value.tzinfo is None else \
-        value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        stamps = [credential.parse_time(getattr(s, "updated_at", None)) for s in listing]
+        self.newest = max(filter(None, stamps + [self.newest]), default=None)
