@@ -340,6 +340,11 @@ def _data_plots(results, out, plt):
     fig.savefig(os.path.join(out, "bench-tasks.png"), dpi=110)
 
 
+def _sizes(value):
+    """Cluster sizes, comma-separated; '' for none."""
+    return [int(x) for x in value.split(",") if x]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: small N and sizes")
@@ -360,11 +365,11 @@ def main():
                     help="with --provisioning-only: the cloud's own figures too")
     ap.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")],
                     help="cluster sizes N, comma-separated (default 1,4,8,16; 1 with --quick)")
-    ap.add_argument("--scale-sizes", type=lambda v: [int(x) for x in v.split(",") if x],
+    ap.add_argument("--scale-sizes", type=_sizes,
                     default=[32, 64],
                     help="large clusters run once each after the interleaved sizes "
                          "(default 32,64; none with --quick; '' for none)")
-    ap.add_argument("--control-plane-sizes", type=lambda v: [int(x) for x in v.split(",") if x],
+    ap.add_argument("--control-plane-sizes", type=_sizes,
                     default=list(cpbench.SIZES),
                     help="the control plane alone: clusters of fake servers up to ACTIVE "
                          "and down on the cloud's fake compute host (devstack/aio/cloud "

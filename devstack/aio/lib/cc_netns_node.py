@@ -428,13 +428,6 @@ class NodeHost:
             f.write("cc-netns boot: %s (%s)\n" % (spec.hostname, uuid))
         self.boot(spec)
 
-    def running(self, uuid: str) -> bool:
-        """Whether any process of the node runs."""
-        try:
-            return bool(self.run(["ip", "netns", "pids", "cc-" + uuid]).split())
-        except NodeError:
-            return False
-
     def _existing(self, uuid: str) -> str:
         d = self.inst_dir(uuid)
         if not os.path.isfile(os.path.join(d, "boot.json")):
