@@ -26,6 +26,7 @@ from openstack import exceptions as os_exc
 from cloudcompute import retry, tags
 from cloudcompute.autodown import credential
 from cloudcompute.exceptions import TeardownError
+from cloudcompute.provision.changes import Changes
 from cloudcompute.state import ClusterState
 
 LOG = logging.getLogger(__name__)
@@ -34,6 +35,12 @@ LOG = logging.getLogger(__name__)
 # may still be carried out by the cloud after the teardown has looked for
 # it. Teardown keeps looking for such resources by name this long.
 IN_FLIGHT_GRACE = 15.0
+
+POLL = 0.2
+POLL_MAX = 2.0
+FULL_LIST_EVERY = 30.0
+"""Seconds between the server wait's tag-filtered listings; the cycles between
+list only what changed."""
 
 
 def _ids(st: ClusterState, kind: str) -> Dict[str, str]:
@@ -153,10 +160,10 @@ class Teardown:
         their ports held."""
         t0 = time.monotonic()
         net = self.conn.network
-        ids, tagged = self.delete_servers()
+        ids, listed = self.delete_servers()
 
         def servers() -> Dict[str, Set[str]]:
-            self.wait_servers(ids, tagged)
+            self.wait_servers(ids, listed)
             self._servers_s = time.monotonic() - t0
             return {}
 
@@ -167,35 +174,50 @@ class Teardown:
                                           self.keypairs, self.credentials)
         self.network_side(found)
 
-    def delete_servers(self) -> Tuple[Set[str], Set[str]]:
+    def delete_servers(self) -> Tuple[Set[str], Dict[str, Any]]:
         """Send the deletes of every server, recorded or tagged; their ids, and
-        those of them the tag-filtered list showed."""
+        the servers the tag-filtered list showed."""
         compute = self.conn.compute
-        tagged = set(_tagged(compute.servers, self.cid))
-        ids = self._recorded("servers", compute.servers) | tagged
+        tagged = _tagged(compute.servers, self.cid)
+        ids = self._recorded("servers", compute.servers) | set(tagged)
         self._delete_all("server", compute.delete_server, ids)
         return ids, tagged
 
-    def wait_servers(self, ids: Set[str], tagged: Set[str]) -> None:
-        """Until none of ``ids`` is left (one tag-filtered list per cycle)."""
+    def wait_servers(self, ids: Set[str], listed: Dict[str, Any]) -> None:
+        """Until none of ``ids`` is left. Each cycle lists only the project's
+        servers that changed (``changes-since``, which shows deleted servers
+        as DELETED), every ``FULL_LIST_EVERY`` seconds the tagged ones;
+        cycles start ``POLL`` apart and grow by half up to ``POLL_MAX``."""
         compute = self.conn.compute
+        tagged = set(listed)
+        changes = Changes(FULL_LIST_EVERY)
+        changes.seen(list(listed.values()), full=True)  # listed before the deletes
         gone: Set[str] = set()
+        interval = POLL
         while ids:
-            present = set(_tagged(compute.servers, self.cid))
-            tagged |= present
-            # Servers recorded but never seen tagged (tagging failed) are
-            # checked one by one; the others are gone once the list lacks them.
-            for sid in ids - present - tagged:
-                if retry.call(compute.find_server, sid, ignore_missing=True) is not None:
-                    present.add(sid)
-            gone |= ids - present
-            ids &= present
-            if not ids:
-                break
-            if time.monotonic() > self.deadline:
+            retry.SLEEP(interval)
+            interval = min(POLL_MAX, interval * 1.5)
+            since = changes.since()
+            if since is None:
+                now = _tagged(compute.servers, self.cid)
+                present = set(now)
+                tagged |= present
+                # Servers recorded but never seen tagged (tagging failed) are
+                # checked one by one; the others are gone once the list lacks them.
+                for sid in ids - present - tagged:
+                    if retry.call(compute.find_server, sid, ignore_missing=True) is not None:
+                        present.add(sid)
+                changes.seen(list(now.values()), full=True)
+                now_gone = ids - present
+            else:
+                moved = retry.call(lambda s=since: list(compute.servers(changes_since=s)))
+                changes.seen(moved, full=False)
+                now_gone = {s.id for s in moved if s.id in ids and s.status == "DELETED"}
+            gone |= now_gone
+            ids -= now_gone
+            if ids and time.monotonic() > self.deadline:
                 self.errors.append("servers still deleting after %.0fs" % self.timeout)
                 break
-            retry.SLEEP(0.2)
         self._forget_gone("servers", gone)
 
     def floating_ips(self) -> None:

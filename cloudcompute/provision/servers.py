@@ -22,10 +22,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from openstack import exceptions as os_exc
 
 from cloudcompute import retry, tags
-from cloudcompute.autodown import credential
 from cloudcompute.config import ClusterSpec
 from cloudcompute.exceptions import ProvisioningError, ServerFault, WaitTimeout
 from cloudcompute.provision import multicreate, policy
+from cloudcompute.provision.changes import Changes
 from cloudcompute.provision.preflight import Plan, ResolvedGroup
 from cloudcompute.record import NodeInfo
 from cloudcompute.ssh import hostkeys
@@ -41,9 +41,6 @@ FULL_LIST_EVERY = 30.0
 between them list only what changed since (``changes-since``). A server
 deleted while it builds is missed by those (its tags go with it) and found
 missing by the next whole listing."""
-CHANGES_MARGIN = 10.0
-"""Seconds a ``changes-since`` listing reaches back before the newest change
-seen: updates committed late, or stamped by a host whose clock lags."""
 CONSOLE_POLL_MAX = 5.0
 
 
@@ -191,7 +188,7 @@ class ServerBuilder:
         want = {n.name for n in self.nodes.values()}
         unlisted: Dict[str, int] = {}
         interval = POLL
-        changes = _Changes()
+        changes = Changes(FULL_LIST_EVERY)
         while True:
             # no server is ACTIVE the moment it is created: wait before each listing
             retry.SLEEP(min(interval, max(0.0, deadline - time.monotonic())))
@@ -327,27 +324,3 @@ class ServerBuilder:
             interval = min(CONSOLE_POLL_MAX, interval * 1.5)
         raise WaitTimeout("host keys in the console log of %s" % node.name,
                           self.spec.timeouts.ssh, [node.name])
-
-
-class _Changes:
-    """When the wait lists only what changed: from the second cycle on, back
-    to ``CHANGES_MARGIN`` before the newest ``updated`` seen, and every
-    ``FULL_LIST_EVERY`` seconds the whole cluster again. Each cycle then
-    costs the client (and Nova) the servers that moved, not all of them."""
-
-    def __init__(self) -> None:
-        self.newest: Optional[float] = None  # epoch seconds
-        self.full_at = 0.0
-
-    def since(self) -> Optional[str]:
-        """The next listing's ``changes-since``; None for a whole listing."""
-        if self.newest is None or time.monotonic() - self.full_at >= FULL_LIST_EVERY:
-            return None
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                             time.gmtime(self.newest - CHANGES_MARGIN))
-
-    def seen(self, listing: List[Any], full: bool) -> None:
-        if full:
-            self.full_at = time.monotonic()
-        stamps = [credential.parse_time(getattr(s, "updated_at", None)) for s in listing]
-        self.newest = max(filter(None, stamps + [self.newest]), default=None)

@@ -97,28 +97,54 @@ def state(tmp_path):
 class SlowServers(Store):
     """Servers that stay listed for ``polls`` lists after their delete, as
     Nova's do while the compute host tears them down; ``log`` gets a
-    ("server gone", id) entry when one leaves the list."""
+    ("server gone", id) entry when one leaves the list.
+
+    As Nova does, each server has an ``updated_at`` (a clock that advances a
+    5 s per listing, set by the delete request and by the deletion), and
+    ``changes_since`` lists those updated at or after it, deleted ones
+    included (status DELETED, their tags gone); other filters still apply."""
 
     def __init__(self, log, items, polls=2, until=None):
         super().__init__(log, "server", items)
         self.polls, self.deleting, self.until = polls, {}, until
+        self.clock, self.deleted, self.queries = 0, {}, []
+        for r in self.items.values():
+            self._touch(r, "ACTIVE")
+
+    def _touch(self, r, status):
+        r.status = status
+        r.updated_at = "2026-01-01T00:%02d:%02dZ" % divmod(5 * self.clock, 60)
 
     def delete(self, rid, ignore_missing=True, **kw):
         self.log.append((self.kind, rid))
         if rid in self.items:
             self.deleting.setdefault(rid, self.polls)
+            self._touch(self.items[rid], "ACTIVE")  # task_state deleting
 
     def list(self, **kw):
+        self.queries.append(dict(kw))
+        self.clock += 1
         for rid, left in list(self.deleting.items()):
             if left == 0:
                 if self.until is not None:
                     self.until.wait(timeout=2)  # a real deletion takes seconds
-                self.items.pop(rid, None)
+                r = self.items.pop(rid)
+                self._touch(r, "DELETED")
+                r.tags = []
+                self.deleted[rid] = r
                 del self.deleting[rid]
                 self.log.append(("server gone", rid))
             else:
                 self.deleting[rid] = left - 1
-        return super().list(**kw)
+        since = kw.pop("changes_since", None)
+        if since is None:
+            return super().list(**kw)
+        everything = {**self.items, **self.deleted}
+        saved, self.items = self.items, everything
+        try:
+            return [r for r in super().list(**kw) if r.updated_at >= since]
+        finally:
+            self.items = saved
 
     def find(self, rid, ignore_missing=True):
         self.log.append(("server find", rid))
@@ -229,3 +255,31 @@ def test_only_resources_with_the_library_mark_are_deleted(tmp_path):
     st = state(tmp_path)
     Teardown(conn, st).run()
     assert ("security_group", "g1") in log and ("security_group", "other") not in log
+
+
+def test_the_server_wait_lists_only_what_changed_and_backs_off(tmp_path, monkeypatch):
+    """After the deletes the wait lists the project's servers that changed
+    (not the tag-filtered cluster): a deleted server is seen as DELETED there,
+    since Nova drops its tags. Cycles start POLL apart and grow."""
+    sleeps = []
+    monkeypatch.setattr(retry, "SLEEP", sleeps.append)
+    log = []
+    conn = fake_conn(log)
+    servers = SlowServers(log, ["s1", "s2", "s3"], polls=6)
+    servers.items["s3"].tags = ["someone-else"]  # another server of the project
+    servers.deleting["s3"] = 3  # deleted by its owner meanwhile
+    conn.compute.servers, conn.compute.delete_server = servers.list, servers.delete
+    conn.compute.find_server = servers.find
+    st = state(tmp_path)
+    st.created("servers", "s2", "s2")
+    Teardown(conn, st, timeout=10).run()
+    # the tagged listing before the deletes, the wait's, the final check's
+    first, *waits, last = servers.queries
+    assert first == last == {"tags": "cloudcompute,cc-cluster=c-1"}
+    assert len(waits) >= 6 and all(list(q) == ["changes_since"] for q in waits)
+    since = [q["changes_since"] for q in waits]
+    assert since == sorted(since) and since[0] < since[-1]  # the window moves on
+    assert ("server gone", "s1") in log and ("server gone", "s2") in log
+    assert ("server", "s3") not in log  # not the cluster's: never deleted
+    assert sleeps[:3] == [0.2, pytest.approx(0.3), pytest.approx(0.45)]
+    assert not (tmp_path / "c.json").exists()
