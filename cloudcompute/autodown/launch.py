@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from openstack import exceptions as os_exc
 
-from cloudcompute import retry, tags
+from cloudcompute import nodeside, retry, tags
 from cloudcompute.autodown import credential
 from cloudcompute.exceptions import CloudComputeError, ConfigError
 from cloudcompute.jobs.protocol import NODE_DIR
@@ -36,14 +36,9 @@ for _name in ("rest.py", "watchdog.py"):
         SOURCES[_name] = _f.read()
 LAUNCH = ("import sys; sys.path.insert(0, sys.argv[1]); "
           "from ccwatch.watchdog import main; sys.exit(main(sys.argv[1:]))")
-WRITE = ("import json, os, sys\n"
-         "for name, text in json.load(sys.stdin).items():\n"
-         "    path = os.path.join(sys.argv[1], name)\n"
-         "    os.makedirs(os.path.dirname(path), exist_ok=True)\n"
-         "    with open(path + '.tmp', 'w') as f:\n"
-         "        f.write(text)\n"
-         "    os.replace(path + '.tmp', path)\n")
-"""Writes the files of a JSON object read from stdin under the directory argv[1]."""
+WRITE = nodeside.source("write_files")
+"""Writes the files of a JSON object read from stdin under the directory argv[1]
+(:mod:`cloudcompute.nodeside.write_files`)."""
 POLL = 15.0
 """Seconds between the watchdog's looks at its deadline and the node's activity
 (``CLOUDCOMPUTE_WATCHDOG_POLL``, 1 to 300, where the client sets it)."""

@@ -23,25 +23,13 @@ from typing import Any, Dict, List, Optional, Sequence
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+from cloudcompute import nodeside
 from cloudcompute.exceptions import EnvironmentMismatch
 from cloudcompute.jobs.protocol import NODE_DIR
 from cloudcompute.ssh.client import NodeConnection
 
 LOG = logging.getLogger(__name__)
 REMOTE_BASE = NODE_DIR
-
-PROBE = r"""
-import json, sys, sysconfig
-from importlib import metadata
-out = {"python": "%d.%d.%d" % sys.version_info[:3], "platform": sysconfig.get_platform(),
-       "packages": {}}
-for name in json.loads(sys.argv[1]):
-    try:
-        out["packages"][name] = metadata.version(name)
-    except metadata.PackageNotFoundError:
-        out["packages"][name] = None
-sys.stdout.write(json.dumps(out))
-"""
 
 
 def client_requirements(packages: Sequence[str] = ("numpy", "pandas", "pyarrow",
@@ -58,7 +46,9 @@ def client_requirements(packages: Sequence[str] = ("numpy", "pandas", "pyarrow",
 
 
 def probe(conn: NodeConnection, names: Sequence[str], python: str = "python3") -> Dict[str, Any]:
-    result = conn.run([python, "-c", PROBE, json.dumps(list(names))])
+    """What ``python`` on the node is (:mod:`cloudcompute.nodeside.probe`): ``python``
+    (its version), ``platform`` and ``packages`` (name -> version, or None)."""
+    result = conn.run(nodeside.command("probe", json.dumps(list(names)), python=python))
     return json.loads(result.stdout)
 
 

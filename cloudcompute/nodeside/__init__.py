@@ -12,6 +12,8 @@ directories) are arguments, never pasted into the source.
 - ``receive``: a copy checked against a sha256, then renamed into place (fan-out).
 - ``intra_install``: the files of node-to-node SSH, each 0600 (``ssh/intra.py``).
 - ``dask_tool``: find, wait for and stop the node's Dask processes (``daskcluster``).
+- ``probe``: a Python's version, platform and package versions (``jobs/environment.py``).
+- ``write_files``: the autodown watchdog's files, the user's only (``autodown/launch.py``).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import functools
 import os
 from typing import List
 
-PROGRAMS = ("put", "get", "receive", "intra_install", "dask_tool")
+PROGRAMS = ("put", "get", "receive", "intra_install", "dask_tool", "probe", "write_files")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 

@@ -28,9 +28,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 from cloudcompute import nodeside
 from cloudcompute.exceptions import HostKeyMismatch, IntegrityError, SSHError
-
-# Linux's F_SETPIPE_SZ: the fcntl module names it from Python 3.10 on.
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+from cloudcompute.nodeside.put import F_SETPIPE_SZ  # the nodes' programs keep their own copy
 
 KEEPALIVE_SECONDS = 5
 """Both SSH clients probe a quiet connection this often; OpenSSH gives up after
