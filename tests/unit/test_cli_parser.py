@@ -12,8 +12,6 @@ from cloudcompute.cli import parser as cliparser
 from cloudcompute.cli.spec import parse_group
 from cloudcompute.exceptions import PreflightError
 
-COMMANDS = ["up", "status", "down", "run", "put", "get", "ssh", "logs", "dask", "list", "gc"]
-
 
 def parsers():
     """(command line, parser) for the top level and every subcommand."""
@@ -25,6 +23,12 @@ def parsers():
     return out
 
 
+COMMANDS = [c.split(" ", 1)[1] for c, _ in parsers()[1:]]
+"""Every command the parser registers, so that one added later is checked too."""
+KNOWN_COMMANDS = {"up", "status", "extend", "down", "run", "put", "get", "ssh", "logs",
+                  "dask", "list", "gc", "submit", "jobs", "results", "cancel"}
+
+
 def missing_help(parser):
     """The options and positionals of ``parser`` whose help is not a sentence
     with its default, and the subcommands without a summary."""
@@ -33,8 +37,9 @@ def missing_help(parser):
         name = "/".join(action.option_strings) or action.metavar or action.dest
         text = action.help or ""
         if isinstance(action, argparse._SubParsersAction):
-            bad += ["command %s" % c.dest for c in action._choices_actions
-                    if not (c.help or "").strip()]
+            summaries = {c.dest: c.help for c in action._choices_actions}
+            bad += ["command %s" % name for name in action.choices
+                    if not (summaries.get(name) or "").strip()]
         if not text.strip() or text == argparse.SUPPRESS:
             bad.append("%s: no help" % name)
             continue
@@ -56,7 +61,7 @@ def test_every_command_and_option_has_help_with_its_default():
     found = parsers()
     names = [c for c, _ in found]
     assert names[0] == "cloudcompute" and len(set(names)) == len(names)
-    assert {"cloudcompute " + c for c in COMMANDS} <= set(names)
+    assert KNOWN_COMMANDS <= set(COMMANDS)  # none lost its registration
     problems = {command: missing_help(p) for command, p in found}
     assert {c: b for c, b in problems.items() if b} == {}
 
@@ -76,6 +81,17 @@ def test_help_of_each_command_prints_and_exits_0(command, capsys):
     assert cli.main(command + ["--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: cloudcompute") and "Show this help and exit." in out
+    description = dict(parsers())[" ".join(["cloudcompute"] + command)].description
+    assert (description or "").strip() and " ".join(description.split()) in " ".join(out.split())
+
+
+def test_the_help_check_catches_a_command_without_a_summary():
+    p = cliparser.Parser(prog="x")
+    sub = p.add_subparsers(dest="command", help="The command.")
+    cliparser.add_command(sub, "ok", print, "Do it.")
+    sub.add_parser("bare")
+    sub.add_parser("blank", help=" ")
+    assert missing_help(p) == ["command bare", "command blank"]
 
 
 def test_version_comes_from_the_installed_metadata(capsys):
@@ -321,3 +337,4 @@ def test_completion_is_inert_without_the_shell_hook(monkeypatch):
     with pytest.raises(SystemExit) as exc:
         cliparser.autocomplete(cliparser.build())
     assert exc.value.code == 1
+
