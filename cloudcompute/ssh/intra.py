@@ -50,10 +50,17 @@ class IntraSSH:
 
 
 # -- what runs where (pure, unit tested) ----------------------------------
+def peer_options(key_file: str, known_hosts: str) -> List[str]:
+    """The OpenSSH options from one node to another (:func:`bulk.openssh_options`,
+    quiet, the fast ciphers first): the source of both :func:`ssh_argv` and
+    :func:`ssh_config_text`."""
+    return [*bulk.openssh_options(key_file, known_hosts), "-o", "LogLevel=ERROR",
+            "-o", "Ciphers=" + bulk.CIPHERS]
+
+
 def ssh_argv(key_file: str, known_hosts: str, user: str, address: str) -> List[str]:
     """ssh from one node to another: only the internal key, only recorded host keys."""
-    return ["ssh", *bulk.openssh_options(key_file, known_hosts), "-o", "LogLevel=ERROR",
-            "-o", "Ciphers=" + bulk.CIPHERS, *bulk.destination(user, address)]
+    return ["ssh", *peer_options(key_file, known_hosts), *bulk.destination(user, address)]
 
 
 def install_command() -> List[str]:
@@ -73,15 +80,43 @@ def known_hosts_text(nodes: Sequence[Any]) -> str:
     return "".join(lines)
 
 
+_KEYWORDS = {"-p": "Port", "-i": "IdentityFile"}
+"""The flags of :func:`bulk.openssh_options` besides ``-o Key=Value`` and ``-F``
+(which names the configuration file itself), as ssh_config keywords."""
+
+
+def config_lines(argv_options: Sequence[str]) -> List[str]:
+    """ssh options (``-o Key=Value``, ``-p``, ``-i``; ``-F`` left out) as ssh_config
+    lines ``Key Value``. Raises ValueError for a flag or a value with no such form."""
+    if len(argv_options) % 2:
+        raise ValueError("ssh options come in pairs: %r" % (list(argv_options),))
+    lines = []
+    for flag, value in zip(argv_options[::2], argv_options[1::2], strict=True):
+        if flag == "-o":
+            key, eq, setting = value.partition("=")
+            if not eq or not key.isalnum():
+                raise ValueError("ssh option -o %s is not Key=Value" % value)
+            value = setting
+        elif flag in _KEYWORDS:
+            key = _KEYWORDS[flag]
+        elif flag == "-F":
+            continue
+        else:
+            raise ValueError("ssh option %s has no ssh_config form" % flag)
+        if '"' in value or "\n" in value:
+            raise ValueError("ssh_config cannot hold the value of %s: %r" % (key, value))
+        lines.append("%s %s" % (key, '"%s"' % value if value.split() != [value] else value))
+    return lines
+
+
 def ssh_config_text(user: str, addresses: Sequence[str], key_file: str,
                     known_hosts: str) -> str:
-    """An ssh_config for ``ssh -F`` (and MPI's rsh agent): the same options as
+    """An ssh_config for ``ssh -F`` (and MPI's rsh agent): the options of
     :func:`ssh_argv`, for the members' fixed IPs only."""
+    lines = ["Host " + " ".join(addresses), "    User " + user]
+    lines += ["    " + line for line in config_lines(peer_options(key_file, known_hosts))]
     return ("# SSH between the nodes of a cloudcompute cluster (host keys verified)\n"
-            "Host %s\n    User %s\n    IdentityFile %s\n    IdentitiesOnly yes\n"
-            "    BatchMode yes\n    StrictHostKeyChecking yes\n    UserKnownHostsFile %s\n"
-            "    GlobalKnownHostsFile /dev/null\n    ConnectTimeout 10\n"
-            % (" ".join(addresses), user, key_file, known_hosts))
+            + "".join(line + "\n" for line in lines))
 
 
 @contextlib.contextmanager
