@@ -269,7 +269,7 @@ def test_neutron_network_router_and_port_flows(conn, admin_conn, unique):
         public = conn.network.find_network("public")
         router = conn.network.create_router(
             name=unique, external_gateway_info={"network_id": public.id})
-        conn.network.add_interface_to_router(router, subnet_id=sub.id)
+        conn.network.add_interface_to_router(router, sub.id)
         port = conn.network.create_port(
             network_id=net.id, name=unique,
             allowed_address_pairs=[{"ip_address": "10.42.251.200"}])
@@ -285,7 +285,7 @@ def test_neutron_network_router_and_port_flows(conn, admin_conn, unique):
 
         conn.network.delete_ip(fip)
         conn.network.delete_port(port)
-        conn.network.remove_interface_from_router(router, subnet_id=sub.id)
+        conn.network.remove_interface_from_router(router, sub.id)
         conn.network.delete_router(router)
         conn.network.delete_subnet(sub)
     finally:
