@@ -3,6 +3,9 @@ variables, --version, --group, and one-line errors with exit code 2."""
 import argparse
 import dataclasses
 import importlib.metadata
+import os
+import subprocess
+import sys
 import types
 
 import pytest
@@ -338,3 +341,25 @@ def test_completion_is_inert_without_the_shell_hook(monkeypatch):
         cliparser.autocomplete(cliparser.build())
     assert exc.value.code == 1
 
+
+def completions(line, tmp_path):
+    """What the shell hook (``register-python-argcomplete cloudcompute``) gets back
+    for ``line`` with the cursor at its end: the command run with the hook's
+    variables, its candidates written to a file, separated by vertical tabs."""
+    out = tmp_path / "candidates"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("_ARC", "COMP_"))}
+    env.update(_ARGCOMPLETE="1", _ARGCOMPLETE_SHELL="bash", COMP_LINE=line,
+               COMP_POINT=str(len(line)), _ARGCOMPLETE_STDOUT_FILENAME=str(out))
+    r = subprocess.run([sys.executable, "-c", "import sys; from cloudcompute.cli import main; "
+                        "sys.exit(main())"], env=env, capture_output=True, text=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    return sorted(word.strip() for word in out.read_text().split("\v"))
+
+
+def test_completion_offers_options_commands_and_choices(tmp_path):
+    assert completions("cloudcompute up --gr", tmp_path) == ["--group"]
+    assert completions("cloudcompute gc --y", tmp_path) == ["--yes"]
+    assert completions("cloudcompute s", tmp_path) == sorted(
+        c for c in COMMANDS if c.startswith("s")) == ["ssh", "status", "submit"]
+    assert completions("cloudcompute -f ", tmp_path) == ["json", "table"]
