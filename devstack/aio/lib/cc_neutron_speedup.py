@@ -18,8 +18,8 @@ created rows after the session has closed, which only the subquery loads
 have filled by then (with ``selectin`` a router's gateway port fails with a
 DetachedInstanceError).
 
-neutron-server is started as ``python3 -c "import cc_neutron_speedup; ..."``
-with this directory on PYTHONPATH; nothing else imports it.
+neutron-server is started by ``neutron_server.py`` in this directory, which
+imports this module before Neutron's; nothing else imports it.
 """
 import sys
 
