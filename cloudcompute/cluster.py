@@ -172,7 +172,7 @@ class Cluster:
             LOG.error("rollback of %s incomplete: %s (kept in %s)", self.name, exc,
                       self.state.path)
             if isinstance(cause, ProvisioningError):
-                cause.resources = self.state.resources
+                cause.resources = self.state.snapshot()
             return
         if isinstance(cause, ProvisioningError):
             cause.rolled_back = True
@@ -226,7 +226,7 @@ class Cluster:
         """The servers of this cluster: recorded, or found by its tag."""
         assert self.state is not None
         cluster_id = self.state.cluster_id
-        ids = {e["id"] for e in self.state.resources["servers"].values() if e.get("id")}
+        ids = set(self.state.ids("servers"))
         ids.update(s.id for s in retry.call(lambda: list(self.conn.compute.servers(
             tags=tags.CLUSTER_TAG + cluster_id))))
         return sorted(ids)

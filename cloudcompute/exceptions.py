@@ -1,7 +1,10 @@
 """The exceptions of cloudcompute: one root, subclasses that carry data."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence
+
+if TYPE_CHECKING:
+    from cloudcompute.record import ResourceEntry
 
 
 class CloudComputeError(Exception):
@@ -39,12 +42,15 @@ class ProvisioningError(CloudComputeError):
     """Creating the cluster failed.
 
     ``resources`` holds what had been created (and is recorded in the state
-    file); ``rolled_back`` tells whether all of it has since been deleted.
+    file), kind -> name -> :class:`~cloudcompute.record.ResourceEntry`;
+    ``rolled_back`` tells whether all of it has since been deleted.
     """
 
-    def __init__(self, message: str, resources: Optional[Mapping[str, Any]] = None,
+    def __init__(self, message: str,
+                 resources: Optional[Mapping[str, Mapping[str, "ResourceEntry"]]] = None,
                  rolled_back: bool = False):
-        self.resources = dict(resources or {})
+        self.resources: Dict[str, Dict[str, "ResourceEntry"]] = {
+            kind: dict(entries) for kind, entries in (resources or {}).items()}
         self.rolled_back = rolled_back
         super().__init__(message)
 

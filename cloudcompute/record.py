@@ -25,8 +25,43 @@ SCHEMA_VERSION = 2
 KINDS = ("servers", "floating_ips", "router_interfaces", "routers", "ports",
          "subnets", "networks", "security_groups", "keypairs", "application_credentials")
 
-# kind -> resource name -> {"name", "id" (None while only intended), ...}
-Resources = Dict[str, Dict[str, Dict[str, Any]]]
+
+
+@dataclasses.dataclass
+class ResourceEntry:
+    """One cloud resource of the cluster, recorded before the call that creates
+    it (``id`` None until the cloud answers). On disk a JSON object with
+    ``name``, ``id`` and those of the other fields that are set; keys this
+    version does not know are kept, in ``extra``, and written back."""
+    name: str
+    id: Optional[str] = None
+    group: Optional[str] = None  # servers: the node group
+    host_keys: Optional[List[str]] = None  # servers: the SSH host keys expected
+    batch: Optional[str] = None  # servers made by one multi-create request: its base name
+    fixed_ip: Optional[str] = None  # servers
+    status: Optional[str] = None  # servers: ACTIVE, or ERROR once deleted as failed
+    dropped: Optional[bool] = None  # servers: failed and left out of the cluster
+    address: Optional[str] = None  # floating IPs: the address
+    port_id: Optional[str] = None  # floating IPs: the port it is bound to
+    network_id: Optional[str] = None  # subnets
+    router_id: Optional[str] = None  # router interfaces
+    subnet_id: Optional[str] = None  # router interfaces
+    extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> Dict[str, Any]:
+        out = dict(self.extra)
+        out.update((f, getattr(self, f)) for f in _ENTRY_FIELDS
+                   if getattr(self, f) is not None)
+        out.update(name=self.name, id=self.id)
+        return out
+
+
+_ENTRY_FIELDS = {"id": str, "group": str, "host_keys": list, "batch": str, "fixed_ip": str,
+                 "status": str, "dropped": bool, "address": str, "port_id": str,
+                 "network_id": str, "router_id": str, "subnet_id": str}
+
+# kind -> resource name -> its entry
+Resources = Dict[str, Dict[str, ResourceEntry]]
 
 
 @dataclasses.dataclass
@@ -136,7 +171,8 @@ class ClusterRecord:
             "spec": config.spec_to_dict(self.spec) if self.spec else None,
             "python": dict(self.python),
             "dask": dataclasses.asdict(self.dask) if self.dask else None,
-            "resources": self.resources,
+            "resources": {kind: {name: e.to_json() for name, e in entries.items()}
+                          for kind, entries in self.resources.items()},
         }
 
     @classmethod
@@ -155,11 +191,12 @@ class _Reader:
     def fail(self, field: str, what: str) -> StateError:
         return StateError("%s: %s %s" % (self.where, field, what))
 
-    def typed(self, data: Mapping[str, Any], field: str, types: Any, default: Any) -> Any:
+    def typed(self, data: Mapping[str, Any], field: str, types: Any, default: Any,
+              label: Optional[str] = None) -> Any:
         value = data.get(field, default)
         if value is not default and not isinstance(value, types) \
                 or isinstance(value, bool) and bool not in _as_tuple(types):
-            raise self.fail(field, "is %r, not %s" % (value, _names(types)))
+            raise self.fail(label or field, "is %r, not %s" % (value, _names(types)))
         return value
 
     def read(self, data: Any) -> ClusterRecord:
@@ -257,13 +294,24 @@ class _Reader:
         return DaskRecord(data["scheduler_node"], list(nodes), data["scheduler"])
 
     def resources(self, data: Dict[str, Any]) -> Resources:
+        out: Resources = {}
         for kind, entries in data.items():
             if kind not in KINDS:
                 raise self.fail("resources", "names an unknown kind %r" % kind)
             if not isinstance(entries, dict) or not all(
                     isinstance(e, dict) and e.get("name") == n for n, e in entries.items()):
                 raise self.fail("resources.%s" % kind, "is not a list of resources")
-        return data
+            out[kind] = {n: self.entry("resources.%s.%s" % (kind, n), e)
+                         for n, e in entries.items()}
+        return out
+
+    def entry(self, where: str, data: Dict[str, Any]) -> ResourceEntry:
+        fields = {f: self.typed(data, f, types, None, label="%s.%s" % (where, f))
+                  for f, types in _ENTRY_FIELDS.items()}
+        if not all(isinstance(k, str) for k in fields["host_keys"] or []):
+            raise self.fail(where + ".host_keys", "must be a list of key lines")
+        extra = {k: v for k, v in data.items() if k not in _ENTRY_FIELDS and k != "name"}
+        return ResourceEntry(name=data["name"], extra=extra, **fields)
 
 
 _NODE_FIELDS = {"name": str, "group": str, "server_id": str, "fixed_ip": str,

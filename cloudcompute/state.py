@@ -22,6 +22,8 @@ Concurrency rules, for processes and threads alike:
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import fcntl
 import glob
 import json
@@ -33,7 +35,7 @@ from typing import Any, Iterator, List, Optional
 
 from cloudcompute.config import NAME_RE
 from cloudcompute.exceptions import StateError
-from cloudcompute.record import KINDS, ClusterRecord, Resources
+from cloudcompute.record import KINDS, ClusterRecord, ResourceEntry, Resources
 
 LOG = logging.getLogger(__name__)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -270,16 +272,17 @@ class ClusterState:
         return self.record.resources
 
     def intend(self, kind: str, name: str, **info: Any) -> None:
-        """Record that ``name`` is about to be created (id not known yet)."""
+        """Record that ``name`` is about to be created (id not known yet);
+        ``info`` sets fields of its :class:`ResourceEntry`."""
         with self.locked():
-            self.resources[kind][name] = dict(info, name=name, id=None)
+            self.resources[kind][name] = ResourceEntry(name=name, id=None, **info)
             self.save()
 
     def created(self, kind: str, name: str, res_id: str, **info: Any) -> None:
-        """Record that ``name`` exists, with its id."""
+        """Record that ``name`` exists, with its id (and the fields in ``info``)."""
         with self.locked():
-            entry = self.resources[kind].setdefault(name, {"name": name})
-            entry.update(info, id=res_id)
+            entry = self.resources[kind].get(name) or ResourceEntry(name=name)
+            self.resources[kind][name] = dataclasses.replace(entry, id=res_id, **info)
             self.save()
 
     def forget(self, kind: str, *names: str) -> None:
@@ -291,9 +294,29 @@ class ClusterState:
                 self.resources[kind].pop(name, None)
             self.save()
 
+    def entries(self, kind: str) -> List[ResourceEntry]:
+        """The recorded resources of ``kind`` (a snapshot: other threads may
+        change the record meanwhile)."""
+        return list(self.resources[kind].values())
+
+    def ids(self, kind: str) -> List[str]:
+        """The ids of the recorded resources of ``kind`` whose id is known, sorted."""
+        return sorted(e.id for e in self.entries(kind) if e.id)
+
+    def in_flight(self) -> List[str]:
+        """``<kind> <name>`` of each create recorded as intended whose id never came."""
+        return sorted("%s %s" % (kind, e.name) for kind in KINDS
+                      for e in self.entries(kind) if not e.id)
+
+    def snapshot(self) -> Resources:
+        """A copy of every recorded resource, kind -> name -> entry, that later
+        changes of the record leave as it is."""
+        return {kind: {name: copy.deepcopy(e) for name, e in list(self.resources[kind].items())}
+                for kind in KINDS}
+
     def count(self) -> int:
         return sum(len(v) for v in self.resources.values())
 
     def listing(self) -> List[str]:
-        return ["%s %s (%s)" % (kind[:-1], name, e.get("id") or "id unknown")
-                for kind in KINDS for name, e in self.resources[kind].items()]
+        return ["%s %s (%s)" % (kind[:-1], e.name, e.id or "id unknown")
+                for kind in KINDS for e in self.entries(kind)]

@@ -27,6 +27,7 @@ from cloudcompute import retry, tags
 from cloudcompute.autodown import credential
 from cloudcompute.exceptions import TeardownError
 from cloudcompute.provision.changes import Changes
+from cloudcompute.record import KINDS
 from cloudcompute.state import ClusterState
 
 LOG = logging.getLogger(__name__)
@@ -41,10 +42,6 @@ POLL_MAX = 2.0
 FULL_LIST_EVERY = 30.0
 """Seconds between the server wait's tag-filtered listings; the cycles between
 list only what changed."""
-
-
-def _ids(st: ClusterState, kind: str) -> Dict[str, str]:
-    return {e["id"]: n for n, e in list(st.resources[kind].items()) if e.get("id")}
 
 
 def _tagged(lister: Callable[..., Any], cluster_id: str) -> Dict[str, Any]:
@@ -87,18 +84,18 @@ class Teardown:
     def _recorded(self, kind: str, lister: Callable[..., Any]) -> Set[str]:
         """Ids in the state file, plus those of creates whose answer never came
         (an intent without an id), looked up by their unique name."""
-        ids = set(_ids(self.st, kind))
-        for name, e in list(self.st.resources[kind].items()):
-            if e.get("id"):
+        ids = set(self.st.ids(kind))
+        for e in self.st.entries(kind):
+            if e.id:
                 continue
             if kind == "floating_ips":
                 found = [r for r in retry.call(lambda e=e: list(lister(
-                    port_id=e.get("port_id")))) if e.get("port_id")]
+                    port_id=e.port_id))) if e.port_id]
             else:
-                found = [r for r in retry.call(lambda n=name: list(lister(name=n)))
-                         if r.name == name]
+                found = [r for r in retry.call(lambda n=e.name: list(lister(name=n)))
+                         if r.name == e.name]
             for r in found[:1]:
-                self.st.created(kind, name, r.id)
+                self.st.created(kind, e.name, r.id)
                 ids.add(r.id)
         return ids
 
@@ -231,18 +228,17 @@ class Teardown:
         ids of each kind (listed while the servers were going)."""
         net = self.conn.network
         done = []
-        for name, e in list(self.st.resources["router_interfaces"].items()):
-            if e.get("router_id") and e.get("subnet_id"):
+        for e in self.st.entries("router_interfaces"):
+            if e.router_id and e.subnet_id:
                 try:
                     # positional: openstacksdk renamed subnet_id to subnet
-                    retry.call(net.remove_interface_from_router, e["router_id"],
-                               e["subnet_id"])
+                    retry.call(net.remove_interface_from_router, e.router_id, e.subnet_id)
                 except (os_exc.NotFoundException, os_exc.BadRequestException):
                     pass
                 except os_exc.SDKException as exc:
-                    self.errors.append("router interface %s: %s" % (name, exc))
+                    self.errors.append("router interface %s: %s" % (e.name, exc))
                     continue
-            done.append(name)
+            done.append(e.name)
         self.st.forget("router_interfaces", *done)
         for nid in found["networks"]:
             for port in retry.call(lambda n=nid: list(net.ports(network_id=n))):
@@ -255,7 +251,7 @@ class Teardown:
             self._forget_gone(kind, gone)
 
     def keypairs(self) -> None:
-        names = set(self.st.resources["keypairs"]) | {tags.resource_name(self.cid)}
+        names = {e.name for e in self.st.entries("keypairs")} | {tags.resource_name(self.cid)}
         gone = {name for name in sorted(names) if self._delete(
             "keypair %s" % name, self.conn.compute.delete_keypair, name,
             ignore_missing=True)}
@@ -266,7 +262,7 @@ class Teardown:
         """The watchdog's application credential (:mod:`cloudcompute.autodown`),
         by its recorded id and by its name, ``cc-<cluster id>``."""
         identity, user = self.conn.identity, self.conn.current_user_id
-        ids = set(_ids(self.st, "application_credentials"))
+        ids = set(self.st.ids("application_credentials"))
         if not ids or self._in_flight():
             try:
                 ids.update(credential.find_ids(self.conn, self.cid))
@@ -280,24 +276,21 @@ class Teardown:
 
     def _in_flight(self) -> List[str]:
         """Creates recorded as intended whose resource has not been seen yet."""
-        # snapshots: the other kinds' threads change their own records meanwhile
-        return sorted("%s %s" % (kind, name) for kind, entries in list(self.st.resources.items())
-                      for name, e in list(entries.items()) if not e.get("id"))
+        return self.st.in_flight()
 
     def _forget_gone(self, kind: str, gone: Set[str], by_name: bool = False) -> None:
         """Forget the records of ``gone`` ids (names, ``by_name``), and those of
         creates that never showed within the grace period."""
         drop = []
-        for name, e in list(self.st.resources[kind].items()):
-            rid = e.get("id")
-            if rid is None:
+        for e in self.st.entries(kind):
+            if e.id is None:
                 # Not seen by name yet: the create may still land.
                 if time.monotonic() >= self.grace_end:
                     LOG.warning("%s %s: its create was in flight and nothing appeared "
-                                "within the grace period; forgetting it", kind, name)
-                    drop.append(name)
-            elif (name if by_name else rid) in gone:
-                drop.append(name)
+                                "within the grace period; forgetting it", kind, e.name)
+                    drop.append(e.name)
+            elif (e.name if by_name else e.id) in gone:
+                drop.append(e.name)
         self.st.forget(kind, *drop)
 
     def verify(self) -> List[str]:
@@ -312,9 +305,9 @@ class Teardown:
         left = {r.id: "%s %s (%s)" % (kind, r.name or r.id, r.id)
                 for (kind, _), found in zip(listers, lists, strict=True)
                 for r in found.values()}
-        for kind in self.st.resources:
+        for kind in KINDS:
             label = kind[:-1].replace("_", " ").replace("floating ip", "floating IP")
-            for name, e in self.st.resources[kind].items():
-                left.setdefault(e.get("id") or name, "%s %s (%s)" % (
-                    label, name, e.get("id") or "id unknown"))
+            for e in self.st.entries(kind):
+                left.setdefault(e.id or e.name, "%s %s (%s)" % (
+                    label, e.name, e.id or "id unknown"))
         return sorted(left.values())

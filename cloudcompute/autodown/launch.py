@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from openstack import exceptions as os_exc
 
@@ -53,10 +53,6 @@ def poll_seconds() -> float:
     return min(max(value, 1.0), 300.0) if value == value else POLL
 
 
-def _ids(st: Any, kind: str) -> List[str]:
-    return sorted(e["id"] for e in st.resources[kind].values() if e.get("id"))
-
-
 def targets(conn: Any, st: Any, first: Any, known: Optional[credential.Targets] = None
             ) -> credential.Targets:
     """The cluster's resources the watchdog will delete, as recorded; ``first``
@@ -68,12 +64,11 @@ def targets(conn: Any, st: Any, first: Any, known: Optional[credential.Targets] 
         ports = list(retry.call(lambda: list(conn.network.ports(device_id=first.server_id))))
         own_port = ports[0].id if len(ports) == 1 else None
     return credential.Targets(
-        servers=_ids(st, "servers"), floating_ips=_ids(st, "floating_ips"),
-        keypair=next(iter(sorted(st.resources["keypairs"])), None),
-        security_group=next(iter(_ids(st, "security_groups")), None),
+        servers=st.ids("servers"), floating_ips=st.ids("floating_ips"),
+        keypair=min((e.name for e in st.entries("keypairs")), default=None),
+        security_group=next(iter(st.ids("security_groups")), None),
         own_port=own_port,
-        leftovers={k: _ids(st, k) for k in ("routers", "subnets", "networks")
-                   if _ids(st, k)})
+        leftovers={k: st.ids(k) for k in ("routers", "subnets", "networks") if st.ids(k)})
 
 
 def _default_group(conn: Any) -> Optional[str]:
@@ -217,17 +212,17 @@ def _renew_credential(cluster: Any, deadline: float) -> None:
     margin) is replaced: the old one deleted, a new one of the same name and
     rules written to the node, where the watchdog reads it on its next pass."""
     conn, st = cluster.conn, cluster.state
-    for name, entry in list(st.resources["application_credentials"].items()):
+    for entry in st.entries("application_credentials"):
         try:
             cred = retry.call(conn.identity.get_application_credential,
-                              conn.current_user_id, entry.get("id") or name)
+                              conn.current_user_id, entry.id or entry.name)
         except os_exc.NotFoundException:
             continue
         expires = credential.parse_time(cred.expires_at)
         if expires is None or expires >= deadline + credential.MARGIN / 2:
             continue
         credential.delete(conn, cred.id)
-        st.forget("application_credentials", name)
+        st.forget("application_credentials", entry.name)
         made = credential.create(conn, st, credential.access_rules(
             conn, targets(conn, st, cluster.nodes[0])), deadline + credential.MARGIN)
         if made is not None:

@@ -89,7 +89,7 @@ class ServerBuilder:
             errors = [f.exception() for f in futures if f.exception()]
         if errors:
             raise ProvisioningError("creating servers failed: %s" % errors[0],
-                                    self.st.resources) from errors[0]
+                                    self.st.snapshot()) from errors[0]
 
     def _server_args(self, group: ResolvedGroup, user_data: Optional[str]) -> Dict[str, Any]:
         meta = tags.server_metadata(self.st.cluster_id, self.st.name, group.name,
@@ -272,7 +272,7 @@ class ServerBuilder:
                         len(want), rule.needed)
             return
         raise ServerFault(node.server_id or "?", node.name, fault,
-                          resources=self.st.resources)
+                          resources=self.st.snapshot())
 
     def delete_quietly(self, node: NodeInfo) -> None:
         """Delete a failed server now; teardown verifies it is gone."""
@@ -294,7 +294,7 @@ class ServerBuilder:
         ports = list(retry.call(self.conn.network.ports, device_id=node.server_id))
         if not ports:
             raise ProvisioningError("server %s has no port for a floating IP" % node.name,
-                                    self.st.resources)
+                                    self.st.snapshot())
         self.st.intend("floating_ips", node.name, port_id=ports[0].id)
         fip = retry.create_checked(
             lambda: self.conn.network.create_ip(

@@ -176,7 +176,7 @@ def test_the_credential_reaches_its_own_cluster_only_and_goes_with_it(
         assert isinstance(token, str)
         nova, neutron = conn.endpoint_for("compute"), conn.endpoint_for("network") + "/v2.0"
         assert _status(token, "GET", "%s/servers/%s" % (nova, a.nodes[0].server_id)) == 200
-        b_sg = next(iter(b.state.resources["security_groups"].values()))["id"]
+        (b_sg,) = b.state.ids("security_groups")
         public = admin_conn.network.find_network("public")
         router = admin_conn.network.find_router("router1")
         refused = {}

@@ -133,11 +133,11 @@ def test_the_dashboard_answers_over_the_forward(client):
 def test_security_group_admits_no_port_but_ssh_from_outside(cluster, client, conn, fault):
     fault("cluster security group rules listed through the API with Dask running",
           "security", "ingress from outside the cluster's own group: TCP 22 only")
-    (sg,) = cluster.state.resources["security_groups"].values()
-    rules = list(conn.network.security_group_rules(security_group_id=sg["id"]))
+    (sg,) = cluster.state.ids("security_groups")
+    rules = list(conn.network.security_group_rules(security_group_id=sg))
     ingress = [r for r in rules if r.direction == "ingress"]
-    internal = [r for r in ingress if r.remote_group_id == sg["id"]]
-    outside = [r for r in ingress if r.remote_group_id != sg["id"]]
+    internal = [r for r in ingress if r.remote_group_id == sg]
+    outside = [r for r in ingress if r.remote_group_id != sg]
     assert internal and outside
     for r in outside:
         assert (r.protocol, r.port_range_min, r.port_range_max) == ("tcp", 22, 22), r

@@ -70,7 +70,7 @@ def test_api_fault_is_survived(case, expected, rules, proxied, fault, unique, st
     with Cluster(ClusterSpec(name=unique, nodes=1), cloud=cloud) as c:
         assert c.connection(c.nodes[0].name).run(["true"]).ok
         sid = c.nodes[0].server_id
-        (sg,) = [e["id"] for e in c.state.resources["security_groups"].values()]
+        (sg,) = c.state.ids("security_groups")
         made = [(r.direction, r.ether_type, r.protocol, r.port_range_min,
                  r.remote_ip_prefix, r.remote_group_id)
                 for r in conn.network.security_group_rules(security_group_id=sg)]

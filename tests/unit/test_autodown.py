@@ -275,7 +275,7 @@ def test_gateway_is_read_from_the_route_table(tmp_path):
     assert rest.rewrite_host("https://api.example/v3", None) == "https://api.example/v3"
 
 
-def test_access_rules_name_this_clusters_resources_and_no_listing():
+def test_access_rules_name_this_clusters_resources_and_no_listing(tmp_path):
     conn = types.SimpleNamespace(endpoint_for=lambda s: {
         "compute": "http://h:8774/v2.1", "network": "http://h:9696",
         "identity": "http://h:5000/v3/"}[s])
@@ -305,35 +305,19 @@ class FakeNode:
         return types.SimpleNamespace(ok=True, stdout="", stderr="")
 
 
-class FakeState:
-    def __init__(self, expires_at):
-        self.cluster_id, self.name = "c-1", "c"
-        self.record = types.SimpleNamespace(expires_at=expires_at)
-        self.resources = {k: {} for k in ("servers", "floating_ips", "keypairs",
-                                          "security_groups", "routers", "subnets",
-                                          "networks", "application_credentials")}
-        self.resources["servers"] = {"n0": {"id": "s0"}, "n1": {"id": "s1"}}
-        self.resources["keypairs"] = {"cc-c-1": {"id": "cc-c-1"}}
-        self.saved = 0
-
-    def locked(self):
-        import contextlib
-        return contextlib.nullcontext()
-
-    def save(self):
-        self.saved += 1
-
-    def intend(self, kind, name, **kw):
-        self.resources[kind][name] = {"name": name, "id": None}
-
-    def created(self, kind, name, rid, **kw):
-        self.resources[kind][name] = {"name": name, "id": rid}
-
-    def forget(self, kind, name):
-        self.resources[kind].pop(name, None)
+def fake_state(directory, expires_at):
+    """A real state file: servers n0 and n1, the keypair."""
+    from cloudcompute.record import ClusterRecord
+    from cloudcompute.state import ClusterState
+    st = ClusterState.create(ClusterRecord(name="c", cluster_id="c-1", expires_at=expires_at),
+                             str(directory))
+    st.created("servers", "n0", "s0")
+    st.created("servers", "n1", "s1")
+    st.created("keypairs", "cc-c-1", "cc-c-1")
+    return st
 
 
-def fake_cluster(expires_at=NOW + 3600, refuse=None):
+def fake_cluster(tmp_path, expires_at=NOW + 3600, refuse=None):
     from openstack import exceptions as os_exc
     meta, made, deleted = {}, [], []
 
@@ -362,7 +346,7 @@ def fake_cluster(expires_at=NOW + 3600, refuse=None):
             sid, {}).update(m)))
     node = FakeNode()
     cluster = types.SimpleNamespace(
-        name="c", state=FakeState(expires_at), conn=conn,
+        name="c", state=fake_state(tmp_path, expires_at), conn=conn,
         spec=types.SimpleNamespace(node_api_host="gateway", idle_minutes=5,
                                    timeouts=types.SimpleNamespace(teardown=300)),
         nodes=[types.SimpleNamespace(name="n0", server_id="s0")],
@@ -370,9 +354,9 @@ def fake_cluster(expires_at=NOW + 3600, refuse=None):
     return cluster, node, meta, made
 
 
-def test_start_sends_the_secret_on_stdin_only_and_records_the_id():
+def test_start_sends_the_secret_on_stdin_only_and_records_the_id(tmp_path):
     from cloudcompute.autodown import launch
-    cluster, node, _, made = fake_cluster()
+    cluster, node, _, made = fake_cluster(tmp_path)
     assert launch.start(cluster)
     assert made[0]["unrestricted"] is False and made[0]["access_rules"]
     assert made[0]["expires_at"].startswith("2027-01-15")  # deadline plus the margin
@@ -388,7 +372,7 @@ def test_start_sends_the_secret_on_stdin_only_and_records_the_id():
     assert "TOP-SECRET-VALUE" not in json.dumps(config)
     assert config["servers"] == ["s0", "s1"] and config["own_port"] == "p0"
     assert config["default_security_group"] == "gd"
-    assert cluster.state.resources["application_credentials"]["cc-c-1"]["id"] == "a1"
+    assert cluster.state.ids("application_credentials") == ["a1"]
 
 
 def test_the_node_side_writer_puts_every_file_under_its_directory(tmp_path):
@@ -414,7 +398,7 @@ def test_the_start_command_writes_the_files_then_starts_the_watchdog(tmp_path, m
         b"    cred = json.load(open(os.path.join(d, 'credential.json')))\n"
         b"    open(os.path.join(d, 'started'), 'w').write(cred['id'])\n"
         b"    return 0\n")})
-    cluster, _, _, _ = fake_cluster()
+    cluster, _, _, _ = fake_cluster(tmp_path)
 
     class ShellNode:
         def run(self, argv, warn=False, stdin=None, timeout=None):
@@ -433,9 +417,9 @@ def test_the_start_command_writes_the_files_then_starts_the_watchdog(tmp_path, m
     assert (tmp_path / launch.REMOTE_DIR / "credential.json").stat().st_mode & 0o077 == 0
 
 
-def test_a_credential_made_while_the_nodes_booted_is_used_once_they_answer():
+def test_a_credential_made_while_the_nodes_booted_is_used_once_they_answer(tmp_path):
     from cloudcompute.autodown import launch
-    cluster, node, _, made = fake_cluster()
+    cluster, node, _, made = fake_cluster(tmp_path)
     listed, ports = [], cluster.conn.network.ports
     cluster.conn.network.ports = lambda **kw: listed.append(kw) or ports(**kw)
     prepared = launch.prepare(cluster.conn, cluster.state, cluster.spec, cluster.nodes)
@@ -444,45 +428,47 @@ def test_a_credential_made_while_the_nodes_booted_is_used_once_they_answer():
     assert listed == [{"device_id": "s0"}]  # its port was listed once, at prepare
 
 
-def test_a_credential_made_for_nodes_that_changed_since_is_replaced():
+def test_a_credential_made_for_nodes_that_changed_since_is_replaced(tmp_path):
     from cloudcompute.autodown import launch
-    cluster, node, _, made = fake_cluster()
+    cluster, node, _, made = fake_cluster(tmp_path)
     prepared = launch.prepare(cluster.conn, cluster.state, cluster.spec, cluster.nodes)
-    del cluster.state.resources["servers"]["n1"]  # dropped: its SSH never answered
+    cluster.state.forget("servers", "n1")  # dropped: its SSH never answered
     assert launch.start(cluster, prepared)
     assert len(made) == 2 and cluster.conn.identity.deleted == ["a1"]
     assert json.loads(json.loads(node.runs[0][1])["config.json"])["servers"] == ["s0"]
 
 
-def test_a_refused_credential_is_one_warning_and_no_watchdog(caplog):
+def test_a_refused_credential_is_one_warning_and_no_watchdog(tmp_path, caplog):
     from cloudcompute.autodown import launch
-    cluster, node, _, _ = fake_cluster(refuse="app creds not allowed")
+    cluster, node, _, _ = fake_cluster(tmp_path, refuse="app creds not allowed")
     assert launch.start(cluster) is False
-    assert node.runs == [] and cluster.state.resources["application_credentials"] == {}
+    assert node.runs == [] and cluster.state.entries("application_credentials") == []
     assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
 
 
-def test_extend_moves_the_deadline_on_every_server(monkeypatch):
+def test_extend_moves_the_deadline_on_every_server(tmp_path, monkeypatch):
     from cloudcompute.autodown import launch
     from cloudcompute.exceptions import ConfigError
     monkeypatch.setattr(launch.time, "time", lambda: NOW)
-    cluster, _, meta, _ = fake_cluster(expires_at=NOW + 600)
+    cluster, _, meta, _ = fake_cluster(tmp_path, expires_at=NOW + 600)
     assert launch.extend(cluster, 2) == NOW + 600 + 7200
     assert meta == {"s0": {"cc_expires": "%d" % (NOW + 7800)},
                     "s1": {"cc_expires": "%d" % (NOW + 7800)}}
     assert cluster.state.record.expires_at == NOW + 7800
-    cluster.state.record.expires_at = NOW - 999  # already past: counted from now
+    with cluster.state.locked():
+        cluster.state.record.expires_at = NOW - 999  # already past: counted from now
+        cluster.state.save()
     assert launch.extend(cluster, 0.5) == NOW + 1800
     for bad in (0, -1, "2", True):
         with pytest.raises(ConfigError):
             launch.extend(cluster, bad)
 
 
-def test_extend_past_the_credentials_expiry_renews_it_on_the_node(monkeypatch):
+def test_extend_past_the_credentials_expiry_renews_it_on_the_node(tmp_path, monkeypatch):
     from cloudcompute.autodown import credential as cred_mod
     from cloudcompute.autodown import launch
     monkeypatch.setattr(launch.time, "time", lambda: NOW)
-    cluster, node, _, made = fake_cluster(expires_at=NOW + 600)
+    cluster, node, _, made = fake_cluster(tmp_path, expires_at=NOW + 600)
     deleted = []
     cluster.conn.identity.get_application_credential = lambda user, cid: types.SimpleNamespace(
         id=cid, expires_at=cred_mod._iso(NOW + 600 + cred_mod.MARGIN))
@@ -500,7 +486,7 @@ def test_extend_past_the_credentials_expiry_renews_it_on_the_node(monkeypatch):
     assert [(argv[-1], list(files)) for argv, files in writes] == [
         (launch.REMOTE_DIR, ["credential.json"])]
     assert "setsid" not in writes[0][0][2]  # the running watchdog reads it: none started
-    assert cluster.state.resources["application_credentials"]["cc-c-1"]["id"] == "a1"
+    assert cluster.state.ids("application_credentials") == ["a1"]
 
 
 def test_without_a_default_group_the_security_group_is_tagged_for_gc():
@@ -528,7 +514,7 @@ def test_spec_checks_idle_minutes_and_node_api_host():
     assert spec.node_api_host == "10.0.0.1"
 
 
-def test_the_watchdogs_poll_comes_from_the_environment_within_bounds(monkeypatch):
+def test_the_watchdogs_poll_comes_from_the_environment_within_bounds(tmp_path, monkeypatch):
     from cloudcompute.autodown import launch
     for value, want in (("3", 3.0), ("0", 1.0), ("9999", 300.0), ("nan", launch.POLL),
                         ("x", launch.POLL)):
@@ -537,6 +523,6 @@ def test_the_watchdogs_poll_comes_from_the_environment_within_bounds(monkeypatch
     monkeypatch.delenv("CLOUDCOMPUTE_WATCHDOG_POLL")
     assert launch.poll_seconds() == launch.POLL == 15.0
     monkeypatch.setenv("CLOUDCOMPUTE_WATCHDOG_POLL", "4")
-    cluster, _, _, _ = fake_cluster()
+    cluster, _, _, _ = fake_cluster(tmp_path)
     prepared = launch.prepare(cluster.conn, cluster.state, cluster.spec, cluster.nodes)
     assert prepared.config["poll"] == 4.0

@@ -126,12 +126,12 @@ def test_a_group_is_one_request_and_its_servers_are_found_by_the_first_listing(b
     assert sorted(b.nodes) == names and b.batches[0].reservation_id == "r-1"
     assert all(not n.keys_injected and n.host_keys == [] and n.server_id is None
                for n in b.nodes.values())
-    assert all(on_disk(b)[n]["id"] is None for n in names)  # intents, before the answer
+    assert all(on_disk(b)[n].id is None for n in names)  # intents, before the answer
     b.wait_active()
     assert [n.name for n in b.active_nodes()] == names
     saved = on_disk(b)
-    assert {n: saved[n]["id"] for n in names} == {n: b.nodes[n].server_id for n in names}
-    assert all(saved[n]["status"] == "ACTIVE" for n in names)
+    assert {n: saved[n].id for n in names} == {n: b.nodes[n].server_id for n in names}
+    assert all(saved[n].status == "ACTIVE" for n in names)
     assert len(nova.listings) == 2
 
 
@@ -200,7 +200,7 @@ def test_servers_in_error_in_a_batch_are_replaced_one_by_one(build):
     assert nova.deleted == [b.nodes[failed].server_id] and len(nova.posts) == 1
     assert b.nodes[failed + "-r1"].keys_injected  # a server of its own: its key injected
     saved = on_disk(b)
-    assert saved[failed]["dropped"] and saved[failed]["status"] == "ERROR"
+    assert saved[failed].dropped and saved[failed].status == "ERROR"
 
 
 def test_servers_in_error_in_a_batch_are_dropped_while_min_nodes_remain(build):
@@ -225,7 +225,7 @@ def test_a_batch_member_never_listed_is_given_up_after_a_few_cycles(build, monke
     assert [n.name for n in b.active_nodes()] == [BASE0 + "-1"]
     assert b.nodes[missing].status == "ERROR" and not nova.deleted
     assert len(nova.listings) == 3
-    assert on_disk(b)[missing]["id"] is None  # teardown looks it up by name
+    assert on_disk(b)[missing].id is None  # teardown looks it up by name
 
 
 def test_chunks_are_one_request_each_and_a_single_server_its_own(build):
@@ -266,7 +266,7 @@ def test_a_batched_nodes_keys_come_from_its_console_log_polled_with_backoff(buil
     b.console_host_keys(node, time.monotonic() + 60)
     assert node.host_keys == [key] and asked == [node.server_id] * 4
     assert sleeps == [1.0, 1.5, 2.25]
-    assert on_disk(b)[node.name]["host_keys"] == [key]
+    assert on_disk(b)[node.name].host_keys == [key]
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True, "50"])

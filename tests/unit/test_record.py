@@ -1,4 +1,5 @@
 """The cluster record: typed fields, checked on reading, versioned on disk."""
+import copy
 import json
 
 import pytest
@@ -7,7 +8,7 @@ from cloudcompute import tags
 from cloudcompute.config import ClusterSpec, NodeGroup, Timeouts
 from cloudcompute.exceptions import StateError
 from cloudcompute.record import (SCHEMA_VERSION, ClusterRecord, DaskRecord, NodeInfo,
-                                 SSHAccess)
+                                 ResourceEntry, SSHAccess)
 from cloudcompute.state import ClusterState
 
 # A record as a version before the schema number wrote it (taken from a state file).
@@ -44,7 +45,7 @@ def test_a_schema_1_record_is_read_with_defaults_and_written_back_as_the_current
     assert r.spec is not None and r.spec.timeouts.ssh == 42 and r.spec.nodes == 1
     assert r.dask == DaskRecord("cc-c-1a2b3c4d-node-0", ["cc-c-1a2b3c4d-node-0"],
                                 "tcp://10.0.0.5:8786")
-    assert r.resources["servers"] == {} and r.resources["keypairs"]["cc-c-1a2b3c4d"]["id"]
+    assert r.resources["servers"] == {} and r.resources["keypairs"]["cc-c-1a2b3c4d"].id == "k"
     with st.locked():
         st.save()
     on_disk = json.loads((tmp_path / "c.json").read_text())
@@ -86,6 +87,12 @@ def test_a_record_of_a_newer_version_is_refused_not_half_read():
      "dask is not a Dask record"),
     ("resources", {"volumes": {}}, "unknown kind 'volumes'"),
     ("resources", {"servers": {"a": {"name": "b"}}}, "resources.servers is not"),
+    ("resources", {"servers": {"a": {"name": "a", "id": 5}}},
+     "resources.servers.a.id is 5, not str"),
+    ("resources", {"floating_ips": {"a": {"name": "a", "id": None, "port_id": ["p"]}}},
+     "resources.floating_ips.a.port_id is"),
+    ("resources", {"servers": {"a": {"name": "a", "id": None, "host_keys": [1]}}},
+     "resources.servers.a.host_keys must be a list of key lines"),
     ("spec", {"name": "c", "groups": "abc"}, "spec is not a cluster spec"),
 ])
 def test_each_damaged_field_is_named(field, value, message):
@@ -96,6 +103,40 @@ def test_each_damaged_field_is_named(field, value, message):
         return
     with pytest.raises(StateError, match=message):
         ClusterRecord.from_json(data, "f.json")
+
+
+# Each kind's entries as the library writes them (one state file of each era).
+RESOURCES = {
+    "servers": {
+        "n0": {"name": "n0", "id": "s0", "group": "node", "host_keys": ["ssh-ed25519 A"],
+               "fixed_ip": "10.0.0.5", "status": "ACTIVE"},
+        "n1": {"name": "n1", "id": None, "group": "node", "host_keys": [], "batch": "b"},
+        "n2": {"name": "n2", "id": "s2", "status": "ERROR", "dropped": True,
+               "fixed_ip": None}},
+    "floating_ips": {"n0": {"name": "n0", "id": "f0", "address": "172.24.4.9",
+                            "port_id": "p0"}},
+    "subnets": {"c": {"name": "c", "id": "sn", "network_id": "net"}},
+    "router_interfaces": {"c": {"name": "c", "id": "sn", "router_id": "r",
+                                "subnet_id": "sn"}},
+    "keypairs": {"cc-c": {"name": "cc-c", "id": "cc-c", "a_later_field": {"x": 1}}},
+}
+
+
+def test_resource_entries_are_typed_and_written_back_as_they_were_read():
+    r = ClusterRecord.from_json(dict(SCHEMA_1, resources=RESOURCES), "f.json")
+    n0 = r.resources["servers"]["n0"]
+    assert n0 == ResourceEntry("n0", "s0", group="node", host_keys=["ssh-ed25519 A"],
+                               fixed_ip="10.0.0.5", status="ACTIVE")
+    assert r.resources["servers"]["n2"].dropped is True
+    assert r.resources["router_interfaces"]["c"].router_id == "r"
+    assert r.resources["keypairs"]["cc-c"].extra == {"a_later_field": {"x": 1}}
+    written = r.to_json()["resources"]
+    # what a version without the typed entries wrote is written back the same
+    # (a key set to null reads as unset, and is left out)
+    want = copy.deepcopy(RESOURCES)
+    del want["servers"]["n2"]["fixed_ip"]
+    assert {k: v for k, v in written.items() if v} == want
+    assert ClusterRecord.from_json(json.loads(json.dumps(r.to_json())), "again") == r
 
 
 def test_an_unreadable_owner_counts_as_unknown():

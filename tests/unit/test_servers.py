@@ -147,7 +147,7 @@ def test_active_servers_are_recorded_with_their_fixed_ipv4(build, sleeps):
     n0 = nova.created.index(W0) + 1
     assert ips[W0] == "10.0.0.%d" % n0 and ips[W1] == "10.0.0.%d" % (3 - n0)
     saved = on_disk(b)
-    assert {k: (v["status"], v["fixed_ip"]) for k, v in saved.items()} == {
+    assert {k: (v.status, v.fixed_ip) for k, v in saved.items()} == {
         k: ("ACTIVE", ip) for k, ip in ips.items()}
     assert sorted(p for p in progress if p[0] == "active") == [("active", W0), ("active", W1)]
     # One listing per poll cycle for the whole cluster, filtered by its tag, each
@@ -170,8 +170,8 @@ def test_a_server_in_error_is_deleted_and_replaced_by_name_r1(build, caplog):
     assert nova.deleted == [failed_id] and nova.created[2:] == [W0 + "-r1"]
     assert FAULT["message"] in caplog.text
     saved = on_disk(b)
-    assert saved[W0]["dropped"] and saved[W0]["status"] == "ERROR"
-    assert saved[W0 + "-r1"]["status"] == "ACTIVE"
+    assert saved[W0].dropped and saved[W0].status == "ERROR"
+    assert saved[W0 + "-r1"].status == "ACTIVE"
 
 
 @pytest.mark.parametrize("failure", ["ERROR", "GONE"])
@@ -186,7 +186,7 @@ def test_a_failed_server_is_dropped_while_min_nodes_remain(build, failure, monke
     b.wait_active()
     assert [n.name for n in b.active_nodes()] == [W1]
     assert nova.deleted == [failed_id] and len(nova.created) == 2  # nothing replaced it
-    assert on_disk(b)[W0]["dropped"]
+    assert on_disk(b)[W0].dropped
 
 
 @pytest.mark.parametrize("replacements,failed", [(0, W0), (1, W0 + "-r1")])

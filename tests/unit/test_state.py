@@ -17,7 +17,7 @@ def test_intent_is_on_disk_before_the_id(tmp_path):
     st.created("servers", "cc-c1-x-node-0", "abc", fixed_ip="10.0.0.5")
     again = ClusterState.load("c1", str(tmp_path))
     entry = again.resources["servers"]["cc-c1-x-node-0"]
-    assert entry["id"] == "abc" and entry["group"] == "node" and entry["fixed_ip"] == "10.0.0.5"
+    assert entry.id == "abc" and entry.group == "node" and entry.fixed_ip == "10.0.0.5"
     assert stat.S_IMODE(os.stat(st.path).st_mode) == 0o600
 
 
@@ -69,3 +69,22 @@ def test_every_save_syncs_the_directory_after_the_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(state, "_fsync_dir", lambda d: synced.append(("sync", d)))
     st.intend("servers", "cc-c1-x-node-0")
     assert synced == [("rename", st.path), ("sync", str(tmp_path))]
+
+
+def test_entries_ids_and_creates_in_flight_read_the_typed_record(tmp_path):
+    st = ClusterState.create(ClusterRecord(name="c1", cluster_id="c1-x"), str(tmp_path))
+    st.intend("servers", "b", group="node", host_keys=[])
+    st.created("servers", "a", "id-z", group="node")
+    st.intend("floating_ips", "a", port_id="p0")
+    st.created("servers", "b", "id-b", status="ACTIVE")  # keeps what the intent said
+    assert sorted((e.name, e.id, e.group, e.status) for e in st.entries("servers")) == [
+        ("a", "id-z", "node", None), ("b", "id-b", "node", "ACTIVE")]
+    assert st.ids("servers") == ["id-b", "id-z"] and st.ids("floating_ips") == []
+    assert st.in_flight() == ["floating_ips a"]
+    frozen = st.snapshot()
+    frozen["servers"]["b"].status = "ERROR"
+    assert [e.status for e in st.entries("servers")] == [None, "ACTIVE"]
+    st.forget("servers", "a")
+    assert sorted(frozen["servers"]) == ["a", "b"] and st.ids("servers") == ["id-b"]
+    with pytest.raises(TypeError):
+        st.intend("servers", "c", no_such_field=1)

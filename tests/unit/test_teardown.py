@@ -203,7 +203,7 @@ def test_what_cannot_be_deleted_is_named_and_kept(tmp_path):
     assert any("g1" in x for x in err.value.leftovers)
     assert "in use" in " ".join(err.value.errors)
     kept = ClusterState.load("c", str(tmp_path))
-    assert kept.resources["security_groups"]["cc-c-1"]["id"] == "g1"
+    assert kept.resources["security_groups"]["cc-c-1"].id == "g1"
     assert kept.resources["servers"] == {}
 
 
