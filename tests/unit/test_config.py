@@ -132,3 +132,27 @@ def test_a_spec_survives_its_record():
     data["a_field_from_a_later_version"] = 1
     back = spec_from_dict(data)
     assert back == spec and back.timeouts.ssh == 42 and back.groups[0].slots == 3
+
+
+def test_attach_keeps_the_recorded_spec_and_its_timeouts(tmp_path):
+    from cloudcompute.cluster import Cluster
+    from cloudcompute.record import ClusterRecord
+    from cloudcompute.state import ClusterState
+    timeouts = Timeouts(ssh=42, active=77, node_silence=7)
+    spec = validate(ClusterSpec(name="c", nodes=2, flavor="f", image="i", network="n",
+                                floating_ips="never", timeouts=timeouts))
+    ClusterState.create(ClusterRecord(name="c", cluster_id="c-1", cloud="there", spec=spec),
+                        str(tmp_path))
+
+    class Conn:  # what attach needs of a Connection: that it authorizes
+        authorized = 0
+
+        def authorize(self):
+            self.authorized += 1
+
+    conn = Conn()
+    cluster = Cluster.attach("c", conn=conn, state_dir=str(tmp_path))
+    assert cluster.conn is conn and conn.authorized == 1
+    assert cluster.spec.timeouts == timeouts and cluster.spec.timeouts.ssh == 42
+    assert cluster.spec == spec and cluster.spec is not spec  # read back from the file
+    assert cluster.state.record.cloud == "there" and cluster.name == "c"
