@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import types
@@ -286,6 +287,16 @@ def test_help_names_each_variable_and_shows_its_default(capsys):
         assert "env: %s" % var in out
     assert "(default: %s; env: CLOUDCOMPUTE_TTL_HOURS)" % config.ClusterSpec.ttl_hours in out
     assert "(default: %s; env: CLOUDCOMPUTE_TIMEOUT_SSH)" % config.Timeouts.ssh in out
+
+
+def test_readme_lists_every_variable_the_command_line_reads():
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    start = readme.index("**Option variables**")
+    listed = set(re.findall(r"CLOUDCOMPUTE_[A-Z_]+", readme[start:readme.index("\n\n", start)]))
+    read = {s.name for p in cliparser.walk(cliparser.build())
+            for s in getattr(p, "env_sources", {}).values()}
+    assert "CLOUDCOMPUTE_IDLE_MINUTES" in read
+    assert listed == {name for name in read if name.startswith("CLOUDCOMPUTE_")}
 
 
 def parsed(argv, environ=None):
