@@ -1,11 +1,13 @@
 """The ops side of the command line: `list`/`gc` JSON and the old-clusters report
-(examples/ops/old_clusters.py), against a stand-in cloud."""
+(examples/ops/old_clusters.py and the cron script around it), against a
+stand-in cloud."""
 import importlib.util
 import io
 import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -105,8 +107,8 @@ def test_gc_json_report_and_exit_1_when_a_deletion_fails(cloud, capsys, monkeypa
         "gone-00000001"]
     assert doc["clusters"][0]["deleted"] is False and doc["clusters"][0]["reason"]
 
-    def fail(conn, r, entry, state_dir, timeout):
-        entry["error"] = "server cc-gone-00000001-node-0 still there"
+    def fail(conn, outcome, state_dir, timeout):
+        outcome.error = "server cc-gone-00000001-node-0 still there"
     monkeypatch.setattr(gc, "_delete", fail)
     assert cli.main(["gc", "--yes", "-f", "json"]) == 1
     doc = json.loads(capsys.readouterr().out)
@@ -144,14 +146,90 @@ def test_list_and_gc_example_counts_what_it_deleted_and_exits_1_on_a_failure(
     assert example.main() == 0
     assert capsys.readouterr().out.splitlines()[-1] == "gc would delete 2 cluster(s)"
 
-    def fail_one(conn, r, entry, state_dir, timeout):
-        if r.cluster_id.endswith("1"):
-            entry["error"] = "server cc-gone-00000001-node-0 still there"
+    def fail_one(conn, outcome, state_dir, timeout):
+        if outcome.found.cluster_id.endswith("1"):
+            outcome.error = "server cc-gone-00000001-node-0 still there"
         else:
-            entry["deleted"] = True
+            outcome.deleted = True
     monkeypatch.setattr(gc, "_delete", fail_one)
     monkeypatch.setattr(sys, "argv", ["list_and_gc.py", "--yes"])
     assert example.main() == 1
     out = capsys.readouterr().out.splitlines()
     assert out[-2:] == ["gc deleted 1 cluster(s)",
                         "gc failed on gone-00000001: server cc-gone-00000001-node-0 still there"]
+
+
+STUB = """#!/bin/sh
+# Stands in for the cloudcompute command: records its arguments, then prints
+# the listing in $STUB_LISTING, or fails as a command that cannot list does.
+printf '%s\\n' "$*" >> "$STUB_CALLS"
+if [ -n "${STUB_FAIL:-}" ]; then
+    echo "cloudcompute: error: cloud 'x' not found in clouds.yaml" >&2
+    exit 2
+fi
+cat "$STUB_LISTING"
+"""
+
+
+def run_old_clusters_script(tmp_path, clusters, *argv, fail=False):
+    """examples/ops/cloudcompute-old-clusters.sh with a stand-in `cloudcompute`
+    first on PATH; the listing holds ``clusters`` (or is the text given)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    stub = bin_dir / "cloudcompute"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    if not (bin_dir / "python3").exists():
+        (bin_dir / "python3").symlink_to(sys.executable)
+    listing = tmp_path / "listing.json"
+    listing.write_text(clusters if isinstance(clusters, str) else json.dumps(
+        {"clusters": clusters}))
+    env = dict(os.environ, PATH=str(bin_dir) + os.pathsep + os.environ.get("PATH", ""),
+               STUB_LISTING=str(listing), STUB_CALLS=str(tmp_path / "calls"))
+    env.pop("STUB_FAIL", None)
+    if fail:
+        env["STUB_FAIL"] = "1"
+    r = subprocess.run([os.path.join(ROOT, "examples", "ops", "cloudcompute-old-clusters.sh"),
+                        *argv], env=env, capture_output=True, text=True, timeout=30,
+                       cwd=str(tmp_path))
+    assert (tmp_path / "calls").read_text() == "-f json list\n"  # asked once, for JSON
+    (tmp_path / "calls").unlink()
+    return r
+
+
+def listed(cluster_id, hours_old, **extra):
+    return dict({"cluster_id": cluster_id, "name": cluster_id.split("-")[0],
+                 "created": time.time() - hours_old * 3600, "oldest": None,
+                 "resources": ["server cc-%s-node-0" % cluster_id], "detached": False,
+                 "problems": [], "orphan_reason": None}, **extra)
+
+
+def test_old_clusters_script_reports_old_clusters_and_exits_1(tmp_path):
+    old = listed("old-00000001", 48, detached=True)
+    r = run_old_clusters_script(tmp_path, [listed("young-00000002", 1), old])
+    created = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(old["created"]))
+    assert (r.returncode, r.stderr) == (1, "")
+    assert r.stdout.splitlines() == [
+        "old-00000001 (old): 48.0 h old, created %s, 1 resources, detached, gc: no" % created]
+    # HOURS, the first argument, replaces the default of 24.
+    r = run_old_clusters_script(tmp_path, [listed("young-00000002", 1), old], "72")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    r = run_old_clusters_script(tmp_path, [listed("young-00000002", 1), old], "0.5")
+    assert r.returncode == 1 and len(r.stdout.splitlines()) == 2
+
+
+def test_old_clusters_script_is_silent_and_exits_0_when_none_is_old(tmp_path):
+    r = run_old_clusters_script(tmp_path, [listed("young-00000002", 23)])
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    r = run_old_clusters_script(tmp_path, [])
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+
+
+def test_old_clusters_script_exits_3_when_the_listing_fails(tmp_path):
+    r = run_old_clusters_script(tmp_path, [listed("old-00000001", 48)], fail=True)
+    assert (r.returncode, r.stdout) == (3, "")
+    assert r.stderr == "cloudcompute: error: cloud 'x' not found in clouds.yaml\n"
+    # A listing that is not list's JSON is the report's exit 2.
+    r = run_old_clusters_script(tmp_path, "not json")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("old_clusters: error: -: ")
