@@ -29,12 +29,13 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from openstack import exceptions as os_exc
 
 from cloudcompute import retry, tags
 from cloudcompute.autodown import credential
+from cloudcompute.config import NAME_RE
 from cloudcompute.exceptions import CloudComputeError
 from cloudcompute.record import ClusterRecord
 from cloudcompute.state import ClusterState
@@ -151,20 +152,7 @@ def survey(conn: Any, state_dir: Optional[str] = None,
                 r.ended = r.ended or credential.ENDED_TAG in (x.tags or [])
                 created = credential.parse_time(getattr(x, "created_at", None))
                 r.oldest = min(filter(None, [r.oldest, created]), default=None)
-    alone = []
-    for kp in retry.call(lambda: list(conn.compute.keypairs())):
-        cid = kp.name[3:] if kp.name.startswith("cc-") else ""
-        if cid in recs:
-            recs[cid].resources.append("keypair %s" % kp.name)
-        elif tags.generated_cluster_id(cid) and (cluster_id is None or cid == cluster_id):
-            alone.append(kp.name)  # keypairs carry no tags: only the strict name counts
-    for cred in _credentials(conn):
-        cid = cred.name[3:] if (cred.name or "").startswith("cc-") else ""
-        if tags.valid_cluster_id(cid) and (cluster_id is None or cid == cluster_id) \
-                and cred.description == credential.describe(cid):
-            r = rec(cid)
-            r.resources.append("application credential %s" % cred.name)
-            r.ended = r.ended or not r.servers
+    alone = _named(conn, recs, rec, cluster_id)
     for st in ClusterState.all(state_dir):
         if cluster_id is not None and st.cluster_id != cluster_id:
             continue
@@ -174,12 +162,47 @@ def survey(conn: Any, state_dir: Optional[str] = None,
                 and tags.valid_cluster_id(st.cluster_id):
             # Nothing tagged in this cloud: resources gone, or not created yet.
             _add_state(rec(st.cluster_id), st)
-    for name in alone:  # a cluster's keypair with nothing else of it left anywhere
-        r = rec(name[3:])
+    for cid, name in alone:  # a cluster's keypair with nothing else of it left anywhere
+        r = rec(cid)
         r.resources.append("keypair %s" % name)
         if r.state_file is None:  # keypairs carry no tags: their age is all there is
             r.oldest = _keypair_created(conn, name)
+    for r in recs.values():
+        _check_name(r)
     return recs
+
+
+def _named(conn: Any, recs: Dict[str, FoundCluster], rec: Callable[[str], FoundCluster],
+           cluster_id: Optional[str]) -> List[Tuple[str, str]]:
+    """Add the untagged resources named ``cc-<cluster id>``: keypairs, and this
+    user's application credentials that the watchdog's description marks.
+    Return (cluster id, name) of keypairs of clusters not found otherwise."""
+    alone = []
+    for kp in retry.call(lambda: list(conn.compute.keypairs())):
+        cid = tags.cluster_id_from_resource_name(kp.name)
+        if cid is None:
+            continue
+        if cid in recs:
+            recs[cid].resources.append("keypair %s" % kp.name)
+        elif tags.generated_cluster_id(cid) and (cluster_id is None or cid == cluster_id):
+            alone.append((cid, kp.name))  # keypairs carry no tags: only the strict name counts
+    for cred in _credentials(conn):
+        cid = tags.cluster_id_from_resource_name(cred.name)
+        if cid is not None and (cluster_id is None or cid == cluster_id) \
+                and cred.description == credential.describe(cid):
+            r = rec(cid)
+            r.resources.append("application credential %s" % cred.name)
+            r.ended = r.ended or not r.servers
+    return alone
+
+
+def _check_name(r: FoundCluster) -> None:
+    """A cluster gc may have to delete without its state file is recorded for
+    teardown under the name its id starts with: an id that starts with no
+    cluster name (a valid id may be longer than any name) is a problem."""
+    if r.name is None and not r.problems and not NAME_RE.match(tags.name_of(r.cluster_id)):
+        r.problem("the cluster id %r does not start with a cluster name, and nothing "
+                  "else names the cluster" % r.cluster_id)
 
 
 def _keypair_created(conn: Any, name: str) -> Optional[float]:
@@ -249,37 +272,57 @@ def _teardown_state(r: FoundCluster) -> ClusterState:
                                tempfile.mkdtemp(prefix="cloudcompute-gc-"))
 
 
+@dataclasses.dataclass
+class GcOutcome:
+    """What ``collect`` did with one cluster: ``deleted``; ``error``, why its
+    deletion failed; ``skipped``, why gc left it alone."""
+    found: FoundCluster
+    deleted: bool = False
+    error: Optional[str] = None
+    skipped: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The cluster's fields with ``deleted``, and ``error`` and ``skipped``
+        where set (as ``cloudcompute gc --json`` shows them)."""
+        d = dict(self.found.to_dict(), deleted=self.deleted)
+        if self.error is not None:
+            d["error"] = self.error
+        if self.skipped is not None:
+            d["skipped"] = self.skipped
+        return d
+
+
 def collect(conn: Any, dry_run: bool = True, state_dir: Optional[str] = None,
-            timeout: float = 300.0) -> List[Dict[str, Any]]:
+            timeout: float = 300.0) -> List[GcOutcome]:
     """Delete orphaned clusters (or, with dry_run, only say what would go).
 
     The report lists every collectable cluster (``deleted``, and ``error`` on
     failure) and every cluster gc skipped because of bad metadata
-    (``skipped``); ``problems`` says what was wrong."""
+    (``skipped``); the cluster's ``problems`` say what was wrong."""
     report = []
     for r in assess(conn, state_dir):
         if r.problems:
-            report.append(dict(r.to_dict(), deleted=False, skipped="; ".join(r.problems)))
+            report.append(GcOutcome(r, skipped="; ".join(r.problems)))
             continue
         if not (r.reason and (r.resources or r.state_file)):
             continue
-        entry = dict(r.to_dict(), deleted=False)
+        outcome = GcOutcome(r)
         if not dry_run:
-            _delete(conn, r, entry, state_dir, timeout)
-        report.append(entry)
-        LOG.info("gc %s %s: %s (%d resources)", "deleted" if entry["deleted"] else
+            _delete(conn, outcome, state_dir, timeout)
+        report.append(outcome)
+        LOG.info("gc %s %s: %s (%d resources)", "deleted" if outcome.deleted else
                  "would delete", r.cluster_id, r.reason, len(r.resources))
     return report
 
 
-def _delete(conn: Any, r: FoundCluster, entry: Dict[str, Any], state_dir: Optional[str],
-            timeout: float) -> None:
+def _delete(conn: Any, outcome: GcOutcome, state_dir: Optional[str], timeout: float) -> None:
+    r = outcome.found
     # Look again: it may have been detached, extended or forged since the survey.
     again = assess(conn, state_dir, cluster_id=r.cluster_id)
     if not again or again[0].reason is None:
         why = "; ".join(again[0].problems) if again and again[0].problems \
             else "no longer collectable"
-        entry["skipped"] = why
+        outcome.skipped = why
         LOG.warning("gc leaves %s: %s", r.cluster_id, why)
         return
     scratch = None
@@ -288,9 +331,9 @@ def _delete(conn: Any, r: FoundCluster, entry: Dict[str, Any], state_dir: Option
         if not r.state_file or st.path != r.state_file:
             scratch = os.path.dirname(st.path)
         Teardown(conn, st, timeout).run()
-        entry["deleted"] = True
+        outcome.deleted = True
     except CloudComputeError as exc:
-        entry["error"] = str(exc)
+        outcome.error = str(exc)
         LOG.error("gc of %s incomplete: %s", r.cluster_id, exc)
     finally:
         if scratch:

@@ -38,6 +38,8 @@ META_BOOT = "cc_boot"
 META_PIDNS = "cc_pidns"
 META_DETACHED = "cc_detached"
 
+RESOURCE_PREFIX = "cc-"
+"""What the name of every resource the library creates starts with."""
 CLUSTER_ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,59}$")
 """What a cluster id may look like (new ones are ``<name>-<8 hex>``); it names
 files and cloud resources, so anything else found in a tag is refused."""
@@ -280,4 +282,14 @@ def parse_server_metadata(meta: Optional[Mapping[str, object]], cluster_id: str)
 
 
 def resource_name(cluster_id: str, *parts: str) -> str:
-    return "-".join(("cc", cluster_id) + parts)
+    """``cc-<cluster id>[-<part>...]``: the name of a resource of the cluster."""
+    return RESOURCE_PREFIX + "-".join((cluster_id,) + parts)
+
+
+def cluster_id_from_resource_name(name: object) -> Optional[str]:
+    """The cluster id in the name :func:`resource_name` gives a cluster's own
+    resource (``cc-<cluster id>``, no parts); None for any other name."""
+    if not isinstance(name, str) or not name.startswith(RESOURCE_PREFIX):
+        return None
+    cluster_id = name[len(RESOURCE_PREFIX):]
+    return cluster_id if valid_cluster_id(cluster_id) else None

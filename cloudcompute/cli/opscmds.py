@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudcompute import config
 from cloudcompute.cli.common import emit
 from cloudcompute.cli.parser import add_command, option
+
+if TYPE_CHECKING:
+    from cloudcompute.gc import GcOutcome
 
 
 def register(sub: Any) -> None:
@@ -25,12 +28,21 @@ only reports what it would delete. Exits 1 when a deletion failed.""")
 def cmd_list(args: argparse.Namespace) -> None:
     from cloudcompute import gc
     conn = config.connect(args.os_cloud)
-    data = [dict(r.to_dict(), orphan_reason=r.reason) for r in gc.assess(conn)]
-    emit(args, {"clusters": data}, [[r["name"] or "?", r["cluster_id"], len(r["resources"]),
-                                     "yes" if r["state_file"] else "no",
-                                     ("skipped: " + "; ".join(r["problems"])) if r["problems"]
-                                     else r["orphan_reason"] or "-"] for r in data],
+    found = gc.assess(conn)
+    emit(args, {"clusters": [dict(r.to_dict(), orphan_reason=r.reason) for r in found]},
+         [[r.name or "?", r.cluster_id, len(r.resources), "yes" if r.state_file else "no",
+           ("skipped: " + "; ".join(r.problems)) if r.problems else r.reason or "-"]
+          for r in found],
          ["name", "cluster id", "resources", "state file", "collectable"])
+
+
+def _action(o: "GcOutcome") -> str:
+    """What gc did with a cluster, for the table."""
+    if o.deleted:
+        return "deleted"
+    if o.error is not None:
+        return "FAILED: " + o.error
+    return "skipped: " + o.skipped if o.skipped is not None else "would delete"
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -38,10 +50,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from cloudcompute import gc
     conn = config.connect(args.os_cloud)
     report = gc.collect(conn, dry_run=not args.yes)
-    emit(args, {"dry_run": not args.yes, "clusters": report},
-         [[r["name"] or "?", r["cluster_id"], r["reason"] or "-", len(r["resources"]),
-           "deleted" if r["deleted"] else ("FAILED: " + r["error"]) if "error" in r
-           else ("skipped: " + r["skipped"]) if "skipped" in r else "would delete"]
-          for r in report],
+    emit(args, {"dry_run": not args.yes, "clusters": [o.to_dict() for o in report]},
+         [[o.found.name or "?", o.found.cluster_id, o.found.reason or "-",
+           len(o.found.resources), _action(o)] for o in report],
          ["name", "cluster id", "reason", "resources", "action"])
-    return 1 if any("error" in r for r in report) else 0
+    return 1 if any(o.error is not None for o in report) else 0

@@ -28,12 +28,12 @@ def main() -> int:
                                        gc.orphan_reason(rec, now) or "no"))
     report = gc.collect(conn, dry_run=not args.yes)
     if args.yes:
-        print("gc deleted %d cluster(s)" % sum(1 for r in report if r["deleted"]))
+        print("gc deleted %d cluster(s)" % sum(1 for o in report if o.deleted))
     else:
-        print("gc would delete %d cluster(s)" % sum(1 for r in report if "skipped" not in r))
-    failed = [r for r in report if "error" in r]
-    for r in failed:
-        print("gc failed on %s: %s" % (r["cluster_id"], r["error"]))
+        print("gc would delete %d cluster(s)" % sum(1 for o in report if o.skipped is None))
+    failed = [o for o in report if o.error is not None]
+    for o in failed:
+        print("gc failed on %s: %s" % (o.found.cluster_id, o.error))
     return 1 if failed else 0
 
 

@@ -99,9 +99,9 @@ def test_idle_cluster_of_a_killed_client_ends_itself(conn, admin_conn, unique, s
     took = wait_gone(admin_conn, conn, unique, servers, within=180, credential_left=True)
     assert took > 25  # the idle rule (30 s), not something sooner
     # what is left is the credential, which the watchdog cannot delete; gc does
-    found = [r for r in gc.collect(conn, dry_run=False, state_dir=state_dir)
-             if r["name"] == unique]
-    assert found[0]["reason"] == "ended by its watchdog" and found[0]["deleted"], found
+    found = [o for o in gc.collect(conn, dry_run=False, state_dir=state_dir)
+             if o.found.name == unique]
+    assert found[0].found.reason == "ended by its watchdog" and found[0].deleted, found
     assert holdings(admin_conn, conn, unique, servers) == []
 
 

@@ -69,15 +69,15 @@ def test_a_watchdog_node_deleted_first_leaves_the_rest_to_gc(fault, conn, admin_
     left = holdings(admin_conn, conn, unique)
     assert any(x.startswith("application credential") for x in left), left
     assert any(x.startswith("server") for x in left), left
-    found = [r for r in gc.collect(conn, dry_run=True, state_dir=state_dir)
-             if r["name"] == unique]
-    assert found and "owner process" in found[0]["reason"], found
-    assert any(r.startswith("application credential") for r in found[0]["resources"])
-    done = [r for r in gc.collect(conn, dry_run=False, state_dir=state_dir)
-            if r["name"] == unique]
-    assert done and done[0]["deleted"], done
+    found = [o.found for o in gc.collect(conn, dry_run=True, state_dir=state_dir)
+             if o.found.name == unique]
+    assert found and "owner process" in (found[0].reason or ""), found
+    assert any(r.startswith("application credential") for r in found[0].resources)
+    done = [o for o in gc.collect(conn, dry_run=False, state_dir=state_dir)
+            if o.found.name == unique]
+    assert done and done[0].deleted, done
     assert holdings(admin_conn, conn, unique, servers) == []
-    fault.observed = "gc found %d resources and deleted them" % len(found[0]["resources"])
+    fault.observed = "gc found %d resources and deleted them" % len(found[0].resources)
 
 
 def test_a_network_the_watchdog_cannot_delete_is_tagged_and_gc_takes_it(
@@ -99,8 +99,8 @@ def test_a_network_the_watchdog_cannot_delete_is_tagged_and_gc_takes_it(
         time.sleep(3)
     tagged = [n for n in conn.network.networks(tags="cc-ended") if unique in n.name]
     assert tagged
-    found = [r for r in gc.collect(conn, dry_run=False) if r["name"] == unique]
-    assert found and found[0]["reason"] == "ended by its watchdog" and found[0]["deleted"]
+    found = [o for o in gc.collect(conn, dry_run=False) if o.found.name == unique]
+    assert found and found[0].found.reason == "ended by its watchdog" and found[0].deleted
     assert holdings(admin_conn, conn, unique, servers) == []
     fault.observed = "watchdog left %s (tagged); gc: %s" % (", ".join(kinds),
-                                                            found[0]["reason"])
+                                                            found[0].found.reason)

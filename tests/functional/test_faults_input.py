@@ -113,7 +113,7 @@ def test_two_live_clusters_and_gc_in_between(fault, unique, state_dir, conn):
     try:
         with Cluster(ClusterSpec(name=unique + "b", nodes=1), cloud=CLOUD) as b:
             report = gc.collect(conn, dry_run=False)
-            mine = [r for r in report if unique in (r["name"] or "")]
+            mine = [o for o in report if unique in (o.found.name or "")]
             assert mine == []
             assert a.run(jf.echo, 1) == 1 and b.run(jf.echo, 2) == 2
     finally:

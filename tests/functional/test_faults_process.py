@@ -102,10 +102,11 @@ def test_sigkill_at_a_phase_then_recovery(phase, recover, proxied, fault, unique
     proxy.reset()
     assert unique + ".json" in os.listdir(state_dir)
     if recover == "gc":
-        report = [r for r in gc.collect(connect(cloud), dry_run=False) if r["name"] == unique]
-        assert report and report[0]["deleted"], report
-        how = "gc deleted %d recorded resource(s) (%s)" % (len(report[0]["resources"]),
-                                                           report[0]["reason"])
+        report = [o for o in gc.collect(connect(cloud), dry_run=False)
+                  if o.found.name == unique]
+        assert report and report[0].deleted, report
+        how = "gc deleted %d recorded resource(s) (%s)" % (len(report[0].found.resources),
+                                                           report[0].found.reason)
     else:
         c = Cluster.attach(unique, cloud=cloud)
         c.down()

@@ -20,12 +20,12 @@ def test_sigkilled_owner_is_collected_and_live_cluster_untouched(conn, admin_con
     proc.wait()
     with Cluster(ClusterSpec(name=unique + "live", nodes=1), cloud=CLOUD) as live:
         dry = gc.collect(conn, dry_run=True)
-        mine = [r for r in dry if unique in (r["name"] or "")]
-        assert [r["name"] for r in mine] == [unique + "dead"]
-        assert "owner process" in mine[0]["reason"] and not mine[0]["deleted"]
+        mine = [o for o in dry if unique in (o.found.name or "")]
+        assert [o.found.name for o in mine] == [unique + "dead"]
+        assert "owner process" in (mine[0].found.reason or "") and not mine[0].deleted
         assert any(unique + "dead" in s.name for s in conn.compute.servers())
         done = gc.collect(conn, dry_run=False)
-        assert [r["deleted"] for r in done if unique in (r["name"] or "")] == [True]
+        assert [o.deleted for o in done if unique in (o.found.name or "")] == [True]
         assert leftovers(admin_conn, conn.current_project_id, unique + "dead") == []
         assert keypairs_with(conn, unique + "dead") == []
         assert live.run(__import__("tests.functional.jobfuncs",
@@ -40,7 +40,7 @@ def test_expired_detached_cluster_is_collected(conn, admin_conn, unique, state_d
     c.detach()
     time.sleep(1.5)
     report = gc.collect(conn, dry_run=False)
-    mine = [r for r in report if r["name"] == unique]
-    assert mine and mine[0]["deleted"] and mine[0]["reason"].startswith("expired")
+    mine = [o for o in report if o.found.name == unique]
+    assert mine and mine[0].deleted and (mine[0].found.reason or "").startswith("expired")
     assert leftovers(admin_conn, conn.current_project_id, unique) == []
     assert keypairs_with(conn, unique) == []

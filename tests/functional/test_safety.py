@@ -79,11 +79,11 @@ def test_gc_elsewhere_leaves_a_detached_cluster_alone(fault, conn, unique, tmp_p
         seen = []
         for c, where in ((conn, other_dir), (other_name, owner_dir), (other_name, other_dir)):
             dry = gc.collect(c, dry_run=True, state_dir=str(where))
-            assert [x for x in dry if x["cluster_id"] == cid] == []
+            assert [x for x in dry if x.found.cluster_id == cid] == []
             listed = [x for x in gc.assess(c, str(where)) if x.cluster_id == cid]
             assert [(x.reason, x.detached) for x in listed] == [(None, True)], listed
             report = gc.collect(c, dry_run=False, state_dir=str(where))
-            assert [x for x in report if x["cluster_id"] == cid] == []
+            assert [x for x in report if x.found.cluster_id == cid] == []
             seen.append(len(report))
         assert _servers(conn, unique) == before
     finally:
@@ -103,10 +103,11 @@ def test_gc_survives_forged_server_metadata(fault, conn, unique, state_dir):
                        {tags.META_EXPIRES: "1000", tags.META_NAME: "../../x"}):
             conn.compute.set_server_metadata(sid, **forged)
             for dry in (True, False):
-                report = [x for x in gc.collect(conn, dry_run=dry) if x["cluster_id"] == cid]
-                assert len(report) == 1 and not report[0]["deleted"], report
-                assert "server %s" % c.nodes[0].name in report[0]["skipped"]
-            observed.append(report[0]["skipped"])
+                report = [x for x in gc.collect(conn, dry_run=dry)
+                          if x.found.cluster_id == cid]
+                assert len(report) == 1 and not report[0].deleted, report
+                assert "server %s" % c.nodes[0].name in (report[0].skipped or "")
+            observed.append(report[0].skipped)
             listing = subprocess.run([sys.executable, "-m", "cloudcompute.cli", "-f", "json",
                                       "list"], capture_output=True, text=True, timeout=120,
                                      cwd=ROOT)

@@ -115,6 +115,32 @@ def test_gc_json_report_and_exit_1_when_a_deletion_fails(cloud, capsys, monkeypa
     assert doc["dry_run"] is False and doc["clusters"][0]["error"].startswith("server")
 
 
+def test_gc_table_says_what_happened_to_each_cluster(cloud, capsys, monkeypatch):
+    from cloudcompute import gc
+    for cid in ("done-00000001", "fail-00000002", "late-00000003"):
+        cloud.cluster(cid, servers=1, **{tags.META_EXPIRES: "%d" % (NOW - HOUR)})
+    cloud.cluster("bad-00000004", servers=1, **{tags.META_EXPIRES: "soon"})
+
+    def delete(conn, outcome, state_dir, timeout):
+        cid = outcome.found.cluster_id
+        if cid.startswith("done"):
+            outcome.deleted = True
+        elif cid.startswith("fail"):
+            outcome.error = "server x still there"
+        else:
+            outcome.skipped = "no longer collectable"
+    monkeypatch.setattr(gc, "_delete", delete)
+    assert cli.main(["-f", "table", "gc", "--yes"]) == 1
+    rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["done-00000001"].endswith(" deleted")
+    assert rows["fail-00000002"].endswith(" FAILED: server x still there")
+    assert rows["late-00000003"].endswith(" skipped: no longer collectable")
+    assert "skipped: server cc-bad-00000004-node-0" in rows["bad-00000004"]
+    assert cli.main(["-f", "table", "gc"]) == 0
+    rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["done-00000001"].endswith(" would delete")
+
+
 def test_ops_files_name_the_command_the_readme_documents():
     ops = os.path.join(ROOT, "examples", "ops")
     service = open(os.path.join(ops, "cloudcompute-gc.service")).read()

@@ -207,20 +207,37 @@ def test_bad_metadata_skips_only_that_cluster_and_is_reported(tmp_path):
         reason, problems = got[cid]
         assert reason is None and fragment in " ".join(problems), (cid, problems)
     report = gc.collect(cloud, dry_run=False, state_dir=str(tmp_path))
-    done = {r["cluster_id"]: r for r in report}
-    assert done["late-00000003"]["deleted"] is True
-    assert "cc_expires 'soon'" in done["bad-00000001"]["skipped"]
-    assert not done["slash-00000002"]["deleted"]
+    done = {o.found.cluster_id: o for o in report}
+    assert done["late-00000003"].deleted is True
+    assert "cc_expires 'soon'" in done["bad-00000001"].skipped
+    assert not done["slash-00000002"].deleted
     assert cloud.ids(cloud.servers) == ["a" * 45 + "-00000006-s0", "bad-00000001-s0",
                                         "inf-00000005-s0", "owner-00000004-s0",
                                         "slash-00000002-s0", "weird"]
+
+
+def test_a_tagged_id_that_starts_with_no_cluster_name_skips_that_cluster_alone(tmp_path):
+    # Valid cluster ids, but no cluster name (40 characters at most) starts them,
+    # and no server or state file names the cluster: gc has no name to record
+    # them under for teardown.
+    cloud = FakeCloud()
+    for cid in ("a" * 50, "b" * 45 + "-00000002", "ok-00000001"):
+        cloud.networks.add("net-" + cid, "cc-" + cid, tags.tags(cid) + ["cc-ended"])
+    report = {o.found.cluster_id: o for o in gc.collect(cloud, dry_run=False,
+                                                         state_dir=str(tmp_path))}
+    assert report["ok-00000001"].deleted is True
+    for cid in ("a" * 50, "b" * 45 + "-00000002"):
+        assert (report[cid].deleted, report[cid].error) == (False, None)
+        assert "does not start with a cluster name" in report[cid].skipped
+        assert report[cid].to_dict()["problems"] == [report[cid].skipped]
+    assert cloud.ids(cloud.networks) == ["net-" + "a" * 50, "net-" + "b" * 45 + "-00000002"]
 
 
 def test_one_forged_server_among_good_ones_skips_the_cluster(tmp_path):
     cloud = FakeCloud()
     cloud.cluster("c-00000001", servers=3, cc_expires="%d" % (NOW - 60))
     cloud.servers.items["c-00000001-s1"].metadata[tags.META_NAME] = "a/b"
-    assert gc.collect(cloud, dry_run=False, state_dir=str(tmp_path))[0]["deleted"] is False
+    assert gc.collect(cloud, dry_run=False, state_dir=str(tmp_path))[0].deleted is False
     assert len(cloud.servers.items) == 3
 
 
@@ -231,17 +248,28 @@ def test_collect_deletes_only_the_orphans_resources(tmp_path):
     cloud.sgs.add("foreign", "cc-old-00000001")  # same name, not tagged
     cloud.servers.add("untagged", "cc-old-00000001-node-9")
     report = gc.collect(cloud, dry_run=False, state_dir=str(tmp_path))
-    assert [(r["cluster_id"], r["deleted"]) for r in report] == [("old-00000001", True)]
+    assert [(o.found.cluster_id, o.deleted) for o in report] == [("old-00000001", True)]
     assert cloud.ids(cloud.servers) == ["live-00000002-s0", "untagged"]
     assert cloud.ids(cloud.sgs) == ["foreign", "live-00000002-sg"]
     assert cloud.ids(cloud.keypairs) == ["cc-live-00000002"]
+
+
+def test_the_outcome_as_json_names_error_and_skipped_only_when_set():
+    found = gc.FoundCluster("c-00000001", name="c", resources=["server x"], reason="expired")
+    assert gc.GcOutcome(found).to_dict() == dict(found.to_dict(), deleted=False)
+    assert gc.GcOutcome(found, deleted=True).to_dict()["deleted"] is True
+    failed = gc.GcOutcome(found, error="server x still there").to_dict()
+    assert list(failed)[-2:] == ["deleted", "error"] and "skipped" not in failed
+    skipped = gc.GcOutcome(found, skipped="no longer collectable").to_dict()
+    assert skipped["skipped"] == "no longer collectable" and "error" not in skipped
+    assert skipped["resources"] == ["server x"] and skipped["name"] == "c"
 
 
 def test_dry_run_deletes_nothing(tmp_path):
     cloud = FakeCloud()
     cloud.cluster("old-00000001", cc_expires="%d" % (NOW - 60))
     report = gc.collect(cloud, dry_run=True, state_dir=str(tmp_path))
-    assert [r["deleted"] for r in report] == [False]
+    assert [o.deleted for o in report] == [False]
     assert not [c for c in cloud.calls if c[1] == "delete"]
 
 
@@ -283,7 +311,7 @@ def test_a_state_file_of_another_cloud_with_nothing_tagged_here_is_left_alone(tm
     got = reasons(cloud, tmp_path)
     assert list(got) == ["c2-00000002"] and got["c2-00000002"][0].startswith("expired")
     report = gc.collect(cloud, dry_run=False, state_dir=str(tmp_path))
-    assert [(r["cluster_id"], r["deleted"]) for r in report] == [("c2-00000002", True)]
+    assert [(o.found.cluster_id, o.deleted) for o in report] == [("c2-00000002", True)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c1.json", "c1.json.lock"]
 
 
@@ -309,7 +337,7 @@ def test_a_cluster_detached_after_the_survey_is_not_deleted(tmp_path):
             cloud.servers.items["c1-00000001-s0"].metadata[tags.META_DETACHED] = "1"
     cloud.on_server_list = detach_after_first_survey
     report = gc.collect(cloud, dry_run=False, state_dir=str(tmp_path))
-    assert [(r["deleted"], r.get("skipped")) for r in report] == [
+    assert [(o.deleted, o.skipped) for o in report] == [
         (False, "no longer collectable")]
     assert listed[1] == {"tags": "cc-cluster=c1-00000001"}
     assert len(cloud.servers.items) == 1
@@ -325,6 +353,16 @@ def test_owner_of_this_process_and_a_dead_one():
         tags.Owner.parse("garbage")
     with pytest.raises(ValueError, match="machine id"):
         tags.Owner.parse(str(me), "not-hex")
+
+
+@pytest.mark.parametrize("name, cluster_id", [
+    ("cc-c-1a2b3c4d", "c-1a2b3c4d"), ("cc-" + "a" * 60, "a" * 60), ("cc-", None),
+    ("c-1a2b3c4d", None), ("xcc-c-1", None), ("cc-C-1", None), ("cc-../x", None),
+    ("cc-" + "a" * 61, None), ("cc-1-c", None), (None, None)])
+def test_the_cluster_id_in_a_resource_name(name, cluster_id):
+    assert tags.cluster_id_from_resource_name(name) == cluster_id
+    if cluster_id is not None:  # the inverse of resource_name
+        assert tags.resource_name(cluster_id) == name
 
 
 def test_server_metadata_carries_this_machine_only_for_this_process():
@@ -354,7 +392,7 @@ def test_what_a_watchdog_left_is_collected_at_once_and_only_without_servers(tmp_
     assert got["lost-00000002"][0] == "ended by its watchdog"
     assert got["live-00000003"] == (None, [])
     report = gc.collect(cloud, dry_run=False, state_dir=str(tmp_path))
-    assert sorted(r["cluster_id"] for r in report if r["deleted"]) == [
+    assert sorted(o.found.cluster_id for o in report if o.deleted) == [
         "gone-00000001", "lost-00000002"]
     assert cloud.ids(cloud.networks) == ["live-net"]
     assert cloud.ids(cloud.credentials) == ["cred-2", "cred-3"]
@@ -377,7 +415,7 @@ def test_a_keypair_left_alone_is_collected_once_older_than_the_grace(tmp_path):
     assert got["old-00000001"][0].startswith("no servers and no state file")
     assert got["new-00000002"][0] is None
     report = gc.collect(cloud, dry_run=False, state_dir=str(tmp_path))
-    assert [(r["cluster_id"], r["deleted"]) for r in report] == [("old-00000001", True)]
+    assert [(o.found.cluster_id, o.deleted) for o in report] == [("old-00000001", True)]
     assert cloud.ids(cloud.keypairs) == ["cc-laptop-2023", "cc-new-00000002",
                                          "cc-not-a-cluster", "mine"]
 
