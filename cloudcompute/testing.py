@@ -148,6 +148,8 @@ class ClusterPool:
         return report
 
     def _down(self, cluster: Cluster, report: PoolReport) -> None:
+        """Tear one cluster down; whatever goes wrong is reported, and ``close``
+        goes on with the other clusters."""
         try:
             cluster.down()
             report.deleted.append(cluster.name)
@@ -156,6 +158,11 @@ class ClusterPool:
             report.errors.extend("%s: %s" % (cluster.name, e) for e in exc.errors)
         except CloudComputeError as exc:
             report.errors.append("%s: %s" % (cluster.name, exc))
+        except Exception as exc:  # a bug or an unexpected library error: the rest still go
+            LOG.error("teardown of test cluster %s failed unexpectedly", cluster.name,
+                      exc_info=True)
+            report.errors.append("%s: teardown failed with %s: %s"
+                                 % (cluster.name, type(exc).__name__, exc))
 
     def _keep(self, cluster: Cluster, report: PoolReport) -> None:
         assert cluster.state is not None
@@ -183,7 +190,7 @@ def tagged_leftovers(conn: Any, names: Iterable[str],
             found.add("%s: state file %s" % (r.cluster_id, r.state_file))
     # gc's survey names a keypair only for a cluster it found by other means
     for kp in retry.call(lambda: list(conn.compute.keypairs())):
-        cid = kp.name[3:] if kp.name.startswith("cc-") else ""
-        if tags.valid_cluster_id(cid) and "-" in cid and tags.name_of(cid) in wanted:
+        cid = tags.cluster_id_from_resource_name(kp.name)
+        if cid is not None and "-" in cid and tags.name_of(cid) in wanted:
             found.add("%s: keypair %s" % (cid, kp.name))
     return sorted(found)

@@ -363,6 +363,21 @@ def test_pool_close_can_resume_after_an_interruption(fake_clusters, monkeypatch)
     assert report.deleted == [b.name, a.name] and pool.clusters == []
 
 
+def test_pool_close_reports_an_unexpected_error_and_goes_on(fake_clusters, caplog):
+    pool = testing.ClusterPool()
+    a, b, c = (pool.up(hint=h, nodes=1, flavor="f", image="i") for h in "abc")
+
+    def broken_down():
+        raise RuntimeError("state file vanished")
+    b.down = broken_down
+    report = pool.close()
+    assert report.deleted == [c.name, a.name] and a.state is None and c.state is None
+    assert report.errors == ["%s: teardown failed with RuntimeError: state file vanished"
+                             % b.name]
+    (logged,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert b.name in logged.getMessage() and logged.exc_info[0] is RuntimeError
+
+
 def test_leak_check_skips_kept_clusters(pytester, no_cloud):
     session = plugin.Session(pytester.parseconfig())
     session.kept.append(("t", testing.KeptCluster("kept-1", "kept-1-0badc0de", None, 0.0)))
