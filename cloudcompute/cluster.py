@@ -27,7 +27,7 @@ from cloudcompute.jobs.api import GroupResult, Jobs
 from cloudcompute.jobs.detached import Job
 from cloudcompute.jobs.executor import Executor, TaskResult
 from cloudcompute.provision import phases, preflight
-from cloudcompute.record import NodeInfo
+from cloudcompute.record import ClusterSummary, NodeInfo, NodeSummary
 from cloudcompute.ssh import hostkeys
 from cloudcompute.ssh.client import NodeConnection
 from cloudcompute.state import ClusterState
@@ -280,18 +280,14 @@ class Cluster:
             c.close()
         self._connections = {}
 
-    def describe(self) -> Dict[str, Any]:
-        """A JSON-able summary: nodes, addresses, fingerprints, timings."""
-        return {
-            "name": self.name,
-            "cluster_id": self.state.cluster_id if self.state else None,
-            "nodes": [{"name": n.name, "group": n.group, "server_id": n.server_id,
-                       "address": n.address, "fixed_ip": n.fixed_ip,
-                       "floating_ip": n.floating_ip,
-                       "host_key_fingerprints": [hostkeys.fingerprint(k) for k in n.host_keys],
-                       "timings": n.timings} for n in self.nodes],
-            "timings": self.timings,
-        }
+    def describe(self) -> ClusterSummary:
+        """The nodes, their addresses and host key fingerprints, and the timings
+        (``.to_dict()``: the same as JSON-able data)."""
+        return ClusterSummary(
+            self.name, self.state.cluster_id if self.state else None,
+            [NodeSummary(n.name, n.group, n.server_id, n.address, n.fixed_ip, n.floating_ip,
+                         [hostkeys.fingerprint(k) for k in n.host_keys], dict(n.timings))
+             for n in self.nodes], dict(self.timings))
 
     # -- work (cloudcompute.jobs.api.Jobs runs it) ------------------------
     def executor(self) -> Executor:

@@ -11,6 +11,8 @@
 
 Every field is checked when a record is read, so a damaged or foreign file is
 a :class:`StateError` naming the field, never a KeyError somewhere later.
+
+:class:`ClusterSummary` is the view of a cluster ``Cluster.describe()`` gives.
 """
 from __future__ import annotations
 
@@ -133,6 +135,32 @@ class DaskRecord:
     scheduler_node: str
     nodes: List[str]
     scheduler: str
+
+
+@dataclasses.dataclass
+class NodeSummary:
+    """One node as ``Cluster.describe()`` shows it."""
+    name: str
+    group: str
+    server_id: Optional[str]
+    address: Optional[str]
+    fixed_ip: Optional[str]
+    floating_ip: Optional[str]
+    host_key_fingerprints: List[str]
+    timings: Dict[str, float]
+
+
+@dataclasses.dataclass
+class ClusterSummary:
+    """What ``Cluster.describe()`` returns: the cluster's nodes, their addresses
+    and host key fingerprints, and the timings; ``to_dict()`` for JSON."""
+    name: str
+    cluster_id: Optional[str]
+    nodes: List[NodeSummary]
+    timings: Dict[str, float]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any, Dict
+from typing import TYPE_CHECKING, Any
 
 from cloudcompute import config
 from cloudcompute.cli.common import NAME_HELP, attach, emit
@@ -11,6 +11,9 @@ from cloudcompute.cli.parser import add_command, option
 from cloudcompute.cli.progress import progress_bar
 from cloudcompute.cli.spec import (GROUP_SYNTAX, build_spec, field_default, parse_group,
                                    parse_groups)
+
+if TYPE_CHECKING:
+    from cloudcompute.record import NodeSummary
 
 
 def register(sub: Any) -> None:
@@ -102,19 +105,20 @@ def cmd_up(args: argparse.Namespace) -> None:
         c.up()
     c.detach()
     d = c.describe()
-    emit(args, d, [[n["name"], n["address"], _host_key(n)] for n in d["nodes"]],
+    emit(args, d.to_dict(), [[n.name, n.address, _host_key(n)] for n in d.nodes],
          ["node", "address", "host key"])
 
 
-def _host_key(node: Dict[str, Any]) -> str:
-    """The first host key fingerprint of a node as ``describe()`` lists it."""
-    return node["host_key_fingerprints"][0] if node["host_key_fingerprints"] else "-"
+def _host_key(node: NodeSummary) -> str:
+    """The first host key fingerprint of a node, or '-'."""
+    return node.host_key_fingerprints[0] if node.host_key_fingerprints else "-"
 
 
 def cmd_status(args: argparse.Namespace) -> None:
     d = attach(args).describe()
-    emit(args, d, [[n["name"], n["group"], n["address"], n["server_id"], _host_key(n)]
-                   for n in d["nodes"]], ["node", "group", "address", "server id", "host key"])
+    emit(args, d.to_dict(), [[n.name, n.group, n.address, n.server_id, _host_key(n)]
+                             for n in d.nodes],
+         ["node", "group", "address", "server id", "host key"])
 
 
 def cmd_extend(args: argparse.Namespace) -> None:

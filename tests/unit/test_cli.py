@@ -248,16 +248,25 @@ def test_get_of_a_size_the_node_garbles_is_one_line(monkeypatch, capsys, tmp_pat
 
 
 def test_status_table_shows_the_host_key_fingerprints(monkeypatch, capsys):
+    from cloudcompute.record import ClusterSummary, NodeSummary
     fake = _fake_cluster(monkeypatch)
-    fake.describe = lambda: {"name": "c1", "cluster_id": "c1-0badc0de", "timings": {},
-                             "nodes": [{"name": "n0", "group": "node", "server_id": "id-0",
-                                        "address": "10.0.0.5", "fixed_ip": "10.0.0.5",
-                                        "floating_ip": None, "timings": {},
-                                        "host_key_fingerprints": ["SHA256:abc"]}]}
+    fake.describe = lambda: ClusterSummary("c1", "c1-0badc0de", [
+        NodeSummary("n0", "node", "id-0", "10.0.0.5", "10.0.0.5", None, ["SHA256:abc"], {}),
+        NodeSummary("n1", "node", "id-1", None, None, None, [], {})], {"total": 9.5})
     assert cli.main(["status", "c1"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["node", "group", "address", "server", "id", "host", "key"]
     assert out[1].split() == ["n0", "node", "10.0.0.5", "id-0", "SHA256:abc"]
+    assert out[2].split() == ["n1", "node", "None", "id-1", "-"]
+    assert cli.main(["-f", "json", "status", "c1"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "name": "c1", "cluster_id": "c1-0badc0de", "timings": {"total": 9.5}, "nodes": [
+            {"name": "n0", "group": "node", "server_id": "id-0", "address": "10.0.0.5",
+             "fixed_ip": "10.0.0.5", "floating_ip": None, "timings": {},
+             "host_key_fingerprints": ["SHA256:abc"]},
+            {"name": "n1", "group": "node", "server_id": "id-1", "address": None,
+             "fixed_ip": None, "floating_ip": None, "timings": {},
+             "host_key_fingerprints": []}]}
 
 
 @pytest.mark.parametrize("name,raw,message", [

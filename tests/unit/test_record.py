@@ -152,3 +152,28 @@ def test_create_refuses_what_it_could_not_read_back(tmp_path):
                                           ssh=SSHAccess(user="root;x")), str(tmp_path))
     assert list(tmp_path.iterdir()) == [] or all(
         p.name.endswith(".lock") for p in tmp_path.iterdir())
+
+
+def test_describe_is_a_typed_summary_whose_dict_is_the_json(tmp_path):
+    import types
+
+    from cloudcompute.cluster import Cluster
+    from cloudcompute.ssh import hostkeys
+    conn = types.SimpleNamespace(config=types.SimpleNamespace(name="x", config={}),
+                                 authorize=lambda: "token")
+    c = Cluster(ClusterSpec(name="c", nodes=1, flavor="f", image="i"), conn=conn,
+                state_dir=str(tmp_path))
+    _, public = hostkeys.generate_ed25519()
+    node = NodeInfo("n0", "node", server_id="s0", fixed_ip="10.1.2.3",
+                    floating_ip="172.24.4.5", host_keys=[public], timings={"active": 1.5})
+    c.nodes, c.timings = [node], {"total": 3.0}
+    d = c.describe()
+    assert d.cluster_id is None and d.nodes[0].host_key_fingerprints == [
+        hostkeys.fingerprint(public)]
+    assert d.to_dict() == {
+        "name": "c", "cluster_id": None, "timings": {"total": 3.0},
+        "nodes": [{"name": "n0", "group": "node", "server_id": "s0", "address": node.address,
+                   "fixed_ip": "10.1.2.3", "floating_ip": "172.24.4.5",
+                   "host_key_fingerprints": [hostkeys.fingerprint(public)],
+                   "timings": {"active": 1.5}}]}
+    assert json.loads(json.dumps(d.to_dict())) == d.to_dict()

@@ -200,6 +200,8 @@ def test_a_failure_neither_replaced_nor_dropped_is_a_server_fault(build, replace
     assert err.value.server_id == b.nodes[failed].server_id
     assert FAULT["message"] in str(err.value)
     assert set(err.value.resources["servers"]) >= {W0, W1}  # what teardown must delete
+    failed_entry = err.value.resources["servers"][failed]  # typed, as recorded
+    assert (failed_entry.id, failed_entry.status) == (b.nodes[failed].server_id, "ERROR")
     assert nova.deleted[-1] == b.nodes[failed].server_id
 
 
