@@ -31,7 +31,7 @@ import logging
 import os
 import tempfile
 import threading
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterator, List, Optional, Tuple
 
 from cloudcompute.config import NAME_RE
 from cloudcompute.exceptions import StateError
@@ -92,6 +92,25 @@ def _flock(path: str, shared: bool = False) -> Iterator[None]:
         os.close(fd)
 
 
+def _dumps(record: ClusterRecord) -> str:
+    """A record as the state file's text: one line, keys sorted (compact JSON
+    is written by the C encoder; an indented file costs a large cluster's
+    every state change several milliseconds)."""
+    return json.dumps(record.to_json(), sort_keys=True, separators=(",", ":"))
+
+
+def _identity_of(st: os.stat_result) -> Tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _identity(path: str) -> Optional[Tuple[int, ...]]:
+    """What tells one state file from another: every save writes a new file."""
+    try:
+        return _identity_of(os.stat(path, follow_symlinks=False))
+    except FileNotFoundError:
+        return None
+
+
 class ClusterState:
     """A cluster's state file and its typed :class:`ClusterRecord` (``record``);
     every ``save`` reaches the disk before returning."""
@@ -100,6 +119,10 @@ class ClusterState:
         self.path = path
         self.record = record
         self._held = threading.local()
+        self._written: Optional[Tuple[int, ...]] = None
+        """The identity of the file the last ``save()`` wrote (while ``record``
+        holds what it wrote): ``locked()`` skips the reload while the file is
+        still that one."""
 
     # -- files ---------------------------------------------------------
     @classmethod
@@ -119,7 +142,7 @@ class ClusterState:
         name = record.name
         # through JSON and back: what is written is what any later reader gets
         st = cls(path, ClusterRecord.from_json(record.to_json(), "record of %r" % name))
-        text = json.dumps(st.record.to_json(), indent=1, sort_keys=True)
+        text = _dumps(st.record)
         with _flock(path + ".lock"):
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
@@ -183,11 +206,14 @@ class ClusterState:
         ``save()`` inside the block. Re-entrant within a thread."""
         with self._exclusive() as outermost:
             if outermost:
-                fresh = self._read(self.path, self.name)
-                if fresh.cluster_id != self.cluster_id:
-                    raise StateError("%s now records another cluster (%s, not %s)"
-                                     % (self.path, fresh.cluster_id, self.cluster_id))
-                self.record = fresh
+                if self._written is None or self._written != _identity(self.path):
+                    fresh = self._read(self.path, self.name)
+                    if fresh.cluster_id != self.cluster_id:
+                        raise StateError("%s now records another cluster (%s, not %s)"
+                                         % (self.path, fresh.cluster_id, self.cluster_id))
+                    self.record = fresh
+                # a change made in this block and not saved is read back over
+                self._written = None
             yield
 
     @contextlib.contextmanager
@@ -212,12 +238,17 @@ class ClusterState:
         fd, tmp = tempfile.mkstemp(dir=d, prefix=".%s.tmp-" % self.name, suffix=".json")
         try:
             with os.fdopen(fd, "w") as f:
-                json.dump(self.record.to_json(), f, indent=1, sort_keys=True)
+                f.write(_dumps(self.record))
                 f.flush()
                 os.fsync(f.fileno())
+                written = _identity_of(os.fstat(f.fileno()))
             os.chmod(tmp, 0o600)
             os.replace(tmp, self.path)
             _fsync_dir(d)
+            # as a reload would hand it back: each kind's resources by name
+            self.record.resources = {kind: dict(sorted(entries.items())) for kind, entries
+                                     in sorted(self.record.resources.items())}
+            self._written = written
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

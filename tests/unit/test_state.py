@@ -88,3 +88,27 @@ def test_entries_ids_and_creates_in_flight_read_the_typed_record(tmp_path):
     assert sorted(frozen["servers"]) == ["a", "b"] and st.ids("servers") == ["id-b"]
     with pytest.raises(TypeError):
         st.intend("servers", "c", no_such_field=1)
+
+
+def test_the_record_is_read_again_only_when_the_file_changed(tmp_path, monkeypatch):
+    """A change under the lock reloads the record only if another writer (or
+    nobody: an unsaved change) left the file other than this object's save."""
+    st = ClusterState.create(ClusterRecord(name="c1", cluster_id="c1-x"), str(tmp_path))
+    reads = []
+    real = ClusterState._read
+    monkeypatch.setattr(ClusterState, "_read", staticmethod(
+        lambda path, name: reads.append(path) or real(path, name)))
+    st.created("servers", "a", "id-a")
+    st.created("servers", "b", "id-b")
+    assert len(reads) <= 1  # the first change may read; its own saves are not re-read
+    other = ClusterState.load("c1", str(tmp_path))
+    other.created("servers", "c", "id-c")  # another writer
+    reads.clear()
+    st.created("servers", "d", "id-d")
+    assert reads and st.ids("servers") == ["id-a", "id-b", "id-c", "id-d"]
+    with st.locked():
+        st.record.resources["servers"]["a"].status = "ERROR"  # never saved
+    st.created("servers", "e", "id-e")
+    assert [e.status for e in st.entries("servers")][0] is None
+    assert ClusterState.load("c1", str(tmp_path)).ids("servers") == [
+        "id-a", "id-b", "id-c", "id-d", "id-e"]
