@@ -25,6 +25,7 @@ from cloudcompute import nodeside, retry, tags
 from cloudcompute.autodown import credential
 from cloudcompute.exceptions import CloudComputeError, ConfigError
 from cloudcompute.jobs.protocol import NODE_DIR
+from cloudcompute.state import ClusterState
 
 LOG = logging.getLogger(__name__)
 REMOTE_DIR = NODE_DIR + "/autodown"
@@ -53,7 +54,8 @@ def poll_seconds() -> float:
     return min(max(value, 1.0), 300.0) if value == value else POLL
 
 
-def targets(conn: Any, st: Any, first: Any, known: Optional[credential.Targets] = None
+def targets(conn: Any, st: ClusterState, first: Any,
+            known: Optional[credential.Targets] = None
             ) -> credential.Targets:
     """The cluster's resources the watchdog will delete, as recorded; ``first``
     is the node that runs it. Its port is listed unless ``known`` targets of
