@@ -68,7 +68,9 @@ class Cluster:
         ``record``: a cluster's state, whose spec was validated when it was made
         (``attach`` passes it)."""
         self.progress = progress or (lambda phase, node: None)
-        self.conn = config.connect(cloud, conn)
+        self._cloud = cloud
+        self._owns_conn = conn is None
+        self._conn: Optional[Any] = config.connect(cloud, conn)
         self.spec = spec if record is not None else config.validate(
             spec.with_settings(config.cloud_settings(self.conn)))
         self.state_dir = state_dir
@@ -81,6 +83,22 @@ class Cluster:
             self.state = record
             self.nodes = list(record.record.nodes)
             self.timings = dict(record.record.timings)
+
+    @property
+    def conn(self) -> Any:
+        """The cloud connection (opened again if :meth:`release_cloud` closed it)."""
+        if self._conn is None:
+            self._conn = config.connect(self._cloud)
+        return self._conn
+
+    def release_cloud(self) -> None:
+        """Close the HTTP connections of a cloud connection this cluster opened
+        itself (one given as ``conn=`` is the caller's). Idle keep-alive
+        connections otherwise stay open until garbage collection, and an
+        eventlet API server gives each one of its limited green threads."""
+        if self._owns_conn and self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
 
     # -- lifecycle -----------------------------------------------------
     def __enter__(self) -> "Cluster":
@@ -165,6 +183,7 @@ class Cluster:
         if self.state is None:
             if isinstance(cause, ProvisioningError):
                 cause.rolled_back = True  # nothing had been created
+            self.release_cloud()
             return
         try:
             self.down()
@@ -183,8 +202,12 @@ class Cluster:
         daskcluster.stop(self)  # Dask's processes first, while their nodes still answer
         self.close_connections()
         if self.state is None:
+            self.release_cloud()
             return {}
-        timings = Teardown(self.conn, self.state, self.spec.timeouts.teardown).run()
+        try:
+            timings = Teardown(self.conn, self.state, self.spec.timeouts.teardown).run()
+        finally:
+            self.release_cloud()
         self.timings["teardown"] = timings["total"]
         self.state = None
         self.nodes = []
