@@ -530,3 +530,23 @@ def test_server_actions_stop_start_reboot_resize_rebuild(rig):
     client = ssh(ip, rig["key_file"], rebuilt)
     assert run(client, "test -e ~/f || echo gone")[1] == "gone\n"
     client.close()
+
+
+@pytest.mark.parametrize("port", [9696, 8774])
+def test_idle_keep_alive_connections_do_not_starve_the_api(conn, port):
+    """Each open connection holds one of an eventlet API server's green threads
+    until it closes or times out; 150 idle ones (more than neutron-server's
+    default pool of 100) must not keep a new request waiting."""
+    idle = []
+    try:
+        for _ in range(150):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        t0 = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            head = s.recv(64)
+        assert head.startswith(b"HTTP/1.1 "), head
+        assert time.monotonic() - t0 < 5
+    finally:
+        for s in idle:
+            s.close()
