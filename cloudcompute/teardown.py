@@ -183,18 +183,21 @@ class Teardown:
     def wait_servers(self, ids: Set[str], listed: Dict[str, Any]) -> None:
         """Until none of ``ids`` is left. Each cycle lists only the project's
         servers that changed (``changes-since``, which shows deleted servers
-        as DELETED), every ``FULL_LIST_EVERY`` seconds the tagged ones;
-        cycles start ``POLL`` apart and grow by half up to ``POLL_MAX``."""
+        as DELETED); the tagged ones are listed every ``FULL_LIST_EVERY``
+        seconds, and whenever every server left shows DELETED (Nova shows
+        that just before it removes one). Cycles start ``POLL`` apart and
+        grow by half up to ``POLL_MAX``."""
         compute = self.conn.compute
         tagged = set(listed)
         changes = Changes(FULL_LIST_EVERY)
         changes.seen(list(listed.values()), full=True)  # listed before the deletes
         gone: Set[str] = set()
+        deleted: Set[str] = set()  # shown DELETED, not yet missing from a listing
         interval = POLL
         while ids:
             retry.SLEEP(interval)
             interval = min(POLL_MAX, interval * 1.5)
-            since = changes.since()
+            since = None if ids <= deleted else changes.since()
             if since is None:
                 now = _tagged(compute.servers, self.cid)
                 present = set(now)
@@ -205,13 +208,12 @@ class Teardown:
                     if retry.call(compute.find_server, sid, ignore_missing=True) is not None:
                         present.add(sid)
                 changes.seen(list(now.values()), full=True)
-                now_gone = ids - present
+                gone |= ids - present
+                ids &= present
             else:
                 moved = retry.call(lambda s=since: list(compute.servers(changes_since=s)))
                 changes.seen(moved, full=False)
-                now_gone = {s.id for s in moved if s.id in ids and s.status == "DELETED"}
-            gone |= now_gone
-            ids -= now_gone
+                deleted |= {s.id for s in moved if s.id in ids and s.status == "DELETED"}
             if ids and time.monotonic() > self.deadline:
                 self.errors.append("servers still deleting after %.0fs" % self.timeout)
                 break

@@ -125,12 +125,13 @@ class SlowServers(Store):
         self.queries.append(dict(kw))
         self.clock += 1
         for rid, left in list(self.deleting.items()):
+            if left == 1:  # Nova saves vm_state DELETED, then removes the server
+                self._touch(self.items[rid], "DELETED")
             if left == 0:
                 if self.until is not None:
                     self.until.wait(timeout=2)  # a real deletion takes seconds
                 r = self.items.pop(rid)
-                self._touch(r, "DELETED")
-                r.tags = []
+                r.tags = []  # its updated_at stays (a soft delete keeps it)
                 self.deleted[rid] = r
                 del self.deleting[rid]
                 self.log.append(("server gone", rid))
@@ -273,11 +274,15 @@ def test_the_server_wait_lists_only_what_changed_and_backs_off(tmp_path, monkeyp
     st = state(tmp_path)
     st.created("servers", "s2", "s2")
     Teardown(conn, st, timeout=10).run()
-    # the tagged listing before the deletes, the wait's, the final check's
+    # the tagged listing before the deletes; the wait's changes; the tagged
+    # listings once every server left showed DELETED; the final check's
+    tagged = {"tags": "cloudcompute,cc-cluster=c-1"}
     first, *waits, last = servers.queries
-    assert first == last == {"tags": "cloudcompute,cc-cluster=c-1"}
-    assert len(waits) >= 6 and all(list(q) == ["changes_since"] for q in waits)
-    since = [q["changes_since"] for q in waits]
+    assert first == last == tagged
+    changed = [q for q in waits if q != tagged]
+    assert len(changed) >= 5 and all(list(q) == ["changes_since"] for q in changed)
+    assert waits[len(changed):] and all(q == tagged for q in waits[len(changed):])
+    since = [q["changes_since"] for q in changed]
     assert since == sorted(since) and since[0] < since[-1]  # the window moves on
     assert ("server gone", "s1") in log and ("server gone", "s2") in log
     assert ("server", "s3") not in log  # not the cluster's: never deleted
