@@ -175,39 +175,43 @@ def test_two_clusters_from_two_processes(conn, admin_conn, unique, state_dir, fa
     assert json.dumps(os.listdir(state_dir)) == "[]"
 
 
-def test_created_network_and_floating_ips_are_made_and_removed(conn, admin_conn, unique,
-                                                               state_dir):
+@pytest.mark.cloudcompute(nodes=2, create_network=True, floating_ips="always",
+                          cidr="10.42.200.0/24")
+def test_created_network_and_floating_ips_are_made_and_removed(
+        conn, admin_conn, unique, state_dir, cloudcompute_cluster, cloudcompute_leak_check):
     # the library creates network, subnet and router (the clouds.yaml default network
-    # is ignored); floating_ips=always allocates one per node.
-    spec = ClusterSpec(name=unique, nodes=2, create_network=True, floating_ips="always",
-                       cidr="10.42.200.0/24")
-    with Cluster(spec, cloud=CLOUD) as c:
-        cid = c.state.cluster_id
-        tag = "cc-cluster=" + cid
-        nets = list(conn.network.networks(tags=tag))
-        assert len(nets) == 1 and len(list(conn.network.routers(tags=tag))) == 1
-        fips = list(conn.network.ips(tags=tag))
-        assert len(fips) == 2 and all(f.port_id for f in fips)
-        assert sorted(n.floating_ip for n in c.nodes) == sorted(
-            f.floating_ip_address for f in fips)
-        # the fixed IPs are on this host's bridge, so SSH goes there
-        assert all(n.address == n.fixed_ip and n.fixed_ip.startswith("10.42.200.")
-                   for n in c.nodes)
-        assert c.connection(c.nodes[0].name).run(["true"]).ok
+    # is ignored); floating_ips=always allocates one per node. The cluster comes
+    # from the pytest plugin's factory, whose leak check runs after the test.
+    c = cloudcompute_cluster(name=unique)
+    cid = c.state.cluster_id
+    tag = "cc-cluster=" + cid
+    nets = list(conn.network.networks(tags=tag))
+    assert len(nets) == 1 and len(list(conn.network.routers(tags=tag))) == 1
+    fips = list(conn.network.ips(tags=tag))
+    assert len(fips) == 2 and all(f.port_id for f in fips)
+    assert sorted(n.floating_ip for n in c.nodes) == sorted(
+        f.floating_ip_address for f in fips)
+    # the fixed IPs are on this host's bridge, so SSH goes there
+    assert all(n.address == n.fixed_ip and n.fixed_ip.startswith("10.42.200.")
+               for n in c.nodes)
+    assert c.connection(c.nodes[0].name).run(["true"]).ok
+    c.down()
+    assert cloudcompute_leak_check == [unique]
     assert leftovers(admin_conn, conn.current_project_id, unique) == []
     assert list(conn.network.ips(tags=tag)) == []
     assert keypairs_with(conn, unique) == []
 
 
-def test_console_log_keys_when_user_data_cannot_carry_them(conn, admin_conn, unique,
-                                                          state_dir):
+@pytest.mark.cloudcompute(nodes=1, user_data="#!/bin/sh\necho hello\n")
+def test_console_log_keys_when_user_data_cannot_carry_them(
+        conn, admin_conn, unique, state_dir, cloudcompute_cluster, cloudcompute_leak_check):
     # A shell-script user-data cannot carry ssh_keys: the host keys are then taken
     # from the console log (through the API), never trusted on first use.
-    spec = ClusterSpec(name=unique, nodes=1, user_data="#!/bin/sh\necho hello\n")
-    with Cluster(spec, cloud=CLOUD) as c:
-        node = c.nodes[0]
-        assert node.keys_injected is False and node.host_keys
-        console = conn.compute.get_server_console_output(node.server_id)["output"]
-        assert all(k.split()[1] in console for k in node.host_keys)
-        assert c.connection(node.name).run(["true"]).ok
+    c = cloudcompute_cluster(name=unique)
+    node = c.nodes[0]
+    assert node.keys_injected is False and node.host_keys
+    console = conn.compute.get_server_console_output(node.server_id)["output"]
+    assert all(k.split()[1] in console for k in node.host_keys)
+    assert c.connection(node.name).run(["true"]).ok
+    c.down()
     assert leftovers(admin_conn, conn.current_project_id, unique) == []
