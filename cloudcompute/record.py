@@ -28,7 +28,6 @@ KINDS = ("servers", "floating_ips", "router_interfaces", "routers", "ports",
          "subnets", "networks", "security_groups", "keypairs", "application_credentials")
 
 
-
 @dataclasses.dataclass
 class ResourceEntry:
     """One cloud resource of the cluster, recorded before the call that creates

@@ -245,9 +245,6 @@ class ClusterState:
             os.chmod(tmp, 0o600)
             os.replace(tmp, self.path)
             _fsync_dir(d)
-            # as a reload would hand it back: each kind's resources by name
-            self.record.resources = {kind: dict(sorted(entries.items())) for kind, entries
-                                     in sorted(self.record.resources.items())}
             self._written = written
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -326,9 +323,9 @@ class ClusterState:
             self.save()
 
     def entries(self, kind: str) -> List[ResourceEntry]:
-        """The recorded resources of ``kind`` (a snapshot: other threads may
-        change the record meanwhile)."""
-        return list(self.resources[kind].values())
+        """The recorded resources of ``kind``, by name (a snapshot: other
+        threads may change the record meanwhile)."""
+        return [e for _, e in sorted(list(self.resources[kind].items()))]
 
     def ids(self, kind: str) -> List[str]:
         """The ids of the recorded resources of ``kind`` whose id is known, sorted."""
@@ -342,8 +339,7 @@ class ClusterState:
     def snapshot(self) -> Resources:
         """A copy of every recorded resource, kind -> name -> entry, that later
         changes of the record leave as it is."""
-        return {kind: {name: copy.deepcopy(e) for name, e in list(self.resources[kind].items())}
-                for kind in KINDS}
+        return {kind: {e.name: copy.deepcopy(e) for e in self.entries(kind)} for kind in KINDS}
 
     def count(self) -> int:
         return sum(len(v) for v in self.resources.values())

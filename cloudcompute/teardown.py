@@ -132,8 +132,8 @@ class Teardown:
         self.timings["servers"] = self._servers_s
         # Look again for creates that were in flight; the first pass after the
         # grace period forgets those that never appeared.
-        while self._in_flight() and time.monotonic() < self.deadline:
-            LOG.info("waiting for creates that were in flight: %s", self._in_flight())
+        while self.st.in_flight() and time.monotonic() < self.deadline:
+            LOG.info("waiting for creates that were in flight: %s", self.st.in_flight())
             retry.SLEEP(1.0)
             self._pass()
         self.timings["total"] = time.monotonic() - t0
@@ -265,7 +265,7 @@ class Teardown:
         by its recorded id and by its name, ``cc-<cluster id>``."""
         identity, user = self.conn.identity, self.conn.current_user_id
         ids = set(self.st.ids("application_credentials"))
-        if not ids or self._in_flight():
+        if not ids or self.st.in_flight():
             try:
                 ids.update(credential.find_ids(self.conn, self.cid))
             except os_exc.SDKException as exc:
@@ -275,10 +275,6 @@ class Teardown:
             "application credential %s" % cid, identity.delete_application_credential,
             user, cid, ignore_missing=True)}
         self._forget_gone("application_credentials", gone)
-
-    def _in_flight(self) -> List[str]:
-        """Creates recorded as intended whose resource has not been seen yet."""
-        return self.st.in_flight()
 
     def _forget_gone(self, kind: str, gone: Set[str], by_name: bool = False) -> None:
         """Forget the records of ``gone`` ids (names, ``by_name``), and those of
