@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from openstack import exceptions as os_exc
 
-from cloudcompute import retry, tags
+from cloudcompute import listing, retry, tags
 from cloudcompute.autodown import credential
 from cloudcompute.config import NAME_RE
 from cloudcompute.exceptions import CloudComputeError
@@ -87,7 +87,7 @@ def _later(a: Optional[float], b: Optional[float]) -> Optional[float]:
 def _add_server(r: FoundCluster, s: Any) -> None:
     r.servers += 1
     r.resources.append("server %s" % s.name)
-    r.oldest = min(filter(None, [r.oldest, credential.parse_time(s.created_at)]), default=None)
+    r.oldest = min(filter(None, [r.oldest, listing.parse_time(s.created_at)]), default=None)
     try:
         meta = tags.parse_server_metadata(s.metadata, r.cluster_id)
     except ValueError as exc:
@@ -150,7 +150,7 @@ def survey(conn: Any, state_dir: Optional[str] = None,
                 r = rec(cid)
                 r.resources.append("%s %s" % (kind, x.name or x.id))
                 r.ended = r.ended or credential.ENDED_TAG in (x.tags or [])
-                created = credential.parse_time(getattr(x, "created_at", None))
+                created = listing.parse_time(getattr(x, "created_at", None))
                 r.oldest = min(filter(None, [r.oldest, created]), default=None)
     alone = _named(conn, recs, rec, cluster_id)
     for st in ClusterState.all(state_dir):
@@ -209,7 +209,7 @@ def _keypair_created(conn: Any, name: str) -> Optional[float]:
     """When a keypair was created (the list omits it); None if it is gone."""
     try:
         keypair = retry.call(conn.compute.get_keypair, name)
-        return credential.parse_time(getattr(keypair, "created_at", None))
+        return listing.parse_time(getattr(keypair, "created_at", None))
     except os_exc.NotFoundException:
         return None
 

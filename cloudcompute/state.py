@@ -31,7 +31,7 @@ import logging
 import os
 import tempfile
 import threading
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from cloudcompute.config import NAME_RE
 from cloudcompute.exceptions import StateError
@@ -306,11 +306,27 @@ class ClusterState:
             self.resources[kind][name] = ResourceEntry(name=name, id=None, **info)
             self.save()
 
+    def intend_all(self, kind: str, names: Sequence[str], **info: Any) -> None:
+        """:meth:`intend` for each of ``names`` (the same ``info``), one write."""
+        with self.locked():
+            for name in names:
+                self.resources[kind][name] = ResourceEntry(name=name, id=None, **info)
+            self.save()
+
     def created(self, kind: str, name: str, res_id: str, **info: Any) -> None:
         """Record that ``name`` exists, with its id (and the fields in ``info``)."""
+        self.created_all(kind, [(name, res_id, info)])
+
+    def created_all(self, kind: str,
+                    changes: Sequence[Tuple[str, str, Mapping[str, Any]]]) -> None:
+        """:meth:`created` for each (name, id, info) of ``changes``, one write
+        (none without changes)."""
+        if not changes:
+            return
         with self.locked():
-            entry = self.resources[kind].get(name) or ResourceEntry(name=name)
-            self.resources[kind][name] = dataclasses.replace(entry, id=res_id, **info)
+            for name, res_id, info in changes:
+                entry = self.resources[kind].get(name) or ResourceEntry(name=name)
+                self.resources[kind][name] = dataclasses.replace(entry, id=res_id, **info)
             self.save()
 
     def forget(self, kind: str, *names: str) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Set, Tuple
 
 from openstack import exceptions as os_exc
 
-from cloudcompute import retry, tags
+from cloudcompute import listing, retry, tags
 from cloudcompute.autodown import credential
 from cloudcompute.exceptions import TeardownError
 from cloudcompute.provision.changes import Changes
@@ -175,10 +175,13 @@ class Teardown:
         """Send the deletes of every server, recorded or tagged; their ids, and
         the servers the tag-filtered list showed."""
         compute = self.conn.compute
-        tagged = _tagged(compute.servers, self.cid)
-        ids = self._recorded("servers", compute.servers) | set(tagged)
+        tagged = _tagged(self._servers, self.cid)
+        ids = self._recorded("servers", self._servers) | set(tagged)
         self._delete_all("server", compute.delete_server, ids)
         return ids, tagged
+
+    def _servers(self, **query: str) -> List[listing.ServerView]:
+        return listing.servers(self.conn, **query)
 
     def wait_servers(self, ids: Set[str], listed: Dict[str, Any]) -> None:
         """Until none of ``ids`` is left. Each cycle lists only the project's
@@ -199,7 +202,7 @@ class Teardown:
             interval = min(POLL_MAX, interval * 1.5)
             since = None if ids <= deleted else changes.since()
             if since is None:
-                now = _tagged(compute.servers, self.cid)
+                now = _tagged(self._servers, self.cid)
                 present = set(now)
                 tagged |= present
                 # Servers recorded but never seen tagged (tagging failed) are
@@ -211,7 +214,7 @@ class Teardown:
                 gone |= ids - present
                 ids &= present
             else:
-                moved = retry.call(lambda s=since: list(compute.servers(changes_since=s)))
+                moved = retry.call(lambda s=since: self._servers(**{"changes-since": s}))
                 changes.seen(moved, full=False)
                 deleted |= {s.id for s in moved if s.id in ids and s.status == "DELETED"}
             if ids and time.monotonic() > self.deadline:
@@ -294,7 +297,7 @@ class Teardown:
     def verify(self) -> List[str]:
         """What the cloud still holds for this cluster, by tag and by state (one
         list per kind, side by side)."""
-        listers = (("server", self.conn.compute.servers), ("floating IP", self.conn.network.ips),
+        listers = (("server", self._servers), ("floating IP", self.conn.network.ips),
                    ("router", self.conn.network.routers), ("network", self.conn.network.networks),
                    ("subnet", self.conn.network.subnets),
                    ("security group", self.conn.network.security_groups))

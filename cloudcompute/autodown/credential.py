@@ -149,15 +149,3 @@ def find_ids(conn: Any, cluster_id: str) -> List[str]:
     return [found.id] if found is not None else []
 
 
-def parse_time(value: Any) -> Optional[float]:
-    """An API timestamp (ISO 8601; UTC where no zone is given, as Keystone's
-    ``expires_at`` and Nova's keypair ``created_at``) as epoch seconds, or None."""
-    if not value:
-        return None
-    try:
-        when = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return when.timestamp()

@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from openstack import exceptions as os_exc
 
-from cloudcompute import nodeside, retry, tags
+from cloudcompute import listing, nodeside, retry, tags
 from cloudcompute.autodown import credential
 from cloudcompute.exceptions import CloudComputeError, ConfigError
 from cloudcompute.jobs.protocol import NODE_DIR
@@ -220,7 +220,7 @@ def _renew_credential(cluster: Any, deadline: float) -> None:
                               conn.current_user_id, entry.id or entry.name)
         except os_exc.NotFoundException:
             continue
-        expires = credential.parse_time(cred.expires_at)
+        expires = listing.parse_time(cred.expires_at)
         if expires is None or expires >= deadline + credential.MARGIN / 2:
             continue
         credential.delete(conn, cred.id)

@@ -9,9 +9,9 @@ them, each cycle.
 from __future__ import annotations
 
 import time
-from typing import Any, List, Optional
+from typing import Any, Optional, Sequence
 
-from cloudcompute.autodown import credential
+from cloudcompute import listing
 
 CHANGES_MARGIN = 10.0
 """Seconds a ``changes-since`` listing reaches back before the newest change
@@ -35,9 +35,9 @@ class Changes:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ",
                              time.gmtime(self.newest - CHANGES_MARGIN))
 
-    def seen(self, listing: List[Any], full: bool) -> None:
+    def seen(self, servers: Sequence[Any], full: bool) -> None:
         """Take note of a listing's servers (``full``: it was a whole one)."""
         if full:
             self.full_at = time.monotonic()
-        stamps = [credential.parse_time(getattr(s, "updated_at", None)) for s in listing]
+        stamps = [listing.parse_time(getattr(s, "updated_at", None)) for s in servers]
         self.newest = max(filter(None, stamps + [self.newest]), default=None)

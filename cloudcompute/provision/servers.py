@@ -17,11 +17,11 @@ import functools
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from openstack import exceptions as os_exc
 
-from cloudcompute import retry, tags
+from cloudcompute import listing, retry, tags
 from cloudcompute.config import ClusterSpec
 from cloudcompute.exceptions import ProvisioningError, ServerFault, WaitTimeout
 from cloudcompute.provision import multicreate, policy
@@ -118,7 +118,8 @@ class ServerBuilder:
         for name in batch.names:
             self.nodes[name] = NodeInfo(name=name, group=group.name, keys_injected=False,
                                         slots=group.slots or 1, ram_mb=group.ram)
-            self.st.intend("servers", name, group=group.name, host_keys=[], batch=batch.base)
+        self.st.intend_all("servers", batch.names, group=group.name, host_keys=[],
+                           batch=batch.base)
         body = self._server_args(group, user_data)
         body["flavorRef"], body["imageRef"] = body.pop("flavor_id"), body.pop("image_id")
         try:
@@ -194,12 +195,14 @@ class ServerBuilder:
             retry.SLEEP(min(interval, max(0.0, deadline - time.monotonic())))
             interval = min(POLL_MAX, interval * 1.5)
             since = changes.since()
-            query = {"changes_since": since} if since else {}
-            listing = retry.call(lambda q=query: list(self.conn.compute.servers(
-                details=True, tags=tags.CLUSTER_TAG + self.st.cluster_id, **q)))
-            changes.seen(listing, full=since is None)
-            by_id = {s.id: s for s in listing}
-            by_name = {s.name: s for s in listing}
+            query = {"changes-since": since} if since else {}
+            listed = retry.call(lambda q=query: listing.servers(
+                self.conn, tags=tags.CLUSTER_TAG + self.st.cluster_id, **q))
+            changes.seen(listed, full=since is None)
+            by_id = {s.id: s for s in listed}
+            by_name = {s.name: s for s in listed}
+            records: List[Tuple[str, str, Dict[str, Any]]] = []
+            active: List[NodeInfo] = []
             for node in list(self.nodes.values()):
                 if node.name not in want or node.status == "ACTIVE":
                     continue
@@ -218,20 +221,23 @@ class ServerBuilder:
                     continue
                 if node.server_id is None:  # a batch member, seen for the first time
                     node.server_id = server.id
-                    self.st.created("servers", node.name, server.id, group=node.group,
-                                   host_keys=[])
+                    records.append((node.name, server.id,
+                                    {"group": node.group, "host_keys": []}))
                 if server.status == "ACTIVE":
                     node.status = "ACTIVE"
                     node.timings["active"] = time.monotonic() - self.t0
                     self.progress("active", node.name)
                     node.fixed_ip = self._fixed_ip(server)
-                    self.st.created("servers", node.name, server.id,
-                                   fixed_ip=node.fixed_ip, status="ACTIVE")
-                    if on_active is not None:
-                        on_active(node)
+                    records.append((node.name, server.id,
+                                    {"fixed_ip": node.fixed_ip, "status": "ACTIVE"}))
+                    active.append(node)
                 elif server.status == "ERROR":
                     fault = (server.fault or {}).get("message") or "no fault message"
                     self._replace_or_drop(node, want, fault)
+            self.st.created_all("servers", records)  # one write per cycle
+            if on_active is not None:
+                for node in active:
+                    on_active(node)
             pending = sorted(n for n in want if self.nodes[n].status != "ACTIVE")
             if not pending:
                 return
@@ -239,11 +245,12 @@ class ServerBuilder:
                 raise WaitTimeout("ACTIVE state of cluster %s" % self.st.name,
                                   self.spec.timeouts.active, pending)
 
-    def _fixed_ip(self, server: Any) -> Optional[str]:
-        for addrs in (server.addresses or {}).values():
-            for a in addrs:
-                if a.get("OS-EXT-IPS:type", "fixed") == "fixed" and a.get("version") == 4:
-                    return a["addr"]
+    def _fixed_ip(self, server: listing.ServerView) -> Optional[str]:
+        for addrs in server.addresses.values():
+            for a in addrs if isinstance(addrs, list) else []:
+                if isinstance(a, dict) and a.get("OS-EXT-IPS:type", "fixed") == "fixed" \
+                        and a.get("version") == 4 and isinstance(a.get("addr"), str):
+                    return str(a["addr"])
         return None
 
     def _replace_or_drop(self, node: NodeInfo, want: set, fault: str) -> None:

@@ -8,6 +8,7 @@ import urllib.error
 
 import pytest
 
+from cloudcompute import listing
 from cloudcompute.autodown import credential, rest, watchdog
 
 NOW = 1_800_000_000.0
@@ -479,7 +480,7 @@ def test_extend_past_the_credentials_expiry_renews_it_on_the_node(tmp_path, monk
     assert deleted == [] and made == []
     launch.extend(cluster, 5)
     assert deleted == ["a0"] and len(made) == 1
-    assert cred_mod.parse_time(made[0]["expires_at"]) == NOW + 600 + 360 + 5 * 3600 + \
+    assert listing.parse_time(made[0]["expires_at"]) == NOW + 600 + 360 + 5 * 3600 + \
         cred_mod.MARGIN
     writes = [(argv, json.loads(stdin)) for argv, stdin in node.runs
               if stdin and b"TOP-SECRET" in stdin]

@@ -18,6 +18,7 @@ from cloudcompute import gc, retry, tags
 from cloudcompute.cluster import Cluster
 from cloudcompute.record import ClusterRecord, SSHAccess
 from cloudcompute.state import ClusterState
+from tests.unit.rawlist import RawServers
 
 NOW = float(int(time.time()))
 HOUR = 3600.0
@@ -87,7 +88,8 @@ class FakeCloud:
             servers=self._servers, delete_server=self.servers.delete,
             find_server=self.servers.find, keypairs=lambda: list(self.keypairs.items.values()),
             delete_keypair=self.keypairs.delete, find_keypair=self.keypairs.find,
-            get_keypair=self._get_keypair, set_server_metadata=self._set_metadata)
+            get_keypair=self._get_keypair, set_server_metadata=self._set_metadata,
+            get=RawServers(lambda **query: self._servers(**query)))
         self.network = types.SimpleNamespace(
             ips=self.ips.list, delete_ip=self.ips.delete, find_ip=self.ips.find,
             routers=self.routers.list, delete_router=self.routers.delete,

@@ -23,6 +23,7 @@ from cloudcompute.provision.preflight import Plan, ResolvedGroup
 from cloudcompute.provision.servers import ServerBuilder
 from cloudcompute.record import ClusterRecord
 from cloudcompute.state import ClusterState
+from tests.unit.rawlist import RawServers
 
 CID = "c-1"
 TAG = tags.CLUSTER_TAG + CID
@@ -61,6 +62,7 @@ class Nova:
         self.deleted = []
         self.listings = []
         self.listed = []
+        self.get = RawServers(self.servers)  # what cloudcompute.listing asks
 
     def create_server(self, **args):
         sid = "id-%d" % (len(self.created) + 1)
@@ -158,6 +160,16 @@ def test_active_servers_are_recorded_with_their_fixed_ipv4(build, sleeps):
                               "changes_since": "2026-01-01T00:00:50Z"},
                              {"details": True, "tags": TAG,
                               "changes_since": "2026-01-01T00:01:50Z"}] and len(sleeps) == 3
+
+
+def test_the_nodes_a_listing_shows_active_are_recorded_in_one_write(build, monkeypatch):
+    b, nova, _ = build({W0: ["BUILD", "ACTIVE"], W1: ["BUILD", "ACTIVE"]})
+    writes, seen = [], []
+    real = ClusterState.save
+    monkeypatch.setattr(ClusterState, "save", lambda self: (writes.append(1), real(self)))
+    # each node's callback runs after its ACTIVE record is on disk
+    b.wait_active(on_active=lambda node: seen.append(on_disk(b)[node.name].status))
+    assert len(writes) == 1 and seen == ["ACTIVE", "ACTIVE"]
 
 
 def test_a_server_in_error_is_deleted_and_replaced_by_name_r1(build, caplog):

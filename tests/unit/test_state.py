@@ -112,3 +112,22 @@ def test_the_record_is_read_again_only_when_the_file_changed(tmp_path, monkeypat
     assert [e.status for e in st.entries("servers")][0] is None
     assert ClusterState.load("c1", str(tmp_path)).ids("servers") == [
         "id-a", "id-b", "id-c", "id-d", "id-e"]
+
+
+def test_many_intents_and_creates_are_one_write_each(tmp_path, monkeypatch):
+    st = ClusterState.create(ClusterRecord(name="c", cluster_id="c-1"), str(tmp_path))
+    saves = []
+    real = ClusterState.save
+    monkeypatch.setattr(ClusterState, "save", lambda self: (saves.append(1), real(self)))
+    st.intend_all("servers", ["a", "b", "c"], group="w", batch="a")
+    assert len(saves) == 1
+    st.created_all("servers", [("a", "id-a", {"status": "ACTIVE"}), ("b", "id-b", {}),
+                               ("a", "id-a", {"fixed_ip": "10.0.0.5"})])
+    st.created_all("servers", [])  # nothing changed: nothing written
+    assert len(saves) == 2
+    on_disk = ClusterState.load("c", str(tmp_path))
+    a, b, c = on_disk.entries("servers")
+    assert (a.id, a.group, a.batch, a.status, a.fixed_ip) == ("id-a", "w", "a", "ACTIVE",
+                                                              "10.0.0.5")
+    assert (b.id, b.status) == ("id-b", None) and c.id is None
+    assert on_disk.in_flight() == ["servers c"]

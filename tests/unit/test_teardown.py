@@ -15,6 +15,7 @@ from cloudcompute.exceptions import TeardownError
 from cloudcompute.record import ClusterRecord
 from cloudcompute.state import ClusterState
 from cloudcompute.teardown import Teardown
+from tests.unit.rawlist import RawServers
 
 
 TAGS = ["cloudcompute", "cc-cluster=c-1"]
@@ -60,6 +61,8 @@ def fake_conn(log, **stores):
         servers=s["server"].list, delete_server=s["server"].delete,
         find_server=s["server"].find, delete_keypair=s["keypair"].delete,
         find_keypair=s["keypair"].find)
+    # cloudcompute.listing's GET, through whatever lister the test puts in
+    compute.get = RawServers(lambda **query: compute.servers(**query))
     net = types.SimpleNamespace(
         ips=s["ip"].list, delete_ip=s["ip"].delete, find_ip=s["ip"].find,
         routers=s["router"].list, delete_router=s["router"].delete, find_router=s["router"].find,
