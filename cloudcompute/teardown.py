@@ -2,8 +2,9 @@
 
 What depends on nothing goes at once, side by side with the servers:
 floating IPs, keypairs and the watchdog's application credential. What a
-server's port holds waits until the servers are gone: router interfaces,
-routers, ports, subnets, networks, security groups.
+server's port holds waits until every server shows DELETED (Nova has
+released its ports by then): router interfaces, routers, ports, subnets,
+networks, security groups.
 A 404 counts as deleted, so teardown can be run again after any failure.
 Resources are found both from the state file and by the cluster's tag, so
 that a crash between a create call and its state record loses nothing. A
@@ -18,8 +19,9 @@ import contextlib
 import functools
 import logging
 import os
+import threading
 import time
-from typing import Any, Callable, Dict, List, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from openstack import exceptions as os_exc
 
@@ -39,6 +41,11 @@ IN_FLIGHT_GRACE = 15.0
 
 POLL = 0.2
 POLL_MAX = 2.0
+POLL_FAST_MAX = 0.5
+FAST_FOR = 60.0
+"""The server wait's cycles start ``POLL`` apart and grow by half, up to
+``POLL_FAST_MAX`` for its first ``FAST_FOR`` seconds (a changes-since
+listing is cheap) and up to ``POLL_MAX`` after."""
 FULL_LIST_EVERY = 30.0
 """Seconds between the server wait's tag-filtered listings; the cycles between
 list only what changed."""
@@ -153,44 +160,53 @@ class Teardown:
 
     def _pass(self) -> None:
         """One pass over every kind: the servers' deletes first (the longest
-        wait), then, while they go, what does not wait for them; then what
-        their ports held."""
+        wait), then, while they go, what does not wait for them; then, once
+        every server shows DELETED, what their ports held."""
         t0 = time.monotonic()
         net = self.conn.network
         ids, listed = self.delete_servers()
+        released = threading.Event()  # every server DELETED or gone, or the wait ended
 
-        def servers() -> Dict[str, Set[str]]:
-            self.wait_servers(ids, listed)
-            self._servers_s = time.monotonic() - t0
-            return {}
+        def servers() -> None:
+            try:
+                self.wait_servers(ids, listed, released)
+            finally:
+                released.set()
+                self._servers_s = time.monotonic() - t0
 
-        def network_lists() -> Dict[str, Set[str]]:
-            return {kind: self._found(kind, getattr(net, lister))
-                    for kind, _, lister, _ in _NET_KINDS}
-        _, found, _, _, _ = _side_by_side(servers, network_lists, self.floating_ips,
-                                          self.keypairs, self.credentials)
-        self.network_side(found)
+        def network() -> None:
+            found = {kind: self._found(kind, getattr(net, lister))
+                     for kind, _, lister, _ in _NET_KINDS}
+            released.wait()
+            self.network_side(found)
+        _side_by_side(servers, network, self.floating_ips, self.keypairs, self.credentials)
 
     def delete_servers(self) -> Tuple[Set[str], Dict[str, Any]]:
-        """Send the deletes of every server, recorded or tagged; their ids, and
-        the servers the tag-filtered list showed."""
+        """Send the deletes of every server: the recorded ones at once, those
+        the cluster's tag-filtered list shows besides as it answers; their ids,
+        and the servers that list showed."""
         compute = self.conn.compute
-        tagged = _tagged(self._servers, self.cid)
-        ids = self._recorded("servers", self._servers) | set(tagged)
-        self._delete_all("server", compute.delete_server, ids)
-        return ids, tagged
+        recorded = self._recorded("servers", self._servers)
+        with cf.ThreadPoolExecutor(max_workers=1) as pool:
+            tagged_f = pool.submit(_tagged, self._servers, self.cid)
+            self._delete_all("server", compute.delete_server, recorded)
+            tagged = tagged_f.result()
+        self._delete_all("server", compute.delete_server, set(tagged) - recorded)
+        return recorded | set(tagged), tagged
 
     def _servers(self, **query: str) -> List[listing.ServerView]:
         return listing.servers(self.conn, **query)
 
-    def wait_servers(self, ids: Set[str], listed: Dict[str, Any]) -> None:
+    def wait_servers(self, ids: Set[str], listed: Dict[str, Any],
+                     released: Optional[threading.Event] = None) -> None:
         """Until none of ``ids`` is left. Each cycle lists only the project's
         servers that changed (``changes-since``, which shows deleted servers
         as DELETED); the tagged ones are listed every ``FULL_LIST_EVERY``
-        seconds, and whenever every server left shows DELETED (Nova shows
-        that just before it removes one). Cycles start ``POLL`` apart and
-        grow by half up to ``POLL_MAX``."""
+        seconds, and as soon as every server left shows DELETED (Nova shows
+        that just before it removes one, its ports already released: then
+        ``released`` is set). Cycles are spaced as ``POLL_FAST_MAX`` says."""
         compute = self.conn.compute
+        t0 = time.monotonic()
         tagged = set(listed)
         changes = Changes(FULL_LIST_EVERY)
         changes.seen(list(listed.values()), full=True)  # listed before the deletes
@@ -198,9 +214,13 @@ class Teardown:
         deleted: Set[str] = set()  # shown DELETED, not yet missing from a listing
         interval = POLL
         while ids:
-            retry.SLEEP(interval)
-            interval = min(POLL_MAX, interval * 1.5)
-            since = None if ids <= deleted else changes.since()
+            confirm = ids <= deleted
+            if confirm and released is not None:
+                released.set()
+            retry.SLEEP(POLL if confirm else interval)
+            cap = POLL_FAST_MAX if time.monotonic() - t0 < FAST_FOR else POLL_MAX
+            interval = min(cap, interval * 1.5)
+            since = None if confirm else changes.since()
             if since is None:
                 now = _tagged(self._servers, self.cid)
                 present = set(now)

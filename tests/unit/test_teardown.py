@@ -130,6 +130,7 @@ class SlowServers(Store):
         for rid, left in list(self.deleting.items()):
             if left == 1:  # Nova saves vm_state DELETED, then removes the server
                 self._touch(self.items[rid], "DELETED")
+                self.log.append(("server DELETED", rid))
             if left == 0:
                 if self.until is not None:
                     self.until.wait(timeout=2)  # a real deletion takes seconds
@@ -180,10 +181,11 @@ def test_dependency_order_and_state_removed(tmp_path):
         others.set()
     kinds = [k for k, _ in log]
     gone = kinds.index("server gone")
-    # what a server's port holds goes after the servers, in dependency order
+    # what a server's port holds goes once the server shows DELETED (its
+    # ports released), in dependency order
     after = ["router_if", "router", "subnet", "network", "security_group"]
     assert [k for k in kinds if k in after] == after
-    assert min(kinds.index(k) for k in after) > gone
+    assert min(kinds.index(k) for k in after) > kinds.index("server DELETED")
     # what waits for nothing went while the server was still being deleted
     for k in ("ip", "keypair", "credential"):
         assert kinds.index("server") < gone and kinds.index(k) < gone, (k, kinds)
@@ -290,4 +292,33 @@ def test_the_server_wait_lists_only_what_changed_and_backs_off(tmp_path, monkeyp
     assert ("server gone", "s1") in log and ("server gone", "s2") in log
     assert ("server", "s3") not in log  # not the cluster's: never deleted
     assert sleeps[:3] == [0.2, pytest.approx(0.3), pytest.approx(0.45)]
+    assert max(sleeps) == 0.5  # the first minute's cap (the clock here barely moves)
     assert not (tmp_path / "c.json").exists()
+
+
+def test_recorded_servers_are_deleted_before_the_tagged_listing_answers(tmp_path):
+    """The deletes of the servers the state records go at once; the tagged
+    listing, which also finds servers whose create answer was lost, answers
+    beside them, and what only it shows is deleted as it answers."""
+    log = []
+    conn = fake_conn(log)
+    servers = SlowServers(log, ["s1", "lost"], polls=1)
+    sent = threading.Event()
+    real_list, real_delete = servers.list, servers.delete
+
+    def slow_list(**kw):
+        if "tags" in kw and not sent.is_set():
+            assert sent.wait(timeout=5), "the listing was waited for before the deletes"
+        return real_list(**kw)
+
+    def delete(rid, **kw):
+        real_delete(rid, **kw)
+        if rid == "s1":
+            sent.set()
+    conn.compute.servers, conn.compute.delete_server = slow_list, delete
+    conn.compute.find_server = servers.find
+    st = state(tmp_path)
+    Teardown(conn, st, timeout=10).run()
+    deletes = [rid for kind, rid in log if kind == "server"]
+    assert deletes == ["s1", "lost"]
+    assert ("server gone", "lost") in log and not (tmp_path / "c.json").exists()
