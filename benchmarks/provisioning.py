@@ -186,9 +186,10 @@ def cloudcompute_cluster(cloud: str, n: int, defaults: Dict[str, str]) -> Dict[s
         t1 = time.monotonic()
         counter.take()
         c.down()
+    down_s, down_requests = time.monotonic() - t1, counter.take()
     return {"up_s": up, "first_task_s": first_task, "active_s": timings["active"],
-            "down_s": time.monotonic() - t1, "requests": requests,
-            "requests_by_kind": kinds, "down_requests": counter.take(),
+            "down_s": down_s, "requests": requests, "requests_by_kind": kinds,
+            "down_requests": down_requests, "down_requests_by_kind": counter.last,
             "client_cpu_s": cpu, "name": name}
 
 

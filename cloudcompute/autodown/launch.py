@@ -70,7 +70,7 @@ def targets(conn: Any, st: ClusterState, first: Any,
         keypair=min((e.name for e in st.entries("keypairs")), default=None),
         security_group=next(iter(st.ids("security_groups")), None),
         own_port=own_port,
-        leftovers={k: st.ids(k) for k in ("routers", "subnets", "networks") if st.ids(k)})
+        leftovers={k: ids for k in ("routers", "subnets", "networks") if (ids := st.ids(k))})
 
 
 def _default_group(conn: Any) -> Optional[str]:
