@@ -59,14 +59,17 @@ def servers(conn: Any, **query: str) -> List[ServerView]:
         response = conn.compute.get("/servers/detail", params=params,
                                     microversion=MICROVERSION, raise_exc=False)
         os_exc.raise_from_response(response)
-        body = response.json()
-        page = body.get("servers") if isinstance(body, dict) else None
-        if not isinstance(page, list):
-            raise os_exc.SDKException("the server listing holds no list of servers")
-        out.extend(ServerView.from_api(s) for s in page)
-        links = body.get("servers_links") or []
-        if not page or not any(isinstance(link, dict) and link.get("rel") == "next"
-                               for link in links):
+        try:
+            body = response.json()
+            page = body.get("servers") if isinstance(body, dict) else None
+            if not isinstance(page, list):
+                raise ValueError("no list of servers")
+            out.extend(ServerView.from_api(s) for s in page)
+        except ValueError as exc:  # JSONDecodeError included
+            raise os_exc.SDKException("the server listing is not Nova's: %s" % exc) from exc
+        links = body.get("servers_links")
+        if not page or not isinstance(links, list) or not any(
+                isinstance(link, dict) and link.get("rel") == "next" for link in links):
             return out
         params["marker"] = out[-1].id
     raise os_exc.SDKException("the server listing did not end after %d pages" % MAX_PAGES)

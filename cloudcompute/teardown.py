@@ -165,19 +165,23 @@ class Teardown:
         t0 = time.monotonic()
         net = self.conn.network
         ids, listed = self.delete_servers()
-        released = threading.Event()  # every server DELETED or gone, or the wait ended
+        released = threading.Event()  # every server DELETED or gone (or past the deadline)
+        ended = threading.Event()  # the wait is over, however it ended
 
         def servers() -> None:
             try:
                 self.wait_servers(ids, listed, released)
-            finally:
                 released.set()
+            finally:
+                ended.set()
                 self._servers_s = time.monotonic() - t0
 
         def network() -> None:
             found = {kind: self._found(kind, getattr(net, lister))
                      for kind, _, lister, _ in _NET_KINDS}
-            released.wait()
+            while not released.wait(0.05):
+                if ended.is_set() and not released.is_set():
+                    return  # the wait failed: what the ports hold stays for a rerun
             self.network_side(found)
         _side_by_side(servers, network, self.floating_ips, self.keypairs, self.credentials)
 
@@ -210,14 +214,22 @@ class Teardown:
         tagged = set(listed)
         changes = Changes(FULL_LIST_EVERY)
         changes.seen(list(listed.values()), full=True)  # listed before the deletes
-        gone: Set[str] = set()
+        # Recorded servers the tagged listing lacks (gone already, or never
+        # tagged) are looked up one by one: no changes-since listing shows a
+        # server that went before it.
+        gone = {sid for sid in ids - tagged
+                if retry.call(compute.find_server, sid, ignore_missing=True) is None}
+        ids -= gone
         deleted: Set[str] = set()  # shown DELETED, not yet missing from a listing
         interval = POLL
+        confirming = False
         while ids:
             confirm = ids <= deleted
             if confirm and released is not None:
                 released.set()
-            retry.SLEEP(POLL if confirm else interval)
+            # the first look after every server showed DELETED comes soon
+            retry.SLEEP(POLL if confirm and not confirming else interval)
+            confirming = confirm
             cap = POLL_FAST_MAX if time.monotonic() - t0 < FAST_FOR else POLL_MAX
             interval = min(cap, interval * 1.5)
             since = None if confirm else changes.since()

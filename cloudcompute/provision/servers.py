@@ -199,16 +199,39 @@ class ServerBuilder:
             listed = retry.call(lambda q=query: listing.servers(
                 self.conn, tags=tags.CLUSTER_TAG + self.st.cluster_id, **q))
             changes.seen(listed, full=since is None)
-            by_id = {s.id: s for s in listed}
-            by_name = {s.name: s for s in listed}
-            records: List[Tuple[str, str, Dict[str, Any]]] = []
-            active: List[NodeInfo] = []
+            active = self._apply(listed, since is None, want, unlisted)
+            if on_active is not None:
+                for node in active:
+                    on_active(node)
+            pending = sorted(n for n in want if self.nodes[n].status != "ACTIVE")
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                raise WaitTimeout("ACTIVE state of cluster %s" % self.st.name,
+                                  self.spec.timeouts.active, pending)
+
+    def _apply(self, listed: List[listing.ServerView], whole: bool, want: set,
+               unlisted: Dict[str, int]) -> List[NodeInfo]:
+        """Apply one listing (``whole``: of the whole cluster, else only what
+        changed) to the nodes still building; record what it showed in one
+        write (before a failed node is handled, whose error carries the
+        record). Returns the nodes that turned ACTIVE."""
+        by_id = {s.id: s for s in listed}
+        by_name = {s.name: s for s in listed}
+        records: List[Tuple[str, str, Dict[str, Any]]] = []
+        active: List[NodeInfo] = []
+
+        def fail(node: NodeInfo, fault: str) -> None:
+            self.st.created_all("servers", records)
+            records.clear()
+            self._replace_or_drop(node, want, fault)
+        try:
             for node in list(self.nodes.values()):
                 if node.name not in want or node.status == "ACTIVE":
                     continue
                 server = (by_id.get(node.server_id) if node.server_id
                           else by_name.get(node.name))
-                if server is None and since is not None:
+                if server is None and not whole:
                     # not changed since; or deleted (Nova drops a deleted
                     # server's tags, so only a whole listing tells)
                     continue
@@ -217,7 +240,7 @@ class ServerBuilder:
                     # few cycles all the same before calling one gone.
                     unlisted[node.name] = unlisted.get(node.name, 0) + 1
                     if node.server_id or unlisted[node.name] >= UNLISTED_CYCLES:
-                        self._replace_or_drop(node, want, "server disappeared while building")
+                        fail(node, "server disappeared while building")
                     continue
                 if node.server_id is None:  # a batch member, seen for the first time
                     node.server_id = server.id
@@ -232,18 +255,10 @@ class ServerBuilder:
                                     {"fixed_ip": node.fixed_ip, "status": "ACTIVE"}))
                     active.append(node)
                 elif server.status == "ERROR":
-                    fault = (server.fault or {}).get("message") or "no fault message"
-                    self._replace_or_drop(node, want, fault)
-            self.st.created_all("servers", records)  # one write per cycle
-            if on_active is not None:
-                for node in active:
-                    on_active(node)
-            pending = sorted(n for n in want if self.nodes[n].status != "ACTIVE")
-            if not pending:
-                return
-            if time.monotonic() >= deadline:
-                raise WaitTimeout("ACTIVE state of cluster %s" % self.st.name,
-                                  self.spec.timeouts.active, pending)
+                    fail(node, (server.fault or {}).get("message") or "no fault message")
+        finally:
+            self.st.created_all("servers", records)
+        return active
 
     def _fixed_ip(self, server: listing.ServerView) -> Optional[str]:
         for addrs in server.addresses.values():

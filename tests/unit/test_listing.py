@@ -69,3 +69,23 @@ def test_api_times_are_epoch_seconds_utc_without_a_zone():
     assert listing.parse_time("2026-01-01T00:00:00Z") == listing.parse_time(
         "2026-01-01T00:00:00") == 1767225600.0
     assert listing.parse_time("not a time") is None and listing.parse_time(None) is None
+
+
+
+class NotJson(Response):
+    def json(self):
+        raise ValueError("Expecting value: line 1 column 1 (char 0)")
+
+
+@pytest.mark.parametrize("answer", [NotJson({}), Response({"servers": [{"name": "no id"}]})],
+                         ids=["html", "no-id"])
+def test_a_body_that_is_not_novas_is_an_sdk_error(answer):
+    conn = types.SimpleNamespace(compute=types.SimpleNamespace(get=lambda url, **kw: answer))
+    with pytest.raises(os_exc.SDKException, match="not Nova's"):
+        listing.servers(conn)
+
+
+def test_links_that_are_not_a_list_end_the_listing():
+    conn = types.SimpleNamespace(compute=types.SimpleNamespace(get=lambda url, **kw: Response(
+        {"servers": [{"id": "a"}], "servers_links": 1})))
+    assert [s.id for s in listing.servers(conn)] == ["a"]

@@ -276,3 +276,17 @@ def test_create_batch_must_be_a_positive_integer(bad):
     with pytest.raises(ConfigError, match="create_batch must be an integer >= 1"):
         validate(ClusterSpec(name="c", flavor="f", image="i", create_batch=bad))
     assert validate(ClusterSpec(name="c", flavor="f", image="i")).create_batch == 50
+
+
+def test_what_a_cycle_saw_before_a_fatal_failure_is_recorded_and_carried(build):
+    """The first member turns ACTIVE and the second ERROR in the same listing,
+    with no replacement allowed: the fault carries, and the state file
+    holds, the first member's id and ACTIVE status."""
+    from cloudcompute.exceptions import ServerFault
+    b, nova = build(3, {BASE0 + "-2": ["ERROR"]}, max_replacements=0)
+    b.create_all()
+    with pytest.raises(ServerFault) as e:
+        b.wait_active()
+    first = BASE0 + "-1"
+    for entry in (on_disk(b)[first], e.value.resources["servers"][first]):
+        assert entry.id == b.nodes[first].server_id and entry.status == "ACTIVE"

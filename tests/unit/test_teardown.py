@@ -322,3 +322,83 @@ def test_recorded_servers_are_deleted_before_the_tagged_listing_answers(tmp_path
     deletes = [rid for kind, rid in log if kind == "server"]
     assert deletes == ["s1", "lost"]
     assert ("server gone", "lost") in log and not (tmp_path / "c.json").exists()
+
+
+def test_the_network_side_goes_once_servers_show_deleted_before_they_are_gone(tmp_path):
+    """Nova shows DELETED once a server's ports are released and removes it
+    just after: the network side does not wait for the removal."""
+    log = []
+    conn = fake_conn(log, network=["n1"], subnet=["sub1"], security_group=["g1"])
+    group_gone = threading.Event()
+    servers = SlowServers(log, ["s1"], until=group_gone)  # removal held until then
+    conn.compute.servers, conn.compute.delete_server = servers.list, servers.delete
+    conn.compute.find_server = servers.find
+    real = conn.network.delete_security_group
+
+    def delete_group(rid, **kw):
+        real(rid, **kw)
+        group_gone.set()
+    conn.network.delete_security_group = delete_group
+    Teardown(conn, state(tmp_path)).run()
+    kinds = [k for k, _ in log]
+    assert kinds.index("server DELETED") < kinds.index("security_group") \
+        < kinds.index("server gone")
+
+
+def test_a_failed_server_wait_leaves_what_the_ports_hold(tmp_path):
+    log = []
+    conn = fake_conn(log, network=["n1"], subnet=["sub1"], security_group=["g1"],
+                     keypair=["cc-c-1"])
+    servers = SlowServers(log, ["s1"], polls=5)
+    calls = []
+
+    def failing(**kw):
+        calls.append(kw)
+        if "changes_since" in kw:
+            raise os_exc.BadRequestException("the listing broke")
+        return servers.list(**kw)
+    conn.compute.servers, conn.compute.delete_server = failing, servers.delete
+    conn.compute.find_server = servers.find
+    st = state(tmp_path)
+    with pytest.raises(os_exc.BadRequestException):
+        Teardown(conn, st).run()
+    kinds = {k for k, _ in log}
+    assert "keypair" in kinds  # what waits for nothing went
+    assert not kinds & {"router_if", "router", "subnet", "network", "security_group"}
+    assert ClusterState.load("c", str(tmp_path)).ids("servers") == ["s1"]
+
+
+def test_a_server_stuck_at_deleted_is_confirmed_with_growing_cycles(tmp_path, monkeypatch):
+    """Nova may leave a server at DELETED without removing it (its compute
+    host died in between): the confirming listings back off, not 5 a second."""
+    sleeps = []
+    monkeypatch.setattr(retry, "SLEEP", sleeps.append)
+    log = []
+    conn = fake_conn(log)
+    servers = SlowServers(log, ["s1"], polls=1)
+
+    def stuck(**kw):
+        try:
+            return servers.list(**kw)
+        finally:
+            if "s1" in servers.items:  # DELETED from its delete on, never removed
+                servers.deleting["s1"] = 1
+    conn.compute.servers, conn.compute.delete_server = stuck, servers.delete
+    conn.compute.find_server = servers.find
+    with pytest.raises(TeardownError, match="still deleting"):
+        Teardown(conn, state(tmp_path), timeout=0.3).run()
+    assert sleeps.count(0.2) <= 2 and max(sleeps) == 0.5
+
+
+def test_a_recorded_server_already_gone_does_not_hold_the_wait(tmp_path):
+    """A recorded server the tagged listing lacks is looked up once; gone, it
+    is done with (no changes-since listing would ever show it)."""
+    log = []
+    conn = fake_conn(log, security_group=["g1"])
+    servers = SlowServers(log, ["s1"], polls=2)
+    conn.compute.servers, conn.compute.delete_server = servers.list, servers.delete
+    conn.compute.find_server = servers.find
+    st = state(tmp_path)
+    st.created("servers", "s9", "s9")  # deleted earlier, by someone else
+    Teardown(conn, st, timeout=60).run()
+    assert ("server find", "s9") in log and len(servers.queries) < 10
