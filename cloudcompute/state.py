@@ -302,9 +302,7 @@ class ClusterState:
     def intend(self, kind: str, name: str, **info: Any) -> None:
         """Record that ``name`` is about to be created (id not known yet);
         ``info`` sets fields of its :class:`ResourceEntry`."""
-        with self.locked():
-            self.resources[kind][name] = ResourceEntry(name=name, id=None, **info)
-            self.save()
+        self.intend_all(kind, [name], **info)
 
     def intend_all(self, kind: str, names: Sequence[str], **info: Any) -> None:
         """:meth:`intend` for each of ``names`` (the same ``info``), one write."""

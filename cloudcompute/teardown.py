@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Set, Tuple
 
 from openstack import exceptions as os_exc
 
@@ -166,23 +166,26 @@ class Teardown:
         net = self.conn.network
         ids, listed = self.delete_servers()
         released = threading.Event()  # every server DELETED or gone (or past the deadline)
-        ended = threading.Event()  # the wait is over, however it ended
+        decided = threading.Event()  # released, or the wait ended without it
+
+        def release() -> None:
+            released.set()
+            decided.set()
 
         def servers() -> None:
             try:
-                self.wait_servers(ids, listed, released)
-                released.set()
+                self.wait_servers(ids, listed, release)
+                release()
             finally:
-                ended.set()
+                decided.set()
                 self._servers_s = time.monotonic() - t0
 
         def network() -> None:
             found = {kind: self._found(kind, getattr(net, lister))
                      for kind, _, lister, _ in _NET_KINDS}
-            while not released.wait(0.05):
-                if ended.is_set() and not released.is_set():
-                    return  # the wait failed: what the ports hold stays for a rerun
-            self.network_side(found)
+            decided.wait()
+            if released.is_set():  # else the wait failed: what the ports hold stays
+                self.network_side(found)
         _side_by_side(servers, network, self.floating_ips, self.keypairs, self.credentials)
 
     def delete_servers(self) -> Tuple[Set[str], Dict[str, Any]]:
@@ -202,13 +205,13 @@ class Teardown:
         return listing.servers(self.conn, **query)
 
     def wait_servers(self, ids: Set[str], listed: Dict[str, Any],
-                     released: Optional[threading.Event] = None) -> None:
+                     released: Callable[[], None] = lambda: None) -> None:
         """Until none of ``ids`` is left. Each cycle lists only the project's
         servers that changed (``changes-since``, which shows deleted servers
         as DELETED); the tagged ones are listed every ``FULL_LIST_EVERY``
         seconds, and as soon as every server left shows DELETED (Nova shows
         that just before it removes one, its ports already released: then
-        ``released`` is set). Cycles are spaced as ``POLL_FAST_MAX`` says."""
+        ``released()`` is called). Cycles are spaced as ``POLL_FAST_MAX`` says."""
         compute = self.conn.compute
         t0 = time.monotonic()
         tagged = set(listed)
@@ -225,8 +228,8 @@ class Teardown:
         confirming = False
         while ids:
             confirm = ids <= deleted
-            if confirm and released is not None:
-                released.set()
+            if confirm and not confirming:
+                released()
             # the first look after every server showed DELETED comes soon
             retry.SLEEP(POLL if confirm and not confirming else interval)
             confirming = confirm
