@@ -186,7 +186,7 @@ def test_security_group_opens_ssh_to_one_address(one, fault, conn):
     sg = conn.network.find_security_group("cc-" + one.state.cluster_id)
     rules = [(r["protocol"], r["port_range_min"], r["remote_ip_prefix"])
              for r in sg.security_group_rules if r["direction"] == "ingress"]
-    assert ("tcp", 22, "10.42.0.1/32") in rules
+    assert ("tcp", 22, "172.24.4.1/32") in rules  # the host's address on br-ex
     assert not any(p == "0.0.0.0/0" or p == "::/0" for _, _, p in rules)
     fault.observed = "ingress rules: %s" % sorted(map(str, rules))
 

@@ -33,7 +33,8 @@ def test_three_nodes_up_ssh_down(conn, admin_conn, unique, state_dir):
         assert len(names) == 3
         sg = conn.network.find_security_group("cc-" + c.state.cluster_id)
         rules = [r for r in sg.security_group_rules if r["protocol"] == "tcp"]
-        assert [r["remote_ip_prefix"] for r in rules] == ["10.42.0.1/32"]
+        # the host reaches the nodes from its public address (br-ex) through router1
+        assert [r["remote_ip_prefix"] for r in rules] == ["172.24.4.1/32"]
         t = c.timings
         assert t["preflight"] <= t["total"] and t["active"] <= t["ssh"]
     assert c.timings["teardown"] > 0
@@ -191,10 +192,13 @@ def test_created_network_and_floating_ips_are_made_and_removed(
     assert len(fips) == 2 and all(f.port_id for f in fips)
     assert sorted(n.floating_ip for n in c.nodes) == sorted(
         f.floating_ip_address for f in fips)
-    # the fixed IPs are on this host's bridge, so SSH goes there
-    assert all(n.address == n.fixed_ip and n.fixed_ip.startswith("10.42.200.")
+    # this host has no route to the new network: SSH goes through the floating
+    # IPs, which the router's NAT (neutron-l3-agent) carries to the nodes
+    assert all(n.address == n.floating_ip and n.fixed_ip.startswith("10.42.200.")
                for n in c.nodes)
-    assert c.connection(c.nodes[0].name).run(["true"]).ok
+    for n in c.nodes:
+        r = c.connection(n.name).run(["sh", "-c", "hostname; ip -4 -o addr show dev eth0"])
+        assert r.ok and n.fixed_ip in r.stdout and n.floating_ip not in r.stdout
     c.down()
     assert cloudcompute_leak_check == [unique]
     assert leftovers(admin_conn, conn.current_project_id, unique) == []

@@ -21,6 +21,9 @@ from tests.functional.conftest import keypairs_with, leftovers
 IMAGE = "debian-12-cc"
 FLAVOR = "m1.tiny"
 NETWORK = "private"
+# The host's address on the public network (br-ex): it reaches the private
+# network through router1, and nodes reach the API there.
+HOST = "172.24.4.1"
 
 
 def _keypair(conn, tmp_path, name):
@@ -44,7 +47,7 @@ def rig(conn, admin_conn, unique, tmp_path):
     conn.network.create_security_group_rule(
         security_group_id=sg.id, direction="ingress", ethertype="IPv4",
         protocol="tcp", port_range_min=22, port_range_max=22,
-        remote_ip_prefix="10.42.0.1/32")
+        remote_ip_prefix=HOST + "/32")
     net = conn.network.find_network(NETWORK)
     image = conn.image.find_image(IMAGE)
     flavor = conn.compute.find_flavor(FLAVOR)
@@ -60,7 +63,7 @@ def rig(conn, admin_conn, unique, tmp_path):
             server = conn.compute.wait_for_server(server, wait=30, interval=0.2)
         return server
 
-    yield {"boot": boot, "key_file": key_file, "conn": conn}
+    yield {"boot": boot, "key_file": key_file, "conn": conn, "sg": sg}
 
     for sid in created["servers"]:
         conn.compute.delete_server(sid, ignore_missing=True)
@@ -152,6 +155,43 @@ def test_server_answers_ssh_with_console_keys_and_stock_python(rig):
     client.close()
 
 
+def _allow_group(conn, sg):
+    """Admit all IPv4 traffic from members of the group; return the rule."""
+    return conn.network.create_security_group_rule(
+        security_group_id=sg.id, direction="ingress", ethertype="IPv4",
+        remote_group_id=sg.id)
+
+
+def _tcp(client, ip, port):
+    return run(client, "timeout 3 bash -c 'echo > /dev/tcp/%s/%d'" % (ip, port))[0]
+
+
+def test_security_groups_are_enforced_between_nodes(rig):
+    """The L2 agent's iptables firewall applies each port's groups: a rule
+    added or removed through the API opens or closes the path within
+    seconds, and a port outside every rule stays closed."""
+    conn, sg = rig["conn"], rig["sg"]
+    a, b = rig["boot"]("a"), rig["boot"]("b")
+    ca = ssh(fixed_ip(a), rig["key_file"], console_keys(conn, a)[1])
+    cb = ssh(fixed_ip(b), rig["key_file"], console_keys(conn, b)[1])
+    # the group admits SSH from the host alone: node a is refused by b
+    assert _tcp(ca, fixed_ip(b), 22) != 0
+    rule = _allow_group(conn, sg)
+    _until(lambda: _tcp(ca, fixed_ip(b), 22) == 0, "group rule not applied")
+    # a listener on b is reachable from a (a group member), not from the host
+    assert run(cb, "nohup python3 -c \"import socket; s = socket.create_server(('', 8000)); "
+                   "[s.accept() for _ in range(3)]\" >/dev/null 2>&1 & sleep 0.5")[0] == 0
+    assert _tcp(ca, fixed_ip(b), 8000) == 0
+    with pytest.raises(OSError):
+        socket.create_connection((fixed_ip(b), 8000), timeout=2).close()
+    conn.network.delete_security_group_rule(rule)
+    _until(lambda: _tcp(ca, fixed_ip(b), 8000) != 0, "group rule not withdrawn")
+    # the host's own rule still lets it in
+    assert banner(fixed_ip(b), timeout=3)
+    ca.close()
+    cb.close()
+
+
 def test_nodes_have_private_files_and_no_way_out(rig):
     a, b = rig["boot"]("a"), rig["boot"]("b")
     ca = ssh(fixed_ip(a), rig["key_file"], console_keys(rig["conn"], a)[1])
@@ -159,16 +199,14 @@ def test_nodes_have_private_files_and_no_way_out(rig):
     assert run(ca, "echo a > /tmp/only-a && echo a > ~/only-a")[0] == 0
     assert run(cb, "ls /tmp/only-a ~/only-a")[0] != 0
     assert run(ca, "cat /tmp/only-a ~/only-a")[1] == "a\na\n"
-    # nodes reach each other ...
-    code, _, _ = run(ca, "timeout 3 bash -c 'echo > /dev/tcp/%s/22'" % fixed_ip(b))
-    assert code == 0
-    # ... but of the host (gateway) only the cloud's API ports, as VMs reach a
-    # real cloud's API: Placement, the database and RabbitMQ stay refused
+    # the default route is router1, in its namespace, not the host
+    assert run(ca, "ip -4 route show default")[1].split()[:3] == ["default", "via", "10.42.0.1"]
+    # of the host, only the cloud's API ports, on its public address through the
+    # router, as VMs reach a real cloud's API: Placement, the database and
+    # RabbitMQ stay refused
     for port in (8778, 3306, 5672):
-        code, _, _ = run(ca, "timeout 3 bash -c 'echo > /dev/tcp/10.42.0.1/%d'" % port)
-        assert code != 0, "port %d of the host answered a node" % port
-    code, _, _ = run(ca, "timeout 3 bash -c 'echo > /dev/tcp/10.42.0.1/5000'")
-    assert code == 0  # Keystone, for the watchdog
+        assert _tcp(ca, HOST, port) != 0, "port %d of the host answered a node" % port
+    assert _tcp(ca, HOST, 5000) == 0  # Keystone, for the watchdog
     # ... and nothing beyond it: the host neither forwards nor routes for them
     # (checked on the host, without sending anything off this machine)
     assert open("/proc/sys/net/ipv4/ip_forward").read().strip() == "0"
@@ -417,7 +455,8 @@ def test_ipv6_is_no_way_around_the_firewall(rig):
     cb = ssh(fixed_ip(b), rig["key_file"], console_keys(conn, b)[1])
     b_mac = next(iter(conn.network.ports(device_id=b.id))).mac_address
     net = conn.network.find_network(NETWORK)
-    bridge = "ccbr" + net.id.replace("-", "")[:10]
+    bridge = "brq" + net.id[:11]
+    _allow_group(conn, rig["sg"])
     # the bridge's link-local address if it has one, else the one it would take
     shown = subprocess.run(["ip", "-6", "-o", "addr", "show", "dev", bridge, "scope", "link"],
                            capture_output=True, text=True, check=True).stdout.split()
@@ -446,10 +485,8 @@ def test_ipv6_is_no_way_around_the_firewall(rig):
     # IPv6 that comes in from the nodes' bridges
     for client in (ca, cb):
         assert run(client, "ip -6 -o addr show dev eth0")[1] == ""
-    ports = [line.split(": ")[1].split("@")[0] for line in subprocess.run(
-        ["ip", "-o", "link", "show", "master", bridge], capture_output=True, text=True,
-        check=True).stdout.splitlines()]
-    assert len(ports) >= 2
+    ports = ["tap" + p.id[:11] for s in (a, b) for p in conn.network.ports(device_id=s.id)]
+    assert len(ports) == 2
     for dev in [bridge] + ports:
         assert subprocess.run(["ip", "-6", "-o", "addr", "show", "dev", dev], capture_output=True,
                               text=True, check=True).stdout == "", dev
@@ -457,8 +494,9 @@ def test_ipv6_is_no_way_around_the_firewall(rig):
             assert f.read().strip() == "1", dev
     rules = subprocess.run(["ip6tables", "-S"], capture_output=True, text=True,
                            check=True).stdout
-    assert "-A INPUT -i ccbr+ -j CC-AIO-DROP6" in rules
-    assert "-A FORWARD -i ccbr+ -j CC-AIO-DROP6" in rules
+    for chain in ("INPUT", "FORWARD"):
+        for dev in ("brq+", "br-ex"):
+            assert "-A %s -i %s -j CC-AIO-DROP6" % (chain, dev) in rules
     assert "-A CC-AIO-DROP6 -j DROP" in rules
     ca.close()
     cb.close()

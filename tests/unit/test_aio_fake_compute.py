@@ -40,10 +40,17 @@ def test_fake_host_has_its_own_name_driver_and_trait(etc):
         provider = yaml.safe_load(f)["providers"][0]
     assert provider["identification"] == {"uuid": "$COMPUTE_NODE"}
     assert provider["traits"]["additional"] == ["CUSTOM_CC_FAKE"]
+    # the real host waits for its L2 agent to report each port up; the fake
+    # host's ports are bound without an agent, and it does not wait
+    assert (real["DEFAULT"]["vif_plugging_is_fatal"], real["DEFAULT"]["vif_plugging_timeout"]) \
+        == ("true", "30")
+    assert (fake["DEFAULT"]["vif_plugging_is_fatal"], fake["DEFAULT"]["vif_plugging_timeout"]) \
+        == ("false", "0")
     # everything else is the same as the real host's
     for section in real.sections():
         for key, value in real[section].items():
-            if key not in ("host", "compute_driver"):
+            if key not in ("host", "compute_driver", "vif_plugging_is_fatal",
+                           "vif_plugging_timeout"):
                 assert fake[section][key] == value, (section, key)
 
 

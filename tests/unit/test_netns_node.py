@@ -65,6 +65,10 @@ def test_interface_names_fit_the_kernel_limit():
     for name in (vif.bridge, vif.host_veth, vif.node_veth):
         assert len(name) <= 15
     assert vif.host_veth != vif.node_veth
+    # Nova's names for a Linux-bridge VIF, which neutron-linuxbridge-agent
+    # looks for: "tap"/"brq" and the id's first 11 characters, hyphen kept
+    assert vif.host_veth == "tap1234abcd-00"
+    assert vif.bridge == "brq99998888-77"
 
 
 def test_knobs_metadata_wins_and_unknown_fault_is_refused():

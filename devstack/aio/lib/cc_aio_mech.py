@@ -1,29 +1,28 @@
-"""ML2 mechanism driver for the all-in-one cloud: binds every port, no agent.
+"""ML2 mechanism driver for the opt-in fake compute host: binds without an agent.
 
-The all-in-one cloud has no L2 agent; its compute driver plugs ports itself
-(veth + host bridge). This driver tells Neutron the binding succeeded so that
-ports go ACTIVE and Nova gets ``network-vif-plugged``.
+The all-in-one cloud's own host, cc-aio, runs neutron-linuxbridge-agent, and
+ML2's ``linuxbridge`` driver binds its ports. The opt-in fake compute host
+(``cloud fake-compute up``, Nova's FakeDriver, servers without namespaces)
+has no agent: this driver binds the ports of that host alone, so that they
+go ACTIVE and Nova gets ``network-vif-plugged``. Any other host is left to
+the drivers before it.
 """
 from neutron_lib.api.definitions import portbindings
 from neutron_lib import constants
 from neutron_lib.plugins.ml2 import api
 
-from neutron.plugins.ml2 import ovo_rpc
+FAKE_HOSTS = frozenset(["aio-fake"])
 
 
 class NoAgentMechanismDriver(api.MechanismDriver):
-    """Bind every port to its first segment with vif_type ``tap``."""
+    """Bind the fake host's ports to their first segment with vif_type ``tap``."""
 
     def initialize(self):
-        # ML2 pushes every port, network, subnet and security-group change to
-        # the L2 agents as versioned objects: a thread reloads each changed
-        # row and casts it over RPC. This cloud has no agents, so that work
-        # only competed with the API requests it followed (a server build
-        # changes a port twice). ML2 creates its pusher right after its
-        # mechanism drivers are initialized, so it gets this inert one.
-        ovo_rpc.OVOServerRpcInterface = _NoAgentsToPushTo
+        pass
 
     def bind_port(self, context):
+        if context.host not in FAKE_HOSTS:
+            return
         for segment in context.segments_to_bind:
             context.set_binding(
                 segment[api.ID],
@@ -32,10 +31,3 @@ class NoAgentMechanismDriver(api.MechanismDriver):
                 status=constants.PORT_STATUS_ACTIVE,
             )
             return
-
-
-class _NoAgentsToPushTo:
-    """Stands in for ML2's object-change pusher when no agent listens."""
-
-    def wait(self):
-        pass

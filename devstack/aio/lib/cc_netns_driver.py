@@ -10,8 +10,10 @@ import json
 import os
 import time
 
+import eventlet
 from oslo_log import log as logging
 
+import nova.conf
 from nova.compute import power_state
 from nova.compute import task_states
 from nova import exception
@@ -20,6 +22,7 @@ from nova.virt import fake
 
 import cc_netns_node as node
 
+CONF = nova.conf.CONF
 LOG = logging.getLogger(__name__)
 
 
@@ -30,13 +33,36 @@ def _vifs(network_info):
             if subnet["version"] != 4 or not subnet["ips"]:
                 continue
             gateway = subnet.get("gateway") or {}
+            mtu = (vif["network"].get("meta") or {}).get("mtu")
             vifs.append(node.Vif(
                 port_id=vif["id"], network_id=vif["network"]["id"],
                 mac=vif["address"], address=subnet["ips"][0]["address"],
                 prefixlen=int(subnet["cidr"].split("/")[1]),
-                gateway=gateway.get("address")))
+                gateway=gateway.get("address"), mtu=int(mtu) if mtu else None))
             break
     return vifs
+
+
+def _check_names(network_info, vifs):
+    """The tap and bridge names Nova chose are the ones the rig makes."""
+    by_port = {v.port_id: v for v in vifs}
+    for vif in network_info or []:
+        ours = by_port.get(vif["id"])
+        if ours is None:
+            continue
+        for what, theirs, mine in (("tap", vif.get("devname"), ours.host_veth),
+                                   ("bridge", vif["network"].get("bridge"), ours.bridge)):
+            if theirs and theirs != mine:
+                raise exception.InstanceDeployFailure(
+                    reason="port %s: Nova names its %s %r, the rig %r"
+                    % (vif["id"], what, theirs, mine))
+
+
+def _plug_events(network_info):
+    """The network-vif-plugged events to wait for, as Nova's libvirt driver
+    waits: one per port Neutron has not yet reported active."""
+    return [("network-vif-plugged", vif["id"]) for vif in network_info or []
+            if vif.get("active", True) is False]
 
 
 class NetnsDriver(fake.FakeDriver):
@@ -73,6 +99,7 @@ class NetnsDriver(fake.FakeDriver):
         if not vifs:
             raise exception.InstanceDeployFailure(
                 reason="cc-netns instances need an IPv4 port")
+        _check_names(network_info, vifs)
         spec = node.NodeSpec(
             uuid=instance.uuid,
             hostname=instance.hostname or instance.uuid,
@@ -86,7 +113,7 @@ class NetnsDriver(fake.FakeDriver):
             python_bin=props.get("cc_python_bin", ""),
         )
         try:
-            self.host.create(spec)
+            self._create_plugged(instance, spec, network_info)
             with open(os.path.join(self.host.inst_dir(spec.uuid),
                                    "vifs.json"), "w") as f:
                 json.dump([v.__dict__ for v in vifs], f)
@@ -98,6 +125,37 @@ class NetnsDriver(fake.FakeDriver):
         super().spawn(context, instance, image_meta, injected_files,
                       admin_password, allocations, network_info,
                       block_device_info, power_on, accel_info)
+
+    def _create_plugged(self, instance, spec, network_info):
+        """Create the node, then wait until Neutron reports its ports up.
+
+        As Nova's libvirt driver does: the events are registered before the
+        taps exist, the L2 agent sees the taps, wires the security groups and
+        tells Neutron, which tells Nova. A port Neutron reports failed, or no
+        report within ``vif_plugging_timeout``, fails the spawn when
+        ``vif_plugging_is_fatal`` (the node is removed again).
+        """
+        timeout = CONF.vif_plugging_timeout
+        events = _plug_events(network_info) if timeout else []
+
+        def failed(event_name, instance):
+            LOG.error("Neutron reported failure on event %s", event_name,
+                      instance=instance)
+            if CONF.vif_plugging_is_fatal:
+                raise exception.VirtualInterfaceCreateException()
+
+        try:
+            with self.virtapi.wait_for_instance_event(
+                    instance, events, deadline=timeout, error_callback=failed):
+                self.host.create(spec)
+        except eventlet.timeout.Timeout as exc:
+            LOG.warning("Timeout waiting for %s", events, instance=instance)
+            if CONF.vif_plugging_is_fatal:
+                self.host.destroy(spec.uuid, spec.vifs)
+                raise exception.VirtualInterfaceCreateException() from exc
+        except exception.VirtualInterfaceCreateException:
+            self.host.destroy(spec.uuid, spec.vifs)
+            raise
 
     def destroy(self, context, instance, network_info, block_device_info=None,
                 destroy_disks=True, destroy_secrets=True):

@@ -6,9 +6,13 @@ the host, without importing Nova, so that it can be unit tested on its own.
 An instance is:
 
 * a network namespace ``cc-<uuid>`` whose ``eth0`` (one end of a veth pair)
-  carries the Neutron port's MAC and fixed IP, with a default route via the
-  subnet gateway; the other veth end sits on a host bridge that holds the
-  gateway address, one bridge per Neutron network;
+  carries the Neutron port's MAC, fixed IP and MTU, with a default route via
+  the subnet gateway; the other end is the port's ``tap`` device on the
+  network's ``brq`` bridge, named as Nova's Linux-bridge VIF plugging names
+  them, so that neutron-linuxbridge-agent finds the tap, applies the port's
+  security groups to it and reports the port up. The gateway is the
+  network's router (neutron-l3-agent, in its qrouter namespace on the same
+  bridge);
 * a mount namespace in which the login user's home, ``/tmp`` and
   ``/var/tmp`` are private directories of the instance, and ``/usr/local/bin``
   is either empty (stock image: Debian's ``/usr/bin/python3``) or the ``bin``
@@ -82,14 +86,18 @@ class Vif:
     address: str
     prefixlen: int
     gateway: Optional[str]
+    mtu: Optional[int] = None
 
+    # The names Nova gives a Linux-bridge VIF (``vif['network']['bridge']``
+    # and ``vif['devname']``, both cut to 14 characters), and those
+    # neutron-linuxbridge-agent looks for.
     @property
     def bridge(self) -> str:
-        return "ccbr" + self.network_id.replace("-", "")[:10]
+        return "brq" + self.network_id[:11]
 
     @property
     def host_veth(self) -> str:
-        return "ccv" + self.port_id.replace("-", "")[:11]
+        return "tap" + self.port_id[:11]
 
     @property
     def node_veth(self) -> str:
@@ -346,6 +354,9 @@ class NodeHost:
                 self.run(["ip", "link", "add", vif.host_veth, "type", "veth",
                           "peer", "name", vif.node_veth])
                 no_ipv6(self.run, vif.host_veth)
+                if vif.mtu:
+                    self.run(["ip", "link", "set", vif.host_veth, "mtu", str(vif.mtu)])
+                # The agent leaves a compute port's tap to the VIF plugging.
                 self.run(["ip", "link", "set", vif.host_veth, "master",
                           vif.bridge, "up"])
             self.run(["ip", "link", "set", vif.node_veth, "netns", ns])
@@ -354,6 +365,8 @@ class NodeHost:
             self.run(nsx + ["ip", "link", "set", vif.node_veth, "name", eth])
             no_ipv6(self.run, eth, nsx)
             self.run(nsx + ["ip", "link", "set", eth, "address", vif.mac])
+            if vif.mtu:
+                self.run(nsx + ["ip", "link", "set", eth, "mtu", str(vif.mtu)])
             self.run(nsx + ["ip", "addr", "add",
                             "%s/%d" % (vif.address, vif.prefixlen),
                             "dev", eth])
@@ -367,16 +380,6 @@ class NodeHost:
         if (" %s:" % vif.bridge) not in links:
             self.run(["ip", "link", "add", vif.bridge, "type", "bridge"])
         no_ipv6(self.run, vif.bridge)
-        # Connections from nodes to the gateway's API ports are translated to
-        # 127.0.0.1 (`cloud` host_network); the kernel routes such packets,
-        # and the answers, only on an interface with route_localnet.
-        self.run(["sysctl", "-qw", "net.ipv4.conf.%s.route_localnet=1" % vif.bridge])
-        if vif.gateway:
-            addrs = self.run(["ip", "-o", "addr", "show", "dev", vif.bridge])
-            if (" %s/" % vif.gateway) not in addrs:
-                self.run(["ip", "addr", "add",
-                          "%s/%d" % (vif.gateway, vif.prefixlen),
-                          "dev", vif.bridge])
         self.run(["ip", "link", "set", vif.bridge, "up"])
 
     def boot(self, spec: NodeSpec) -> None:

@@ -53,6 +53,11 @@ DEMO_QUOTAS = {
 PRIVATE_CIDR = "10.42.0.0/24"
 
 
+AGENT_HOST = "cc-aio"
+# The host's own address on the public network (br-ex), its subnet's gateway.
+PUBLIC_GATEWAY = "172.24.4.1"
+
+
 def log(msg):
     print("[setup] %s" % msg, flush=True)
 
@@ -141,6 +146,12 @@ def resources():
                     "cell_v2", "discover_hosts"], check=True, capture_output=True)
     wait_for("hypervisor", lambda: any(True for _ in conn.compute.hypervisors()), 120)
     log("compute host up after %.1fs" % (time.monotonic() - t0))
+    # Ports of cc-aio bind only while its L2 agent reports alive, and
+    # routers are scheduled to a live L3 agent.
+    for agent_type in ("Linux bridge agent", "L3 agent"):
+        wait_for(agent_type, lambda kind=agent_type: any(
+            a.is_alive for a in conn.network.agents(agent_type=kind, host=AGENT_HOST)), 90)
+    log("Neutron agents alive after %.1fs" % (time.monotonic() - t0))
 
     ensure_flavors(conn)
 
@@ -180,6 +191,7 @@ def resources():
             name="router1", project_id=demo.id,
             external_gateway_info={"network_id": public.id})
         conn.network.add_interface_to_router(router, subnet_id=subnets[0].id)
+    write_routes(conn.network.get_router(router.id), subnets[0].cidr)
 
     alt = conn.identity.find_project("alt_demo", domain_id="default")
     for project in (demo, alt):
@@ -223,6 +235,23 @@ def ensure_flavors(conn):
         conn.compute.create_flavor_extra_specs(flavor, FLAVOR_SPECS)
 
 
+def write_routes(router, cidr):
+    """Record the host's route to the demo project's private subnet.
+
+    As DevStack does (``ip route replace $FIXED_RANGE via $ROUTER_GW_IP``),
+    the host reaches router1's private subnet through the router's gateway
+    address on the public network; `cloud up` installs the route from this
+    file. Other tenant networks are reached through floating IPs.
+    """
+    fixed = (router.external_gateway_info or {}).get("external_fixed_ips") or []
+    if not fixed:
+        sys.exit("[setup] ERROR: router1 has no gateway address on public")
+    path = os.path.join(STATE, "routes")
+    with open(path + ".new", "w") as f:
+        f.write("%s %s\n" % (cidr, fixed[0]["ip_address"]))
+    os.replace(path + ".new", path)
+
+
 def write_clouds_yaml():
     def entry(user, password, project):
         return {
@@ -231,12 +260,13 @@ def write_clouds_yaml():
                      "project_domain_id": "default"},
             "region_name": "RegionOne",
             "identity_api_version": 3,
-            # Library settings for this cloud: instances are reached on
-            # their fixed IPs over the host bridge, and nodes reach the API
-            # on their gateway's address (README.md, "The local cloud").
-            "cloudcompute": {"network": "private", "floating_ips": "never",
+            # Library settings for this cloud: the host routes the private
+            # network through router1 (nodes there are reached on their fixed
+            # IPs, others through floating IPs), and nodes reach the API on
+            # the host's public address (README.md, "The local cloud").
+            "cloudcompute": {"network": "private", "floating_ips": "auto",
                              "image": IMAGE, "flavor": "m1.tiny",
-                             "node_api_host": "gateway"},
+                             "node_api_host": PUBLIC_GATEWAY},
         }
     def devstack_entry(user, password, project=None, system_scope=None):
         # The shape of DevStack's tools/update_clouds_yaml.py, which
