@@ -217,6 +217,28 @@ def test_nodes_have_private_files_and_no_way_out(rig):
     cb.close()
 
 
+def test_nodes_cannot_see_or_signal_each_others_processes(rig):
+    conn = rig["conn"]
+    a, b = rig["boot"]("pa"), rig["boot"]("pb")
+    ca = ssh(fixed_ip(a), rig["key_file"], console_keys(conn, a)[1])
+    cb = ssh(fixed_ip(b), rig["key_file"], console_keys(conn, b)[1])
+    assert run(ca, "nohup sleep 600 >/dev/null 2>&1 & echo started")[1] == "started\n"
+    # the host's pids of node a's processes (its network namespace's)
+    host_pids = subprocess.run(["ip", "netns", "pids", "cc-" + a.id], capture_output=True,
+                               text=True, check=True).stdout.split()
+    assert host_pids
+    # node b sees its own processes only: sshd is its PID 1, no sleep of a's
+    code, out, _ = run(cb, "cat /proc/1/comm; ps -e -o comm=")
+    assert code == 0 and out.split("\n")[0] == "sshd" and "sleep" not in out.split()
+    for pid in host_pids:
+        code, out, err = run(cb, "kill -0 %s; ls /proc/%s/root" % (pid, pid))
+        assert code != 0 and "No such process" in err, (pid, out, err)
+    # while node a sees its sleep
+    assert "sleep" in run(ca, "ps -e -o comm=")[1].split()
+    ca.close()
+    cb.close()
+
+
 def test_user_data_host_keys_are_served(rig):
     key = ed25519.Ed25519PrivateKey.generate()
     priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,

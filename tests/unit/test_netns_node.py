@@ -169,3 +169,15 @@ def test_power_on_boots_the_node_again_with_its_spawn_settings(tmp_path):
         "cc-netns: power off", "cc-netns boot: h1 (u1)"]
     with pytest.raises(node.NodeError, match="no files"):
         host.start("u2")
+
+
+def test_a_node_boots_in_namespaces_of_its_own(tmp_path):
+    spec = node.NodeSpec(uuid="u1", hostname="h1", boot_delay=0.5)
+    cmd = node.NodeHost(str(tmp_path)).boot_command(spec)
+    assert cmd[:6] == ["setsid", "-f", "ip", "netns", "exec", "cc-u1"]
+    unshare = cmd[cmd.index("unshare"):cmd.index("--")]
+    # its own processes only (a PID namespace with its own /proc), files and hostname
+    for flag in ("--pid", "--fork", "--mount-proc", "--mount", "--uts"):
+        assert flag in unshare
+    assert cmd[cmd.index("--") + 1:cmd.index("--") + 3] == [
+        "/bin/sh", str(tmp_path / "instances" / "u1" / "boot.sh")]

@@ -13,6 +13,8 @@ An instance is:
   security groups to it and reports the port up. The gateway is the
   network's router (neutron-l3-agent, in its qrouter namespace on the same
   bridge);
+* PID and UTS namespaces of its own: the node sees its own processes only
+  (sshd is its PID 1), under its own hostname;
 * a mount namespace in which the login user's home, ``/tmp`` and
   ``/var/tmp`` are private directories of the instance, and ``/usr/local/bin``
   is either empty (stock image: Debian's ``/usr/bin/python3``) or the ``bin``
@@ -382,15 +384,25 @@ class NodeHost:
         no_ipv6(self.run, vif.bridge)
         self.run(["ip", "link", "set", vif.bridge, "up"])
 
+    def boot_command(self, spec: NodeSpec) -> list:
+        """The node's boot: its boot script in the node's network namespace
+        and in new mount, UTS and PID namespaces. In its own PID namespace
+        (with its own /proc) the node sees only its own processes, the boot
+        script's sshd as PID 1, and can signal no other node's; when that
+        PID 1 ends, every process of the node ends with it."""
+        d = self.inst_dir(spec.uuid)
+        start_sshd = "0" if spec.fault == "no_sshd" else "1"
+        return ["setsid", "-f", "ip", "netns", "exec", spec.netns,
+                "unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc",
+                "--propagation", "private", "--",
+                "/bin/sh", os.path.join(d, "boot.sh"), d, spec.user,
+                "%g" % spec.boot_delay, start_sshd, spec.python_bin,
+                spec.hostname]
+
     def boot(self, spec: NodeSpec) -> None:
         """Start the boot script detached; it starts sshd after the delay."""
         d = self.inst_dir(spec.uuid)
-        start_sshd = "0" if spec.fault == "no_sshd" else "1"
-        cmd = ["setsid", "-f", "ip", "netns", "exec", spec.netns,
-               "unshare", "--mount", "--uts", "--propagation", "private", "--",
-               "/bin/sh", os.path.join(d, "boot.sh"), d, spec.user,
-               "%g" % spec.boot_delay, start_sshd, spec.python_bin,
-               spec.hostname]
+        cmd = self.boot_command(spec)
         # The detached boot script and sshd must not hold our pipes open.
         with open(os.path.join(d, "boot.log"), "ab") as out:
             rc = subprocess.call(cmd, stdin=subprocess.DEVNULL, stdout=out,
