@@ -61,7 +61,8 @@ def one_server(conn: Any, ids: Dict[str, str], name: str) -> Dict[str, float]:
     t0 = time.monotonic()
     server = conn.compute.create_server(name=name, image_id=ids["image"],
                                         flavor_id=ids["flavor"],
-                                        networks=[{"uuid": ids["network"]}])
+                                        networks=[{"uuid": ids["network"]}],
+                                        security_groups=[{"name": ids["security_group"]}])
     state: Dict[str, Any] = {}
 
     def active() -> bool:
@@ -95,18 +96,39 @@ def rss_mib() -> Optional[float]:
     return None
 
 
+def _ssh_group(conn: Any, name: str, network_id: str) -> Any:
+    """A security group admitting SSH from this host only, as a user makes one.
+
+    The address is the one this host sends from towards the network's
+    subnet, the source its servers see."""
+    subnet = next(s for s in conn.network.subnets(network_id=network_id) if s.ip_version == 4)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((subnet.gateway_ip, 22))  # picks the route, sends nothing
+        source = probe.getsockname()[0]
+    sg = conn.network.create_security_group(name=name)
+    conn.network.create_security_group_rule(
+        security_group_id=sg.id, direction="ingress", ethertype="IPv4", protocol="tcp",
+        port_range_min=22, port_range_max=22, remote_ip_prefix=source + "/32")
+    return sg
+
+
 def measure(cloud: str, defaults: Dict[str, str], reps: int = 7) -> Dict[str, Any]:
     """Median and range of ``reps`` warm single-server cycles, plus RSS."""
     conn = openstack.connect(cloud=cloud)
-    ids = ids_of(conn, defaults)
+    ids = dict(ids_of(conn, defaults))
     tag = uuid.uuid4().hex[:6]
-    one_server(conn, ids, "bench-cloud-%s-warmup" % tag)
+    sg = _ssh_group(conn, "bench-cloud-%s" % tag, ids["network"])
+    ids["security_group"] = sg.name
     runs: List[Dict[str, float]] = []
-    for i in range(reps):
-        # Nova and Neutron finish a delete (port, allocations, events) after
-        # the server is gone from the API; let that settle between cycles.
-        time.sleep(SETTLE)
-        runs.append(one_server(conn, ids, "bench-cloud-%s-%d" % (tag, i)))
+    try:
+        one_server(conn, ids, "bench-cloud-%s-warmup" % tag)
+        for i in range(reps):
+            # Nova and Neutron finish a delete (port, allocations, events) after
+            # the server is gone from the API; let that settle between cycles.
+            time.sleep(SETTLE)
+            runs.append(one_server(conn, ids, "bench-cloud-%s-%d" % (tag, i)))
+    finally:
+        conn.network.delete_security_group(sg.id, ignore_missing=True)
     out: Dict[str, Any] = {"reps": reps, "runs": runs, "rss_mib": rss_mib()}
     for key in ("active_s", "ssh_after_active_s", "delete_s"):
         values = [r[key] for r in runs]
