@@ -366,6 +366,25 @@ DEVSTACK_FLAVORS = {
 }
 
 
+def test_neutron_agents_report_alive_and_router1_is_hosted(admin_conn):
+    """`openstack network agent list`, as an operator would check it."""
+    agents = {(a.agent_type, a.host): a for a in admin_conn.network.agents()}
+    for kind in ("Linux bridge agent", "L3 agent"):
+        agent = agents[(kind, "cc-aio")]
+        assert agent.is_alive and agent.is_admin_state_up, kind
+    l3 = agents[("L3 agent", "cc-aio")]
+    router = admin_conn.network.find_router("router1")
+    hosting = [a.id for a in admin_conn.network.routers_hosting_l3_agents(router)]
+    assert hosting == [l3.id]
+    # router1 is a namespace on this host, holding the private subnet's gateway
+    ns = "qrouter-" + router.id
+    assert ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                                check=True).stdout
+    addrs = subprocess.run(["ip", "netns", "exec", ns, "ip", "-4", "-o", "addr"],
+                           capture_output=True, text=True, check=True).stdout
+    assert " 10.42.0.1/24 " in addrs
+
+
 def test_devstack_flavors_with_devstacks_ids(admin_conn):
     found = {f.name: (f.id, f.vcpus, f.ram, f.disk)
              for f in admin_conn.compute.flavors(is_public=None)}
