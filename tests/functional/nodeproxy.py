@@ -3,8 +3,8 @@
 ``ip netns exec <node's namespace> python -m tests.functional.nodeproxy
 UPSTREAM LOG PORT... -- RULE-JSON...`` listens on 127.0.0.1 of the node on
 the API's own ports, so the catalog's 127.0.0.1 URLs lead a node's
-programs (the watchdog) through it to UPSTREAM (the node's gateway, where
-the local cloud forwards the API ports). Each fault it injects is appended
+programs (the watchdog) through it to UPSTREAM (the host's public address,
+where the local cloud forwards the API ports). Each fault it injects is appended
 to LOG as one JSON line. It runs until killed, or until its namespace goes.
 """
 import json

@@ -21,10 +21,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 API_PORTS = ("5000", "8774", "9696")
 
 
-def node_gateway(server_id):
-    out = subprocess.run(["ip", "netns", "exec", "cc-" + server_id, "ip", "-4", "route",
-                          "show", "default"], capture_output=True, text=True, check=True)
-    return out.stdout.split()[2]  # default via GATEWAY dev eth0
+# Where the local cloud answers its nodes' API calls: the host's public
+# address, which a node reaches through its router (clouds.yaml node_api_host).
+RIG_API_HOST = "172.24.4.1"
 
 
 def test_watchdog_retries_503s_and_still_deletes_everything(fault, conn, admin_conn, unique,
@@ -38,7 +37,7 @@ def test_watchdog_retries_503s_and_still_deletes_everything(fault, conn, admin_c
     log = tmp_path / "faults.jsonl"
     proxy = subprocess.Popen(
         ["ip", "netns", "exec", "cc-" + servers[0], sys.executable, "-m",
-         "tests.functional.nodeproxy", node_gateway(servers[0]), str(log), *API_PORTS, "--",
+         "tests.functional.nodeproxy", RIG_API_HOST, str(log), *API_PORTS, "--",
          json.dumps({"action": "status", "status": 503, "every": 2})], cwd=ROOT)
     try:
         wait_gone(admin_conn, conn, unique, servers, within=180, credential_left=True)
