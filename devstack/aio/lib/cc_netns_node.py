@@ -220,7 +220,9 @@ sleep "$DELAY"
 cat "$D/console.hostkeys" >> "$D/console.log"
 if [ "$SSHD" = 1 ]; then
     echo "Starting OpenBSD Secure Shell server: sshd." >> "$D/console.log"
-    exec /usr/sbin/sshd -f "$D/sshd_config" -E "$D/sshd.log"
+    # -D: sshd stays in the foreground as the node's PID 1 (a daemonizing
+    # sshd would leave PID 1 to exit, which ends the node's PID namespace).
+    exec /usr/sbin/sshd -D -f "$D/sshd_config" -E "$D/sshd.log"
 fi
 echo "sshd: not started (fault knob no_sshd)" >> "$D/console.log"
 """
