@@ -125,16 +125,33 @@ def test_cancel_stops_running_tasks_on_the_node(cluster, unique):
     assert conn.run(["ls"] + queued, warn=True).exit_code != 0  # never started
 
 
+def _host_pid(server_id, node_pid):
+    """The host's pid of a process a node knows by ``node_pid`` (each node has
+    a PID namespace of its own: ``NSpid`` lists a process's pid in each)."""
+    out = subprocess.run(["ip", "netns", "pids", "cc-" + server_id], capture_output=True,
+                         text=True, check=True).stdout
+    for pid in out.split():
+        try:
+            with open("/proc/%s/status" % pid) as f:
+                nspid = next(line.split()[1:] for line in f if line.startswith("NSpid:"))
+        except (OSError, StopIteration):
+            continue
+        if int(nspid[-1]) == node_pid:
+            return int(pid)
+    raise AssertionError("no process %d in the namespace of %s" % (node_pid, server_id))
+
+
 def test_a_job_survives_a_dropped_ssh_connection(cluster):
     job = cluster.submit(jf.slow_square, range(16))
     assert not job.status().finished  # the drop comes while the job runs
     sessions = []
+    servers = {n.name: n.server_id for n in cluster.nodes}
     for n in cluster.node_names():
         # This command's parent is the sshd session process serving our
         # connection; its parent is that connection's privileged sshd.
         out = cluster.connection(n).run(["sh", "-c", 'echo $PPID; '
                                          'grep PPid /proc/$PPID/status']).stdout.split()
-        sessions += [int(out[0]), int(out[2])]
+        sessions += [_host_pid(servers[n], int(out[0])), _host_pid(servers[n], int(out[2]))]
     for pid in sessions:  # all checked before any is killed: a privileged sshd
         with open("/proc/%d/cmdline" % pid, "rb") as f:  # exits with its session
             assert f.read().startswith(b"sshd"), pid  # only the session's processes
@@ -188,10 +205,12 @@ def test_cli_submit_jobs_logs_results_cancel(cluster, tmp_path):
     assert r.returncode == 2 and "not a job id" in r.stderr
 
 
-def _power_off(conn):
+def _power_off(conn, server_id):
     """Kill every process in the node's network namespace (its sshd, the job's
     supervisor and tasks): the node is gone as if switched off. Returns how many."""
-    session = int(conn.run(["sh", "-c", "echo $PPID"]).stdout.split()[0])
+    # the connection's session is one of the node's processes (seen from the
+    # host, whose pids differ from the node's own)
+    session = _host_pid(server_id, int(conn.run(["sh", "-c", "echo $PPID"]).stdout.split()[0]))
     target = os.stat("/proc/%d/ns/net" % session).st_ino
     assert target != os.stat("/proc/self/ns/net").st_ino  # never this machine's own
     killed = 0
@@ -212,7 +231,8 @@ def test_a_lost_node_s_tasks_run_again_on_its_replica(tmp_path_factory):
         job.lost_after = 5.0
         assert job.record.replicas == {first: second, second: first}
         time.sleep(1.5)
-        assert _power_off(c.connection(second)) >= 2
+        server = {n.name: n.server_id for n in c.nodes}[second]
+        assert _power_off(c.connection(second), server) >= 2
         st = job.status()
         waiting = [t for t in st.tasks if t.state == "lost"]
         assert waiting and {t.waiting_for for t in waiting} == {second}
