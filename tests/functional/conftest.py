@@ -9,6 +9,7 @@ import copy
 import json
 import os
 import signal
+import subprocess
 import urllib.parse
 import uuid
 
@@ -80,6 +81,32 @@ def shared_cluster(tmp_path_factory, prefix, nodes, **spec):
     left = (report.leftovers + report.errors
             + tagged_leftovers(_connect(CLOUD), pool.names, state))
     assert not left, "the %s cluster left %s" % (prefix, left)
+
+
+def node_processes(server_id):
+    """A local-cloud node's processes (those of its network namespace): the
+    host's pid of each, with its pid in every PID namespace it is in (NSpid:
+    the host's first, the node's own last; one entry for the launcher that
+    holds the node's PID namespace from the host's)."""
+    out = subprocess.run(["ip", "netns", "pids", "cc-" + server_id], capture_output=True,
+                         text=True, check=True).stdout
+    found = {}
+    for pid in map(int, out.split()):
+        try:
+            with open("/proc/%d/status" % pid) as f:
+                found[pid] = next(
+                    [int(p) for p in line.split()[1:]] for line in f if line.startswith("NSpid:"))
+        except (OSError, StopIteration):
+            continue  # gone meanwhile
+    return found
+
+
+def host_pid(server_id, node_pid):
+    """The host's pid of the process a node knows by ``node_pid``."""
+    for pid, nspids in node_processes(server_id).items():
+        if len(nspids) > 1 and nspids[-1] == node_pid:
+            return pid
+    raise AssertionError("no process %d in the namespace of %s" % (node_pid, server_id))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.functional import jobfuncs as jf
-from tests.functional.conftest import CLOUD, shared_cluster
+from tests.functional.conftest import CLOUD, host_pid, shared_cluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -125,22 +125,6 @@ def test_cancel_stops_running_tasks_on_the_node(cluster, unique):
     assert conn.run(["ls"] + queued, warn=True).exit_code != 0  # never started
 
 
-def _host_pid(server_id, node_pid):
-    """The host's pid of a process a node knows by ``node_pid`` (each node has
-    a PID namespace of its own: ``NSpid`` lists a process's pid in each)."""
-    out = subprocess.run(["ip", "netns", "pids", "cc-" + server_id], capture_output=True,
-                         text=True, check=True).stdout
-    for pid in out.split():
-        try:
-            with open("/proc/%s/status" % pid) as f:
-                nspid = next(line.split()[1:] for line in f if line.startswith("NSpid:"))
-        except (OSError, StopIteration):
-            continue
-        if int(nspid[-1]) == node_pid:
-            return int(pid)
-    raise AssertionError("no process %d in the namespace of %s" % (node_pid, server_id))
-
-
 def test_a_job_survives_a_dropped_ssh_connection(cluster):
     job = cluster.submit(jf.slow_square, range(16))
     assert not job.status().finished  # the drop comes while the job runs
@@ -151,7 +135,7 @@ def test_a_job_survives_a_dropped_ssh_connection(cluster):
         # connection; its parent is that connection's privileged sshd.
         out = cluster.connection(n).run(["sh", "-c", 'echo $PPID; '
                                          'grep PPid /proc/$PPID/status']).stdout.split()
-        sessions += [_host_pid(servers[n], int(out[0])), _host_pid(servers[n], int(out[2]))]
+        sessions += [host_pid(servers[n], int(out[0])), host_pid(servers[n], int(out[2]))]
     for pid in sessions:  # all checked before any is killed: a privileged sshd
         with open("/proc/%d/cmdline" % pid, "rb") as f:  # exits with its session
             assert f.read().startswith(b"sshd"), pid  # only the session's processes
@@ -210,7 +194,7 @@ def _power_off(conn, server_id):
     supervisor and tasks): the node is gone as if switched off. Returns how many."""
     # the connection's session is one of the node's processes (seen from the
     # host, whose pids differ from the node's own)
-    session = _host_pid(server_id, int(conn.run(["sh", "-c", "echo $PPID"]).stdout.split()[0]))
+    session = host_pid(server_id, int(conn.run(["sh", "-c", "echo $PPID"]).stdout.split()[0]))
     target = os.stat("/proc/%d/ns/net" % session).st_ino
     assert target != os.stat("/proc/self/ns/net").st_ino  # never this machine's own
     killed = 0

@@ -16,29 +16,17 @@ from cloudcompute import Cluster, ClusterSpec, NodeGroup, Timeouts
 from cloudcompute.exceptions import (NodeLost, RemoteTaskError, ServerFault, TaskKilled,
                                      WaitTimeout)
 from tests.functional import jobfuncs as jf
-from tests.functional.conftest import CLOUD, shared_cluster
+from tests.functional.conftest import CLOUD, node_processes, shared_cluster
 
 RIG = os.environ.get("CC_AIO_STATE", "/var/lib/cloudcompute-aio")
-
-
-def _nspids(pid):
-    """A process's pids, the host's first and the node's last (NSpid)."""
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            return [int(p) for line in f if line.startswith("NSpid:") for p in line.split()[1:]]
-    except OSError:
-        return []
 
 
 def cut_ssh(server_id):
     """Kill every process of the node except its sshd listener (the pid in
     sshd.pid is the node's own: each node has a PID namespace of its own)."""
     listener = int(open(os.path.join(RIG, "instances", server_id, "sshd.pid")).read())
-    pids = subprocess.run(["ip", "netns", "pids", "cc-" + server_id], check=True,
-                          capture_output=True, text=True).stdout.split()
     killed = 0
-    for pid in map(int, pids):
-        nspids = _nspids(pid)
+    for pid, nspids in node_processes(server_id).items():
         # the listener, and the launcher that holds the node's PID namespace
         # (in the host's, so it has one pid only), stay
         if len(nspids) > 1 and nspids[-1] != listener:
