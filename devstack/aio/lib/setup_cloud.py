@@ -54,8 +54,6 @@ PRIVATE_CIDR = "10.42.0.0/24"
 
 
 AGENT_HOST = "cc-aio"
-# The host's own address on the public network (br-ex), its subnet's gateway.
-PUBLIC_GATEWAY = "172.24.4.1"
 
 
 def log(msg):
@@ -266,7 +264,8 @@ def write_clouds_yaml():
             # the host's public address (README.md, "The local cloud").
             "cloudcompute": {"network": "private", "floating_ips": "auto",
                              "image": IMAGE, "flavor": "m1.tiny",
-                             "node_api_host": PUBLIC_GATEWAY},
+                             # the host's address on br-ex (`cloud`)
+                             "node_api_host": os.environ["CC_AIO_PUBLIC_GATEWAY"]},
         }
     def devstack_entry(user, password, project=None, system_scope=None):
         # The shape of DevStack's tools/update_clouds_yaml.py, which
